@@ -1,0 +1,69 @@
+"""Inference in chunks: per-arm and consensus types, confidence, state means and the encoder latent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model.network import CoupledMixtureVAE
+
+DEFAULT_CHUNK = 8192
+
+
+@dataclass
+class Inference:
+    """Per-cell results for N cells, A arms, K types, S state dims, D latent dims.
+
+    type_per_arm (A, N) int; confidence_per_arm (A, N) max q of that arm; consensus_type (N,) argmax of the
+    arms' mean q; consensus_confidence (N,) its mean probability; state_mean (A, N, S) each arm's state mean
+    given its own type; latent (A, N, D) encoder bottleneck.
+    """
+
+    type_per_arm: np.ndarray
+    confidence_per_arm: np.ndarray
+    consensus_type: np.ndarray
+    consensus_confidence: np.ndarray
+    state_mean: np.ndarray
+    latent: np.ndarray
+
+    @property
+    def arms_agree(self) -> np.ndarray:
+        """(N,) True where every arm assigns the same type."""
+        return (self.type_per_arm == self.type_per_arm[:1]).all(axis=0)
+
+
+@torch.no_grad()
+def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_size: int = DEFAULT_CHUNK) -> Inference:
+    """Run the arms in eval mode (argmax types, state = mean) over ``rows`` of a DeviceData (all by default)."""
+    was_training = model.training
+    model.eval()
+    device = data.device
+    n = data.n_cells if rows is None else len(rows)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("type", "conf", "ctype", "cconf", "state", "latent")}
+    try:
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            index = torch.arange(start, stop, device=device) if rows is None else torch.as_tensor(rows[start:stop], device=device)
+            x = data.model_input(index).unsqueeze(0).expand(model.n_arms, -1, -1)
+            out = model(x)
+            confidence, assigned = out.q.max(dim=-1)
+            mean_q = out.q.mean(dim=0)
+            consensus_confidence, consensus_type = mean_q.max(dim=-1)
+            parts["type"].append(assigned.cpu().numpy())
+            parts["conf"].append(confidence.cpu().numpy())
+            parts["ctype"].append(consensus_type.cpu().numpy())
+            parts["cconf"].append(consensus_confidence.cpu().numpy())
+            parts["state"].append(out.mu.cpu().numpy())
+            parts["latent"].append(out.h.cpu().numpy())
+    finally:
+        model.train(was_training)
+    return Inference(
+        type_per_arm=np.concatenate(parts["type"], axis=1),
+        confidence_per_arm=np.concatenate(parts["conf"], axis=1),
+        consensus_type=np.concatenate(parts["ctype"]),
+        consensus_confidence=np.concatenate(parts["cconf"]),
+        state_mean=np.concatenate(parts["state"], axis=1),
+        latent=np.concatenate(parts["latent"], axis=1),
+    )

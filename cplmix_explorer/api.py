@@ -1,0 +1,266 @@
+"""The Python API in the shape single-cell users know (scvi-tools style)::
+
+    model = CplMixVAE(adata, n_types=10, n_arms=2)
+    model.train(steps=5000)
+    model.write_results(adata)          # obs['cplmix_type'], obsm['X_cplmix_state'], ...
+    model.save("run/")
+    model = CplMixVAE.load("run/", adata)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .analysis.consensus import Consensus, consensus
+from .analysis.inference import Inference, infer
+from .analysis.results import evaluate_inference, write_results
+from .config import CplMixConfig
+from .data.io import read_data
+from .data.preprocess import PreparedData, Preprocessing, prepare
+from .errors import CplmixError
+from .train.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    load_run_checkpoint,
+    read_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
+from .train.device_data import DeviceData
+from .train.engine import Trainer, TrainingResult, build_model, resolve_device
+from .train.events import EventBus, TrainingControl
+from .train.progress import ProgressBar
+
+
+class CplMixVAE:
+    """A coupled mixture VAE bound to a dataset.
+
+    Parameters
+    ----------
+    adata: AnnData, an ``.h5ad`` path or a bundled dataset name.
+    n_types, n_arms, state_dim: the main shape options; any other option of :class:`CplMixConfig` may be
+        passed as a keyword (``lam=1.0``, ``likelihood="nb"``, ...) or as a ``config`` object.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | str | os.PathLike,
+        n_types: int | None = None,
+        n_arms: int | None = None,
+        state_dim: int | None = None,
+        *,
+        config: CplMixConfig | None = None,
+        _preprocessing: Preprocessing | None = None,
+        **options: Any,
+    ):
+        self.adata = read_data(adata)
+        shape = {"n_types": n_types, "n_arms": n_arms, "state_dim": state_dim}
+        self.config = (config.copy() if config is not None else CplMixConfig()).update(
+            **{k: v for k, v in shape.items() if v is not None}, **options
+        )
+        self.prepared: PreparedData = prepare(self.adata, self.config, preprocessing=_preprocessing)
+        self.module = build_model(self.config, self.prepared.n_genes)
+        self.events = EventBus()
+        self.step = 0
+        self.history: TrainingResult | None = None
+        self.augment_used: str | None = None
+        self._optimizer_state: dict | None = None
+        self._rng_state: dict | None = None
+        self._device_data: DeviceData | None = None
+        self._inference: Inference | None = None
+
+    # -- training -------------------------------------------------------------------------------------------
+    def make_trainer(
+        self,
+        *,
+        device: str | torch.device | None = None,
+        control: TrainingControl | None = None,
+        run_dir: str | os.PathLike | None = None,
+        checkpoint_extra: dict | None = None,
+    ) -> Trainer:
+        """A :class:`Trainer` for this model that continues from its current step and optimizer state."""
+        if device is not None:
+            self.config.update(device=str(device))
+        trainer = Trainer(
+            self.module,
+            self.prepared,
+            self.config,
+            events=self.events,
+            control=control,
+            checkpoint_path=Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None,
+            checkpoint_extra=checkpoint_extra,
+        )
+        trainer.step = self.step
+        trainer._step_counter.fill_(self.step)
+        if self._optimizer_state is not None:
+            restore_optimizer(trainer.optimizer, self._optimizer_state)
+        if self._rng_state:
+            trainer.set_rng_state(self._rng_state)
+        return trainer
+
+    def train(
+        self,
+        steps: int | None = None,
+        epochs: float | None = None,
+        *,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        control: TrainingControl | None = None,
+        run_dir: str | os.PathLike | None = None,
+        until_step: int | None = None,
+    ) -> TrainingResult:
+        """Train for ``steps`` more steps (or ``epochs``; default: the config's schedule).
+
+        ``until_step`` instead trains up to an absolute step (used to resume a run to its planned end).
+        With ``run_dir`` checkpoints are written there periodically. Returns the per-step history.
+        """
+        trainer = self.make_trainer(device=device, control=control, run_dir=run_dir)
+        if until_step is None:
+            if epochs is None and steps is None:
+                epochs = self.config.epochs
+            until_step = self.step + trainer.total_steps_for(steps, epochs)
+        bar = ProgressBar(self.events) if progress else None
+        try:
+            result = trainer.fit(until_step)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.step = trainer.step
+            self.augment_used = trainer.augment_name
+            self._optimizer_state = trainer.optimizer.state_dict()
+            self._rng_state = trainer.rng_state()
+            self._invalidate()
+        self.history = result
+        return result
+
+    def _invalidate(self) -> None:
+        self._device_data = None
+        self._inference = None
+
+    # -- inference ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def device_data(self) -> DeviceData:
+        if self._device_data is None or self._device_data.device != self.device:
+            self._device_data = DeviceData(self.prepared, self.device)
+        return self._device_data
+
+    def predict(self) -> Inference:
+        """Types, confidence, state means and latent of every cell (cached until the model changes)."""
+        if self._inference is None:
+            self._inference = infer(self.module, self.device_data())
+        return self._inference
+
+    def consensus(self) -> Consensus | None:
+        """Agreement of the arms over all cells (None for one arm)."""
+        return consensus(self.predict().type_per_arm, self.module.n_types)
+
+    def get_latent_representation(self) -> np.ndarray:
+        """Arm 0's encoder bottleneck (N, D)."""
+        return self.predict().latent[0]
+
+    def get_state(self, arm: int = 0) -> np.ndarray:
+        """State means (N, S) of one arm, given its assigned type."""
+        return self.predict().state_mean[arm]
+
+    def evaluate(self, labels: str | None = None) -> dict[str, Any]:
+        """ACC, ARI, NMI, KL against ``adata.obs[labels]`` (averaged across arms), agreement and K."""
+        labels = labels or self.config.labels
+        inference = self.predict()
+        agreement = consensus(inference.type_per_arm, self.module.n_types)
+        result: dict[str, Any] = {
+            "k": int(self.module.n_types),
+            "k_used": int(len(np.unique(inference.consensus_type))),
+            "consensus": agreement.mean if agreement is not None else None,
+            "consensus_min": agreement.min if agreement is not None else None,
+            "n_cells": int(self.prepared.n_cells),
+            "step": int(self.step),
+        }
+        if labels is not None:
+            if labels not in self.adata.obs.columns:
+                raise CplmixError(f"unknown labels column '{labels}' (obs columns: {', '.join(map(str, self.adata.obs.columns))})")
+            result["labels"] = labels
+            result.update(evaluate_inference(inference, self.adata.obs[labels].to_numpy()))
+        return result
+
+    def info(self) -> dict[str, Any]:
+        """What ``uns['cplmix']`` records: configuration, steps, categories, genes, augmentation."""
+        return {
+            "config": self.config.to_dict(),
+            "step": int(self.step),
+            "category_ids": self.module.category_ids.cpu().numpy().tolist(),
+            "genes": list(self.prepared.genes),
+            "preprocessing": {k: v for k, v in self.prepared.preprocessing.to_dict().items() if k != "genes"},
+            "augment": self.augment_used,
+        }
+
+    def write_results(self, adata: AnnData | None = None, metrics: dict | None = None) -> AnnData:
+        """Write types, confidence, states, latent and ``uns['cplmix']`` into ``adata`` (default: the model's)."""
+        adata = self.adata if adata is None else adata
+        if adata.n_obs != self.prepared.n_cells:
+            raise CplmixError(f"the AnnData has {adata.n_obs} cells but the model was set up on {self.prepared.n_cells}")
+        info = self.info()
+        if metrics is not None:
+            info["metrics"] = metrics
+        return write_results(adata, self.predict(), n_types=self.module.n_types, agreement=self.consensus(), info=info)
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/checkpoint.safetensors`` (weights, configuration, genes, optimizer state)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        optimizer = None
+        if self._optimizer_state is not None:
+            optimizer = torch.optim.Adam(self.module.parameters())
+            restore_optimizer(optimizer, self._optimizer_state)
+        return save_checkpoint(
+            directory / CHECKPOINT_NAME,
+            model=self.module,
+            config=self.config.to_dict(),
+            preprocessing=self.prepared.preprocessing.to_dict(),
+            step=self.step,
+            optimizer=optimizer,
+            rng_state=self._rng_state or {"cpu": torch.get_rng_state()},
+            extra={"augment": self.augment_used},
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, adata: AnnData | str | os.PathLike, device: str | None = None
+    ) -> CplMixVAE:
+        config = CplMixConfig.from_dict(checkpoint.config)
+        if device is not None:
+            config.update(device=device)
+        model = cls(adata, config=config, _preprocessing=Preprocessing.from_dict(checkpoint.preprocessing))
+        n_types = len(checkpoint.model_state["category_ids"])
+        if n_types != model.module.n_types:  # a pruned model: rebuild at its size
+            model.config.update(n_types=n_types)
+            model.module = build_model(model.config, model.prepared.n_genes)
+        try:
+            model.module.load_state_dict(checkpoint.model_state)
+        except RuntimeError as error:
+            raise CplmixError(f"checkpoint '{checkpoint.path}' does not match its configuration: {str(error).splitlines()[0]}") from None
+        model.module.to(resolve_device(config.device))
+        model.step = checkpoint.step
+        model.augment_used = checkpoint.extra.get("augment")
+        model._optimizer_state = checkpoint.optimizer_state
+        model._rng_state = checkpoint.rng_state or None
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adata: AnnData | str | os.PathLike, device: str | None = None) -> CplMixVAE:
+        """Load a model saved with :meth:`save` (a run folder or a checkpoint file) onto ``adata``.
+
+        Data with other genes than the model's raise :class:`CplmixError`.
+        """
+        path = Path(path)
+        checkpoint = read_checkpoint(path) if path.is_file() else load_run_checkpoint(path)
+        return cls.from_checkpoint(checkpoint, adata, device=device)

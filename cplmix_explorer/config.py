@@ -1,0 +1,147 @@
+"""The one place for defaults: every option of the model, the training engine and the data path.
+
+:class:`CplMixConfig` is a ``param.Parameterized`` so that the CLI (``cplmix train`` flags), the Python API
+(keyword arguments) and the app (a form made with ``pn.Param``) are generated from the same declarations,
+with the same bounds and the same documentation. ``param`` is a plain-Python library; nothing here imports a
+UI toolkit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import param
+
+from .errors import CplmixError
+
+#: Numerical floor inside every log and square root of the coupling distance (method.md).
+COUPLING_EPS = 1e-8
+#: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
+TARGET_SUM = 1e4
+
+
+class CplMixConfig(param.Parameterized):
+    """Hyperparameters of a cpl-mixVAE run: model shape, objective weights, training and data options."""
+
+    # -- model ---------------------------------------------------------------------------------------------
+    n_types = param.Integer(10, bounds=(2, 1000), doc="Number of types K (categories) each arm can assign.")
+    state_dim = param.Integer(2, bounds=(1, 128), doc="Continuous state dimensions S per arm.")
+    n_arms = param.Integer(2, bounds=(1, 10), doc="Number of coupled autoencoder arms A (1 = a single mixture VAE).")
+    hidden_dim = param.Integer(100, bounds=(4, 8192), doc="Width of the hidden layers of encoder and decoder.")
+    n_hidden_layers = param.Integer(4, bounds=(1, 16), doc="Hidden layers in the encoder (and decoder).")
+    bottleneck_dim = param.Integer(10, bounds=(2, 1024), doc="Width of the encoder bottleneck h (the latent).")
+    input_dropout = param.Number(0.2, bounds=(0.0, 0.95), doc="Dropout rate on the encoder input.")
+    likelihood = param.Selector(
+        default="gaussian", objects=["gaussian", "nb"],
+        doc="Reconstruction likelihood: Gaussian on log-expression, or negative binomial on raw counts.",
+    )
+    tau = param.Number(1.0, bounds=(1e-3, 100.0), doc="Softmax temperature of the categorical posterior q(c|x).")
+    gumbel_temperature = param.Number(
+        1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."
+    )
+    state_depends_on_type = param.Boolean(
+        True, doc="State posterior q(s|c,x) conditioned on the type; False is the s-independent-of-c ablation."
+    )
+    share_arm_parameters = param.Boolean(False, doc="All arms share one set of weights (ablation).")
+
+    # -- objective -----------------------------------------------------------------------------------------
+    lam = param.Number(1.0, bounds=(0.0, None), doc="Coupling weight lambda of the arm-to-arm distance.")
+    beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
+    coupled = param.Boolean(
+        True, doc="Couple the arms (distance + entropy terms); False trains independent arms (ablation)."
+    )
+
+    # -- training ------------------------------------------------------------------------------------------
+    steps = param.Integer(5000, bounds=(1, None), doc="Training steps (mini-batches); ignored when epochs is set.")
+    epochs = param.Number(None, bounds=(0.0, None), allow_None=True, doc="Training epochs over the training cells.")
+    batch_size = param.Integer(256, bounds=(2, None), doc="Cells per mini-batch.")
+    lr = param.Number(1e-3, bounds=(0.0, 1.0), inclusive_bounds=(False, True), doc="Adam learning rate.")
+    seed = param.Integer(0, bounds=(0, 2**31 - 1), doc="Random seed: same seed, same result on the same device.")
+    device = param.String("auto", doc="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    validation_fraction = param.Number(
+        0.1, bounds=(0.0, 0.5), doc="Fraction of cells held out to report the validation loss."
+    )
+    augment = param.Selector(
+        default="auto", objects=["auto", "none", "noise", "generative", "affine"],
+        doc="Type-preserving copy each arm sees: auto picks noise for counts, affine for images.",
+    )
+    augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
+    augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")
+    fast_path = param.Selector(
+        default="auto", objects=["auto", "eager", "graph", "compile"],
+        doc="Training step execution: auto = CUDA graph on CUDA, eager on CPU.",
+    )
+    log_every = param.Integer(25, bounds=(1, None), doc="Steps between reads of the loss metrics (one host sync).")
+    eval_every = param.Integer(250, bounds=(1, None), doc="Steps between arm-agreement and validation evaluations.")
+    checkpoint_every = param.Integer(1000, bounds=(1, None), doc="Steps between periodic checkpoints of a run.")
+
+    # -- data ----------------------------------------------------------------------------------------------
+    n_genes = param.Integer(5000, bounds=(1, None), doc="Keep at most this many highly variable genes.")
+    normalize = param.Selector(
+        default="auto", objects=["auto", "none"],
+        doc="auto: raw counts are library-size normalised and log1p'd; none: X is used as it is.",
+    )
+    layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
+    labels = param.String(None, allow_None=True, doc="obs column of known labels, used only for evaluation.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All option values as a JSON-serialisable dict (without param's ``name``)."""
+        return {k: v for k, v in self.param.values().items() if k != "name"}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CplMixConfig:
+        """Build a config, turning param's validation errors into one-line :class:`CplmixError`."""
+        config = cls()
+        config.update(**values)
+        return config
+
+    def update(self, **values: Any) -> CplMixConfig:
+        """Set options with validation; unknown names and out-of-bounds values raise :class:`CplmixError`."""
+        known = set(self.param) - {"name"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
+        for key, value in values.items():
+            try:
+                setattr(self, key, value)
+            except (ValueError, TypeError) as error:
+                raise CplmixError(f"invalid value for {key}: {_first_line(error)}") from None
+        return self
+
+    def copy(self, **changes: Any) -> CplMixConfig:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+#: Flags of ``cplmix train`` for each option (the CLI contract of the README); other options get
+#: ``--option-name`` with dashes.
+CLI_FLAGS: dict[str, str] = {
+    "n_types": "--types",
+    "state_dim": "--state-dim",
+    "n_arms": "--arms",
+    "steps": "--steps",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "lam": "--lam",
+    "tau": "--tau",
+    "beta": "--beta",
+    "device": "--device",
+    "seed": "--seed",
+    "labels": "--labels",
+    "n_genes": "--genes",
+    "normalize": "--normalize",
+    "gumbel_temperature": "--gumbel-temp",
+}
+
+
+def cli_flag(name: str) -> str:
+    return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))

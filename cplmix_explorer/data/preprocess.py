@@ -1,0 +1,220 @@
+"""The one preprocessing path: AnnData in, a gene-selected matrix plus the recipe that produced it out.
+
+Raw counts (non-negative integers) are library-size normalised to ``TARGET_SUM`` and log1p-transformed,
+as scanpy's ``normalize_total`` + ``log1p``; the transform is applied per mini-batch on the device, so the
+stored matrix keeps the raw counts (sparse stays sparse) and the negative-binomial likelihood can use them.
+At most ``n_genes`` highly variable genes are kept (Seurat-flavour normalised dispersion for counts, variance
+otherwise), in their original order. Anything else is used as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ..config import TARGET_SUM, CplMixConfig
+from ..errors import CplmixError
+from .validate import _iter_row_chunks, check_types_fit_cells, expression_matrix, validate_anndata
+
+LOG1P_NORMALIZE = "log1p_normalize"
+AS_IS = "none"
+
+
+@dataclass
+class Preprocessing:
+    """The recipe applied to a dataset; stored in checkpoints so new data is prepared the same way."""
+
+    transform: str  # LOG1P_NORMALIZE (counts -> log1p(x / library * target_sum)) or AS_IS
+    genes: list[str]  # the model's genes, in the input's order
+    target_sum: float = TARGET_SUM
+    gene_selection: str = "all"  # "all", "seurat_dispersion" or "variance"
+    layer: str | None = None
+    image_shape: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        values = dict(values)
+        if values.get("image_shape") is not None:
+            values["image_shape"] = tuple(values["image_shape"])
+        return cls(**values)
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for the engine (host memory).
+
+    matrix: (cells, genes) float32, CSR or dense: raw counts when ``transform`` is log1p_normalize, else the
+    values used as they are. library_size: (cells,) total counts over *all* input genes (None when not counts).
+    """
+
+    matrix: np.ndarray | sp.csr_matrix
+    library_size: np.ndarray | None
+    preprocessing: Preprocessing
+    obs_names: pd.Index
+    is_counts: bool = False
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def genes(self) -> list[str]:
+        return self.preprocessing.genes
+
+    def model_input(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """The transformed values the encoder sees, (len(rows), genes) float32 dense, computed on the host."""
+        rows = slice(None) if rows is None else rows
+        block = self.matrix[rows]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.astype(np.float32, copy=False)
+        if self.preprocessing.transform == LOG1P_NORMALIZE:
+            scale = self.preprocessing.target_sum / self.library_size[rows]
+            block = np.log1p(block * scale[:, None].astype(np.float32))
+        return block
+
+
+def _library_sizes(matrix) -> np.ndarray:
+    totals = [np.asarray(block.sum(axis=1)).ravel() for block in _iter_row_chunks(matrix)]
+    return np.concatenate(totals).astype(np.float64)
+
+
+def _gene_moments(matrix, scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and unbiased variance of (matrix * scale[:, None]) computed in row chunks."""
+    n_rows, n_cols = matrix.shape
+    total = np.zeros(n_cols)
+    total_sq = np.zeros(n_cols)
+    start = 0
+    for block in _iter_row_chunks(matrix):
+        rows = block.shape[0]
+        block = sp.csr_matrix(block, dtype=np.float64) if sp.issparse(block) else np.asarray(block, np.float64)
+        if scale is not None:
+            factor = scale[start : start + rows]
+            block = sp.diags(factor) @ block if sp.issparse(block) else block * factor[:, None]
+        total += np.asarray(block.sum(axis=0)).ravel()
+        squared = block.multiply(block) if sp.issparse(block) else block**2
+        total_sq += np.asarray(squared.sum(axis=0)).ravel()
+        start += rows
+    mean = total / n_rows
+    variance = (total_sq - n_rows * mean**2) / max(n_rows - 1, 1)
+    return mean, np.maximum(variance, 0.0)
+
+
+def highly_variable_genes(matrix, library_size: np.ndarray | None, n_genes: int) -> tuple[np.ndarray, str]:
+    """Indices (sorted, original order) of at most ``n_genes`` most variable genes, and the method's name.
+
+    Counts: Seurat-flavour normalised dispersion of library-normalised counts (mean binned in 20 bins),
+    as ``scanpy.pp.highly_variable_genes(flavor="seurat")``. Other values: plain variance.
+    """
+    n_total = matrix.shape[1]
+    if n_genes >= n_total:
+        return np.arange(n_total), "all"
+    if library_size is None:
+        _, variance = _gene_moments(matrix, None)
+        order = np.argsort(-variance, kind="stable")
+        return np.sort(order[:n_genes]), "variance"
+    scale = TARGET_SUM / np.maximum(library_size, 1e-12)
+    mean, variance = _gene_moments(matrix, scale)
+    mean = np.where(mean == 0, 1e-12, mean)
+    dispersion = np.log(np.where(variance == 0, np.nan, variance / mean))
+    log_mean = np.log1p(mean)
+    bins = pd.cut(log_mean, bins=20)
+    frame = pd.DataFrame({"dispersion": dispersion, "bin": bins})
+    grouped = frame.groupby("bin", observed=False)["dispersion"]
+    bin_mean = grouped.transform("mean").to_numpy()
+    bin_std = grouped.transform("std").to_numpy()
+    bin_std = np.where(np.isnan(bin_std) | (bin_std == 0), 1.0, bin_std)
+    normalized = (dispersion - bin_mean) / bin_std
+    normalized = np.where(np.isnan(normalized), -np.inf, normalized)
+    order = np.argsort(-normalized, kind="stable")
+    return np.sort(order[:n_genes]), "seurat_dispersion"
+
+
+def choose_transform(is_counts: bool, normalize: str, is_image: bool) -> str:
+    if normalize == "none" or is_image or not is_counts:
+        return AS_IS
+    return LOG1P_NORMALIZE
+
+
+def prepare(
+    adata: AnnData,
+    config: CplMixConfig | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> PreparedData:
+    """Validate ``adata`` and prepare it for the engine.
+
+    With ``preprocessing`` (from a checkpoint) the same genes and transform are applied; genes the model
+    needs but the data lacks raise :class:`CplmixError`. Otherwise genes are selected per ``config``.
+    """
+    config = config or CplMixConfig()
+    layer = preprocessing.layer if preprocessing is not None else config.layer
+    labels = config.labels if preprocessing is None else None
+    summary = validate_anndata(adata, layer=layer, labels=labels, require_counts=config.likelihood == "nb")
+    image_shape = adata.uns.get("image_shape")
+    image_shape = tuple(int(v) for v in image_shape) if image_shape is not None else None
+    matrix = expression_matrix(adata, layer)
+
+    if preprocessing is None:
+        transform = choose_transform(summary.is_counts, config.normalize, image_shape is not None)
+        library_size = _library_sizes(matrix) if transform == LOG1P_NORMALIZE else None
+        if image_shape is not None:
+            gene_index, selection = np.arange(adata.n_vars), "all"
+        else:
+            gene_index, selection = highly_variable_genes(matrix, library_size, config.n_genes)
+        preprocessing = Preprocessing(
+            transform=transform,
+            genes=[str(g) for g in adata.var_names[gene_index]],
+            gene_selection=selection,
+            layer=layer,
+            image_shape=image_shape,
+        )
+    else:
+        position = pd.Index(adata.var_names.astype(str)).get_indexer(preprocessing.genes)
+        missing = [g for g, p in zip(preprocessing.genes, position) if p < 0]
+        if missing:
+            raise CplmixError(
+                f"the data lacks {len(missing)} of the model's {len(preprocessing.genes)} genes "
+                f"(e.g. {', '.join(missing[:3])}); the checkpoint was trained on another gene set"
+            )
+        if preprocessing.transform == LOG1P_NORMALIZE and not summary.is_counts:
+            raise CplmixError("the model was trained on raw counts but this data's X does not hold counts")
+        gene_index = position
+        library_size = _library_sizes(matrix) if preprocessing.transform == LOG1P_NORMALIZE else None
+
+    if config.likelihood == "nb" and preprocessing.transform != LOG1P_NORMALIZE:
+        raise CplmixError("the negative-binomial likelihood needs raw counts with --normalize auto")
+    selected = _select_columns(matrix, gene_index)
+    check_types_fit_cells(config.n_types, adata.n_obs)
+    return PreparedData(
+        matrix=selected,
+        library_size=None if library_size is None else library_size.astype(np.float32),
+        preprocessing=preprocessing,
+        obs_names=adata.obs_names.copy(),
+        is_counts=summary.is_counts,
+    )
+
+
+def _select_columns(matrix, gene_index: np.ndarray):
+    """Column subset as float32, CSR when the input is sparse (in row chunks for backed files)."""
+    blocks = []
+    for block in _iter_row_chunks(matrix):
+        if sp.issparse(block):
+            blocks.append(sp.csr_matrix(block)[:, gene_index].astype(np.float32))
+        else:
+            blocks.append(np.asarray(block)[:, gene_index].astype(np.float32))
+    if sp.issparse(blocks[0]):
+        out = sp.vstack(blocks, format="csr")
+        out.sort_indices()
+        return out
+    return np.ascontiguousarray(np.vstack(blocks))

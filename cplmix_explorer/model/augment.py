@@ -1,0 +1,140 @@
+"""Type-preserving augmentation: each arm sees its own copy of a cell (method.md, "Augmentation").
+
+An augmenter maps a batch of stored values (B, G) (raw counts for count data, else the values used as they
+are) to one copy per arm (A, B, G), on the device, inside the training step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CplmixError
+
+
+class Augmenter(nn.Module):
+    """Base class: ``forward(values (B, G), n_arms) -> copies (A, B, G)`` on the same device."""
+
+    name = "base"
+    #: True when the augmenter works on raw counts (the engine then keeps counts on the device)
+    needs_counts = False
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class IdentityAugmenter(Augmenter):
+    """Every arm sees the cell as it is (the arms still differ by weights and dropout)."""
+
+    name = "none"
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:
+        return values.unsqueeze(0).expand(n_arms, -1, -1)
+
+
+class CountNoiseAugmenter(Augmenter):
+    """Binomial thinning of counts (each read kept with probability 1 - strength) followed by gene dropout
+    (each non-zero entry zeroed with probability strength / 2); an independent draw per arm."""
+
+    name = "noise"
+    needs_counts = True
+
+    def __init__(self, strength: float = 0.1):
+        super().__init__()
+        self.strength = float(strength)
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:
+        counts = values.unsqueeze(0).expand(n_arms, -1, -1)
+        keep = torch.full_like(counts, 1.0 - self.strength)
+        thinned = torch.binomial(counts.contiguous(), keep)
+        dropout = torch.rand_like(thinned) >= self.strength / 2
+        return thinned * dropout
+
+
+class ValueNoiseAugmenter(Augmenter):
+    """For non-count values: entries zeroed with probability strength / 2, plus Gaussian jitter with a
+    standard deviation of ``strength`` times each gene's batch standard deviation; a draw per arm."""
+
+    name = "noise"
+
+    def __init__(self, strength: float = 0.1):
+        super().__init__()
+        self.strength = float(strength)
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:
+        copies = values.unsqueeze(0).expand(n_arms, -1, -1)
+        spread = values.std(dim=0, keepdim=True).unsqueeze(0)
+        jitter = torch.randn_like(copies) * spread * self.strength
+        dropout = torch.rand_like(copies) >= self.strength / 2
+        return (copies + jitter) * dropout
+
+
+class AffineImageAugmenter(Augmenter):
+    """Small random affine transforms of images (rotation, scale, translation), one draw per arm and image.
+
+    ``strength`` s sets the ranges: rotation within +-100*s degrees, scale within 1 +- s, translation within
+    +-s of the image size. Values are flattened images (B, H*W) of ``image_shape`` (H, W).
+    """
+
+    name = "affine"
+
+    def __init__(self, image_shape: tuple[int, int], strength: float = 0.1):
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.strength = float(strength)
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:
+        height, width = self.image_shape
+        batch = values.shape[0]
+        images = values.unsqueeze(0).expand(n_arms, -1, -1).reshape(n_arms * batch, 1, height, width)
+        n = images.shape[0]
+        s = self.strength
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(n, device=values.device, dtype=values.dtype) * (high - low) + low
+
+        angle = uniform(-1.0, 1.0) * math.radians(100.0 * s)
+        scale = uniform(1.0 - s, 1.0 + s)
+        shift_x, shift_y = uniform(-2 * s, 2 * s), uniform(-2 * s, 2 * s)  # grid coordinates span [-1, 1]
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift_x], dim=-1), torch.stack([sin, cos, shift_y], dim=-1)], dim=1
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return warped.reshape(n_arms, batch, height * width)
+
+
+def make_augmenter(
+    name: str,
+    *,
+    is_counts: bool,
+    image_shape: tuple[int, int] | None,
+    strength: float,
+    augmenter_path: str | None = None,
+) -> tuple[Augmenter, str]:
+    """The augmenter for an option value and the name actually used ('auto' resolved: affine for images,
+    noise for everything else)."""
+    if name == "auto":
+        name = "affine" if image_shape is not None else "noise"
+    if name == "none":
+        return IdentityAugmenter(), name
+    if name == "noise":
+        return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
+    if name == "affine":
+        if image_shape is None:
+            raise CplmixError("augment 'affine' needs image data (uns['image_shape'] is missing)")
+        return AffineImageAugmenter(image_shape, strength), name
+    if name == "generative":
+        if not augmenter_path:
+            raise CplmixError(
+                "augment 'generative' needs a trained augmenter: run 'cplmix augmenter train DATA --out DIR' "
+                "and pass --augmenter-path DIR"
+            )
+        from .generative import load_generative_augmenter
+
+        return load_generative_augmenter(augmenter_path), name
+    raise CplmixError(f"unknown augmentation '{name}' (auto, none, noise, generative, affine)")

@@ -1,0 +1,155 @@
+"""The cpl-mixVAE objective (method.md, paper Eq. 7) as a loss to minimise.
+
+    L = (A-1) * sum_a [rec_a + beta * KL_a] + sum_{a<b} [lam * d2_sigma(c_a, c_b) - H_a - H_b]
+
+with A = 1 reducing to rec + beta * KL (a single mixture VAE). Every term is a mean over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import COUPLING_EPS
+from .network import GAUSSIAN, ArmOutputs
+
+
+class _HalfSquaredErrorPerArm(torch.autograd.Function):
+    """1/2 sum of squared errors per arm divided by the batch size, with one saved difference tensor
+    (three memory passes instead of the six that autograd of the plain expression makes)."""
+
+    @staticmethod
+    def forward(ctx, decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        difference = decoded - target
+        ctx.save_for_backward(difference)
+        batch = decoded.shape[1]
+        flat = difference.reshape(difference.shape[0], -1)
+        return 0.5 * torch.linalg.vector_norm(flat, dim=1).square() / batch
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (difference,) = ctx.saved_tensors
+        scale = (grad_output / difference.shape[1]).view(-1, 1, 1)
+        return difference * scale, None
+
+
+def gaussian_reconstruction(target: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """1/2 squared error summed over genes, mean over the batch: (A, B, G) -> (A,).
+
+    The target carries no gradient (it is the data)."""
+    return _HalfSquaredErrorPerArm.apply(decoded, target.detach())
+
+
+def negative_binomial_reconstruction(
+    counts: torch.Tensor, log_rho: torch.Tensor, library: torch.Tensor, log_theta: torch.Tensor
+) -> torch.Tensor:
+    """-log NB(counts | mu = library * rho, theta) summed over genes, mean over the batch -> (A,).
+
+    counts, log_rho: (A, B, G); library: (A, B, 1) total counts; log_theta: (A or 1, 1, G).
+    """
+    theta = log_theta.exp()
+    log_mu = log_rho + library.clamp_min(1.0).log()
+    log_theta_mu = torch.logaddexp(log_theta, log_mu)  # log(theta + mu)
+    log_likelihood = (
+        torch.lgamma(counts + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(counts + 1.0)
+        + theta * (log_theta - log_theta_mu)
+        + counts * (log_mu - log_theta_mu)
+    )
+    return -log_likelihood.sum(dim=-1).mean(dim=-1)
+
+
+def state_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over state dims, mean over the batch: (A, B, S) -> (A,)."""
+    return (-0.5 * (1.0 + logvar - mu.square() - logvar.exp())).sum(dim=-1).mean(dim=-1)
+
+
+def categorical_entropy(q: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """H(c|x) = -sum_k q_k log q_k, mean over the batch: (A, B, K) -> (A,)."""
+    return -(q * log_q).sum(dim=-1).mean(dim=-1)
+
+
+def batch_variance(q: torch.Tensor) -> torch.Tensor:
+    """Variance over the batch of each category's probability: (A, B, K) -> (A, 1, K) (biased, 1/B)."""
+    return (q - q.mean(dim=1, keepdim=True)).square().mean(dim=1, keepdim=True)
+
+
+def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (a, b) of every pair a < b of arms, each (A*(A-1)/2,)."""
+    first, second = torch.triu_indices(n_arms, n_arms, offset=1, device=device)
+    return first, second
+
+
+def coupling_distance(q: torch.Tensor, variance: torch.Tensor | None = None, eps: float = COUPLING_EPS) -> torch.Tensor:
+    """Perturbed Aitchison distance d2_sigma for every pair of arms a < b -> (P,).
+
+    d2(a, b) = mean_batch sum_k ( log(q_a,k + eps) / sqrt(var_a,k + eps) - log(q_b,k + eps) / sqrt(var_b,k + eps) )^2
+
+    q: (A, B, K) category probabilities; variance: (A, 1, K) batch variance of q (computed from ``q`` when
+    not given; the distributed engine passes the global-batch variance).
+    """
+    if variance is None:
+        variance = batch_variance(q)
+    scaled = torch.log(q + eps) / torch.sqrt(variance + eps)
+    first, second = arm_pairs(q.shape[0], q.device)
+    return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
+
+
+@dataclass
+class LossTerms:
+    """The objective and its parts; per-arm terms have shape (A,), pair terms (P,)."""
+
+    total: torch.Tensor  # scalar
+    reconstruction: torch.Tensor  # (A,)
+    kl: torch.Tensor  # (A,)
+    entropy: torch.Tensor  # (A,)
+    coupling: torch.Tensor  # (P,) perturbed Aitchison distance per arm pair (empty for A = 1)
+
+    def metric_vector(self) -> torch.Tensor:
+        """[total, mean coupling, rec per arm, KL per arm, entropy per arm], detached: (2 + 3A,)."""
+        coupling_mean = self.coupling.mean() if self.coupling.numel() else self.total.new_zeros(())
+        return torch.cat(
+            [self.total.reshape(1), coupling_mean.reshape(1), self.reconstruction, self.kl, self.entropy]
+        ).detach()
+
+
+def metric_names(n_arms: int) -> list[str]:
+    """Column names of :meth:`LossTerms.metric_vector`."""
+    per_arm = [f"{term}_arm{a}" for term in ("reconstruction", "kl", "entropy") for a in range(n_arms)]
+    return ["loss", "coupling", *per_arm]
+
+
+def cplmix_loss(
+    outputs: ArmOutputs,
+    target: torch.Tensor,
+    *,
+    likelihood: str,
+    lam: float,
+    beta: float,
+    coupled: bool = True,
+    library: torch.Tensor | None = None,
+    log_theta: torch.Tensor | None = None,
+    variance: torch.Tensor | None = None,
+) -> LossTerms:
+    """The objective of method.md for all arms at once.
+
+    target: (A, B, G) what each arm reconstructs (log-expression for Gaussian, counts for NB);
+    library: (A, B, 1) counts per cell (NB only). ``coupled=False`` drops the pair terms and weights the
+    arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation).
+    """
+    if likelihood == GAUSSIAN:
+        reconstruction = gaussian_reconstruction(target, outputs.decoded)
+    else:
+        reconstruction = negative_binomial_reconstruction(target, outputs.decoded, library, log_theta)
+    kl = state_kl(outputs.mu, outputs.logvar)
+    entropy = categorical_entropy(outputs.q, outputs.log_q)
+    n_arms = outputs.q.shape[0]
+    if n_arms == 1 or not coupled:
+        coupling = outputs.q.new_zeros(0)
+        total = (reconstruction + beta * kl).sum()
+    else:
+        coupling = coupling_distance(outputs.q, variance)
+        total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - (n_arms - 1) * entropy.sum()
+    return LossTerms(total=total, reconstruction=reconstruction, kl=kl, entropy=entropy, coupling=coupling)

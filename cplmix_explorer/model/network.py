@@ -1,0 +1,171 @@
+"""The coupled mixture VAE as one torch module: A arms with stacked weights (pure torch, no I/O, no UI).
+
+Per arm (method.md, "Model"): encoder x_a -> h_a; categorical posterior q(c|x_a) = softmax(logits / tau);
+a Gumbel-softmax relaxed type sample c_a in training (one-hot argmax at inference); state posterior
+q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from [c_a, s_a].
+
+Tensors carry a leading arm axis: inputs (A, B, G), outputs (A, B, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import StackedBatchNorm, StackedLinear
+
+GAUSSIAN = "gaussian"
+NEGATIVE_BINOMIAL = "nb"
+
+
+@dataclass
+class ArmOutputs:
+    """What one forward pass produces for all arms; every tensor has a leading arm axis A."""
+
+    log_q: torch.Tensor  # (A, B, K) log q(c|x), log-softmax of logits / tau
+    q: torch.Tensor  # (A, B, K) category probabilities
+    c: torch.Tensor  # (A, B, K) relaxed sample (training) or one-hot argmax (inference)
+    mu: torch.Tensor  # (A, B, S) state posterior mean
+    logvar: torch.Tensor  # (A, B, S) state posterior log variance
+    s: torch.Tensor  # (A, B, S) reparameterised state sample (= mu at inference)
+    decoded: torch.Tensor  # (A, B, G) Gaussian: log-expression; NB: log of the gene proportions (log rho)
+    h: torch.Tensor  # (A, B, D) encoder bottleneck (the latent)
+
+
+def input_dropout(x: torch.Tensor, rate: float, training: bool) -> tuple[torch.Tensor, float]:
+    """Inverted dropout returned as (masked x, scale): the caller multiplies by ``scale`` (the first layer
+    does it inside its matrix product, for free).
+
+    On the CPU the keep mask comes from 64-bit random words split into bytes (8x fewer random draws than
+    ``F.dropout``, whose random numbers dominate a CPU step); the rate is then rounded to 1/256."""
+    if not training or rate <= 0.0:
+        return x, 1.0
+    if x.device.type != "cpu":
+        return F.dropout(x, rate, True), 1.0
+    threshold = round(rate * 256)
+    if threshold == 0:
+        return x, 1.0
+    n = x.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+    keep = words.view(torch.uint8)[:n].view(x.shape) >= threshold
+    return torch.where(keep, x, 0.0), 256.0 / (256 - threshold)
+
+
+def gumbel_softmax_sample(log_q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Relaxed one-hot sample softmax((log q + g) / temperature) with g ~ Gumbel(0, 1); same shape as log_q."""
+    gumbel = -torch.empty_like(log_q).exponential_().log()
+    return torch.softmax((log_q + gumbel) / temperature, dim=-1)
+
+
+class CoupledMixtureVAE(nn.Module):
+    """A coupled autoencoder arms, each a mixture VAE with a type-dependent continuous state."""
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_types: int,
+        state_dim: int = 2,
+        n_arms: int = 2,
+        hidden_dim: int = 100,
+        n_hidden_layers: int = 4,
+        bottleneck_dim: int = 10,
+        input_dropout: float = 0.2,
+        likelihood: str = GAUSSIAN,
+        tau: float = 1.0,
+        state_depends_on_type: bool = True,
+        share_arm_parameters: bool = False,
+    ):
+        super().__init__()
+        if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
+            raise ValueError(f"unknown likelihood {likelihood!r}")
+        self.n_genes = n_genes
+        self.n_types = n_types
+        self.state_dim = state_dim
+        self.n_arms = n_arms
+        self.likelihood = likelihood
+        self.tau = tau
+        self.input_dropout = input_dropout
+        self.state_depends_on_type = state_depends_on_type
+        shared = share_arm_parameters
+
+        def linear(n_in: int, n_out: int) -> StackedLinear:
+            return StackedLinear(n_arms, n_in, n_out, shared=shared)
+
+        widths = [n_genes] + [hidden_dim] * n_hidden_layers
+        self.encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim) for _ in range(n_hidden_layers))
+        self.bottleneck = linear(hidden_dim, bottleneck_dim)
+        self.bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim)
+        self.type_head = linear(bottleneck_dim, n_types)
+        state_input = bottleneck_dim + (n_types if state_depends_on_type else 0)
+        self.state_head = linear(state_input, 2 * state_dim)
+        decoder_widths = [n_types + state_dim, bottleneck_dim] + [hidden_dim] * n_hidden_layers
+        self.decoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(decoder_widths[:-1], decoder_widths[1:]))
+        self.decoder_output = linear(hidden_dim, n_genes)
+        if likelihood == NEGATIVE_BINOMIAL:
+            # per-arm, per-gene inverse dispersion theta = exp(log_theta)
+            self.log_theta = nn.Parameter(torch.zeros(1 if shared else n_arms, 1, n_genes))
+        # Original category index of each current category (pruning removes categories).
+        self.register_buffer("category_ids", torch.arange(n_types))
+
+    # -- the three parts of an arm --------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (A, B, G) -> bottleneck h (A, B, D) and type logits (A, B, K)."""
+        h, scale = input_dropout(x, self.input_dropout, self.training)
+        for index, (layer, norm) in enumerate(zip(self.encoder_layers, self.encoder_norms)):
+            h = norm(torch.relu(layer(h, scale) if index == 0 else layer(h)))
+        h = self.bottleneck_norm(torch.relu(self.bottleneck(h)))
+        return h, self.type_head(h)
+
+    def type_posterior(self, logits: torch.Tensor) -> torch.Tensor:
+        """log q(c|x) (A, B, K): one log-softmax of logits / tau (no double softmax)."""
+        return torch.log_softmax(logits / self.tau, dim=-1)
+
+    def state_posterior(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance (A, B, S) of q(s|c, x) from [h, c] (or h alone in the s-independent ablation)."""
+        features = torch.cat([h, c], dim=-1) if self.state_depends_on_type else h
+        mu, logvar = self.state_head(features).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """[c (A, B, K), s (A, B, S)] -> (A, B, G): log-expression (Gaussian) or log gene proportions (NB)."""
+        out = torch.cat([c, s], dim=-1)
+        for layer in self.decoder_layers:
+            out = torch.relu(layer(out))
+        out = self.decoder_output(out)
+        if self.likelihood == GAUSSIAN:
+            return torch.relu(out)
+        return torch.log_softmax(out, dim=-1)
+
+    def expression(self, decoded: torch.Tensor, target_sum: float) -> torch.Tensor:
+        """Decoder output on the log-normalised expression scale, log1p(x / library * target_sum)."""
+        if self.likelihood == GAUSSIAN:
+            return decoded
+        return torch.log1p(decoded.exp() * target_sum)
+
+    # -- full pass ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, gumbel_temperature: float = 1.0) -> ArmOutputs:
+        """x (A, B, G), each arm its own (augmented) copy. Training: relaxed sample c and sampled s;
+        eval mode: one-hot argmax c and s = mu."""
+        h, logits = self.encode(x)
+        log_q = self.type_posterior(logits)
+        q = log_q.exp()
+        if self.training:
+            c = gumbel_softmax_sample(log_q, gumbel_temperature)
+        else:
+            c = F.one_hot(log_q.argmax(dim=-1), self.n_types).to(log_q.dtype)
+        mu, logvar = self.state_posterior(h, c)
+        if self.training:
+            s = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # standard normal noise
+        else:
+            s = mu
+        return ArmOutputs(log_q=log_q, q=q, c=c, mu=mu, logvar=logvar, s=s, decoded=self.decode(c, s), h=h)
+
+    def set_batch_reducer(self, reducer) -> None:
+        """Make every BatchNorm use global-batch statistics (distributed training)."""
+        for module in self.modules():
+            if isinstance(module, StackedBatchNorm):
+                module.reducer = reducer

@@ -1,0 +1,102 @@
+"""A prepared dataset held on the training device; mini-batches are gathered and densified there.
+
+Sparse (CSR) data stays sparse on the device. A batch of rows is densified with fixed-shape operations
+(rows padded to the longest row's number of non-zeros), so the gather needs no host synchronisation and
+can be captured in a CUDA graph. The count transform (library-size normalisation + log1p) is applied per
+batch on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..data.preprocess import LOG1P_NORMALIZE, PreparedData
+
+
+class DeviceData:
+    """Rows of a :class:`PreparedData` on ``device``: gather (B,) row indices -> (B, G) dense values.
+
+    With ``keep_counts=False`` count data is stored already transformed (log1p of normalised counts; zeros
+    stay zeros, so CSR stays sparse) and batches need no per-step transform; with ``keep_counts=True`` the
+    raw counts are kept for count-level augmentation and the negative-binomial likelihood.
+    """
+
+    def __init__(
+        self, prepared: PreparedData, device: torch.device, rows: np.ndarray | None = None, keep_counts: bool = False
+    ):
+        matrix = prepared.matrix if rows is None else prepared.matrix[rows]
+        library = prepared.library_size if rows is None or prepared.library_size is None else prepared.library_size[rows]
+        self.device = torch.device(device)
+        self.n_cells, self.n_genes = matrix.shape
+        self.is_counts_transform = prepared.preprocessing.transform == LOG1P_NORMALIZE
+        self.target_sum = float(prepared.preprocessing.target_sum)
+        #: stored values are raw counts that :meth:`transform` must turn into model input
+        self.holds_counts = self.is_counts_transform and keep_counts
+        if self.is_counts_transform and not keep_counts:
+            matrix = _log_normalize_rows(matrix, self.target_sum / np.asarray(library, np.float64))
+        self.library = None if library is None else torch.as_tensor(np.asarray(library, np.float32), device=self.device)
+        self.sparse = sp.issparse(matrix)
+        if self.sparse:
+            matrix = sp.csr_matrix(matrix, dtype=np.float32)
+            self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64), device=self.device)
+            self.indices = torch.as_tensor(matrix.indices.astype(np.int32), device=self.device)
+            # one trailing zero so padded positions past the last row stay in range
+            self.values = torch.as_tensor(np.append(matrix.data, np.float32(0)), device=self.device)
+            self.indices = torch.cat([self.indices, self.indices.new_zeros(1)])
+            row_nnz = np.diff(matrix.indptr)
+            self.max_row_nnz = max(int(row_nnz.max()) if row_nnz.size else 0, 1)
+            self._offsets = torch.arange(self.max_row_nnz, device=self.device)
+        else:
+            self.dense = torch.as_tensor(np.ascontiguousarray(matrix, dtype=np.float32), device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.indptr, self.indices, self.values] if self.sparse else [self.dense]
+        if self.library is not None:
+            tensors.append(self.library)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (B,) as a dense float32 (B, G) tensor of stored values (counts or as-is values)."""
+        if not self.sparse:
+            return self.dense.index_select(0, index)
+        start = self.indptr.index_select(0, index)
+        length = self.indptr.index_select(0, index + 1) - start
+        position = start[:, None] + self._offsets[None, :]
+        inside = self._offsets[None, :] < length[:, None]
+        position = torch.where(inside, position, torch.full_like(position, self.values.numel() - 1))
+        columns = self.indices[position].long()
+        values = self.values[position]
+        out = torch.zeros(index.shape[0], self.n_genes, device=self.device, dtype=torch.float32)
+        return out.scatter_add_(1, columns, values)
+
+    def library_of(self, index: torch.Tensor) -> torch.Tensor | None:
+        """Total counts over all input genes of rows ``index``: (B,), or None for non-count data."""
+        return None if self.library is None else self.library.index_select(0, index)
+
+    def transform(self, values: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+        """Stored values (..., G) -> model input: log1p(values / library * target_sum) for raw counts."""
+        if not self.holds_counts:
+            return values
+        scale = self.target_sum / library.clamp_min(1e-6)
+        return torch.log1p(values * scale.unsqueeze(-1))
+
+    def model_input(self, index: torch.Tensor) -> torch.Tensor:
+        """Transformed rows (B, G), what the encoder sees without augmentation."""
+        return self.transform(self.gather(index), self.library_of(index))
+
+
+def _log_normalize_rows(matrix, scale: np.ndarray):
+    """log1p(matrix * scale[:, None]) as float32, CSR kept sparse, dense done in row chunks."""
+    if sp.issparse(matrix):
+        out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        row_scale = np.repeat(scale, np.diff(out.indptr)).astype(np.float32)
+        out.data = np.log1p(out.data * row_scale)
+        return out
+    out = np.empty(matrix.shape, dtype=np.float32)
+    for start in range(0, matrix.shape[0], 8192):
+        stop = min(start + 8192, matrix.shape[0])
+        out[start:stop] = np.log1p(np.asarray(matrix[start:stop], np.float32) * scale[start:stop, None].astype(np.float32))
+    return out
