@@ -194,6 +194,7 @@ def simulate(
     base[program == "marker"] = parameters.normal(-0.5, 1.0, n_markers)
     base[program == "ieg"] = parameters.normal(-0.3, 0.7, n_ieg)
     base[program == "hkg"] = parameters.normal(0.5, 0.5, n_hkg)
+    base = np.maximum(base, -2.5)  # no gene so rare that a few hundred cells never show it
     gene_dispersion = dispersion * parameters.lognormal(0.0, 0.5, n_genes)
 
     # -- type profiles: base + class program + type program (K, G) ---------------------------------------
