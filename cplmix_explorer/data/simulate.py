@@ -229,7 +229,7 @@ def simulate(
     # -- counts, in chunks of whole RNG blocks --------------------------------------------------------------
     chunk_rows = int(np.ceil(chunk_size / RNG_BLOCK_CELLS)) * RNG_BLOCK_CELLS
     profile32, response32 = profile.astype(np.float32), response.astype(np.float32)
-    data_parts, index_parts, row_nnz = [], [], []
+    builder = _CsrBuilder(n_cells, n_genes)
     for start in range(0, n_cells, chunk_rows):
         stop = min(start + chunk_rows, n_cells)
         rows = slice(start, stop)
@@ -240,12 +240,9 @@ def simulate(
         eta -= eta.max(axis=1, keepdims=True)
         mean = np.exp(eta, out=eta)
         mean *= (library[rows] / mean.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
-        values, columns, nnz = _draw_counts(mean, gene_dispersion, start, seed, dropout_midpoint, dropout_slope)
-        data_parts.extend(values)
-        index_parts.extend(columns)
-        row_nnz.extend(nnz)
+        _draw_counts(mean, gene_dispersion, start, seed, dropout_midpoint, dropout_slope, builder)
         del eta, mean
-    matrix = _assemble_csr(data_parts, index_parts, row_nnz, n_cells, n_genes)
+    matrix = builder.finish()
 
     # -- AnnData --------------------------------------------------------------------------------------------
     width = len(str(n_cells))
@@ -363,15 +360,13 @@ def _gains(parameters, gains, n_types, state_dim, activity_gain, metabolic_gain,
     return table
 
 
-def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int, seed: int, midpoint, slope):
-    """Negative-binomial counts with dropout for cells first_cell.. (rows of ``mean``), block by block.
-
-    Returns CSR parts: values (nnz,) float32, column indices (nnz,) int32, non-zeros per row (rows,).
-    """
+def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int, seed: int, midpoint, slope,
+                 builder: _CsrBuilder) -> None:
+    """Negative-binomial counts with dropout for cells first_cell.. (rows of ``mean``), block by block,
+    appended to ``builder``."""
     n_genes = mean.shape[1]
     poisson_genes = gene_dispersion <= 0
     shape = 1.0 / np.where(poisson_genes, 1.0, gene_dispersion)
-    values, columns, row_nnz = [], [], []
     for offset in range(0, mean.shape[0], RNG_BLOCK_CELLS):
         block_mean = mean[offset : offset + RNG_BLOCK_CELLS]
         rng = np.random.default_rng([seed, _COUNT_STREAM, (first_cell + offset) // RNG_BLOCK_CELLS])
@@ -390,24 +385,47 @@ def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int,
             survive = rng.random(flat.size) >= drop_probability
             flat, kept = flat[survive], kept[survive]
         rows = flat // n_genes
-        values.append(kept)
-        columns.append((flat - rows * n_genes).astype(np.int32))
-        row_nnz.append(np.bincount(rows, minlength=block_mean.shape[0]))
-    return values, columns, row_nnz
+        builder.append(kept, flat - rows * n_genes, np.bincount(rows, minlength=block_mean.shape[0]))
 
 
-def _assemble_csr(data_parts, index_parts, row_nnz, n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """One CSR from per-chunk arrays, concatenating data then indices (peak ~1.5x the final size)."""
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(row_nnz), out=indptr[1:])
-    index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
-    data = np.concatenate(data_parts)
-    data_parts.clear()
-    indices = np.concatenate(index_parts).astype(index_dtype, copy=False)
-    index_parts.clear()
-    matrix = sp.csr_matrix((data, indices, indptr.astype(index_dtype, copy=False)), shape=(n_rows, n_cols))
-    matrix.has_sorted_indices = True
-    return matrix
+class _CsrBuilder:
+    """Appends row blocks into one growing CSR buffer (values float32, column indices int32).
+
+    The buffers start at an estimate and grow / shrink with ``ndarray.resize`` (realloc: large blocks are
+    remapped rather than copied), so the peak stays near the final size instead of parts plus a copy.
+    """
+
+    def __init__(self, n_rows: int, n_cols: int):
+        self.n_rows, self.n_cols = n_rows, n_cols
+        self.data = np.empty(0, np.float32)
+        self.indices = np.empty(0, np.int32)
+        self.row_nnz = np.zeros(n_rows, np.int64)
+        self.nnz = self.rows = 0
+
+    def append(self, values: np.ndarray, columns: np.ndarray, row_nnz: np.ndarray) -> None:
+        needed = self.nnz + len(values)
+        if needed > len(self.data):
+            rows_after = self.rows + len(row_nnz)
+            # expected total from the density so far (types are shuffled, so blocks are alike), 5 % spare
+            estimate = int(needed / rows_after * self.n_rows * 1.05) + 1024
+            capacity = max(needed, estimate if self.rows == 0 else int(len(self.data) * 1.25), 1)
+            self.data.resize(capacity, refcheck=False)
+            self.indices.resize(capacity, refcheck=False)
+        self.data[self.nnz : needed] = values
+        self.indices[self.nnz : needed] = columns
+        self.row_nnz[self.rows : self.rows + len(row_nnz)] = row_nnz
+        self.nnz, self.rows = needed, self.rows + len(row_nnz)
+
+    def finish(self) -> sp.csr_matrix:
+        self.data.resize(self.nnz, refcheck=False)
+        self.indices.resize(self.nnz, refcheck=False)
+        index_dtype = np.int32 if self.nnz < np.iinfo(np.int32).max else np.int64
+        indptr = np.zeros(self.n_rows + 1, dtype=index_dtype)
+        np.cumsum(self.row_nnz, out=indptr[1:])
+        indices = self.indices.astype(index_dtype, copy=False)
+        matrix = sp.csr_matrix((self.data, indices, indptr), shape=(self.n_rows, self.n_cols), copy=False)
+        matrix.has_sorted_indices = True
+        return matrix
 
 
 def state_recovery(adata: AnnData, inferred_state: np.ndarray, min_cells: int = 3) -> pd.DataFrame:
