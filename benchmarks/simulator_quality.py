@@ -70,6 +70,42 @@ def run_seed(adata, seed: int, args) -> dict:
     }
 
 
+def baselines(adata) -> dict:
+    """References from plain methods on the same data (log1p-normalised, standardised, 30 PCs):
+    k-means (k = true K, best of 10 starts by distortion) ACC; and, given the *true* types, the median over
+    types of the best |rho| between a true state and one of the type's top-3 within-type PCs (an oracle for
+    how visible the states are)."""
+    from scipy.cluster.vq import kmeans2
+
+    from cplmix_explorer.analysis.metrics import compare_to_labels
+    from cplmix_explorer.data.simulate import state_recovery
+
+    counts = adata.X.toarray()
+    expression = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+    standardized = (expression - expression.mean(0)) / (expression.std(0) + 1e-6)
+    u, singular, _ = np.linalg.svd(standardized, full_matrices=False)
+    components = u[:, :30] * singular[:30]
+    best = None
+    for seed in range(10):
+        centroids, assigned = kmeans2(components, adata.uns["simulation"]["n_types"], seed=seed, minit="++")
+        distortion = float(((components - centroids[assigned]) ** 2).sum())
+        if best is None or distortion < best[0]:
+            best = (distortion, assigned)
+    types = adata.obs["true_type"].to_numpy()
+    within = np.zeros((adata.n_obs, 3))
+    for name in np.unique(types):
+        inside = types == name
+        centred = expression[inside] - expression[inside].mean(0)
+        u_type, s_type, _ = np.linalg.svd(centred, full_matrices=False)
+        k = min(3, len(s_type))
+        within[inside, :k] = u_type[:, :k] * s_type[:k]
+    recovery = state_recovery(adata, within)
+    return {
+        "pca_kmeans_acc": compare_to_labels(best[1], types)["acc"],
+        "within_type_pca_median_abs_rho": float(recovery["best_abs_rho"].median()),
+    }
+
+
 def summarize(runs: list[dict], adata) -> dict:
     def mean_sd(key):
         values = np.array([run[key] for run in runs], dtype=float)
@@ -130,6 +166,13 @@ def markdown(report: dict) -> str:
             f"| {name} | {row['class']} | {row['n_cells']} | {gains} | {fmt(row['best_abs_rho'])} | "
             + " | ".join(fmt(row[d]) for d in dims) + " |"
         )
+    if report.get("baselines"):
+        b = report["baselines"]
+        lines += [
+            "",
+            f"References on the same data: PCA + k-means ACC {b['pca_kmeans_acc']:.3f}; within-type PCA given the "
+            f"true types (oracle), median best abs rho {b['within_type_pca_median_abs_rho']:.3f}.",
+        ]
     lines += ["", "Per seed:", "", "| seed | acc | consensus acc | median abs rho | min abs rho | train s |", "|---|---|---|---|---|---|"]
     for run in report["runs"]:
         lines.append(
@@ -188,6 +231,7 @@ def main() -> None:
             "seeds": args.seeds,
         },
         **summarize(runs, adata),
+        "baselines": baselines(adata),
         "runs": runs,
     }
     stem = "simulator_quality_quick" if args.quick else "simulator_quality"
