@@ -135,16 +135,31 @@ def run_bench(args: argparse.Namespace) -> int:
 
 @command("datasets")
 def run_datasets(args: argparse.Namespace) -> int:
+    """List the bundled datasets from the registry (sizes are stored there: nothing is loaded)."""
     from .data.bundled import list_datasets
 
-    rows = []
-    for dataset in list_datasets():
-        rows.append({"name": dataset.name, "description": dataset.description, "labels": list(dataset.label_columns)})
+    rows = [
+        {
+            "name": dataset.name,
+            "n_cells": dataset.n_cells,
+            "n_genes": dataset.n_genes,
+            "labels": list(dataset.label_columns),
+            "description": dataset.description,
+            "provenance": dataset.provenance,
+        }
+        for dataset in list_datasets()
+    ]
     if args.json:
         _print_json({"datasets": rows})
-    else:
-        for row in rows:
-            print(f"{row['name']:<12} labels: {', '.join(row['labels']) or '-':<24} {row['description']}")
+        return 0
+    table = [("NAME", "CELLS x GENES", "LABELS", "DESCRIPTION")]
+    table += [
+        (row["name"], f"{row['n_cells']:,} x {row['n_genes']:,}", ", ".join(row["labels"]) or "-", row["description"])
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(3)]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths)) + "  " + line[3])
     return 0
 
 

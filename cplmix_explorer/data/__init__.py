@@ -1,4 +1,7 @@
-"""Data path: reading, validation, preprocessing, bundled datasets, gene sets, simulator."""
+"""Data path: reading, validation, preprocessing, bundled datasets, gene sets, simulator.
+
+The simulator is public as ``cplmix_explorer.datasets.simulate``; ``cplmix_explorer.data.simulate`` is its module.
+"""
 
 from .bundled import DATASETS, list_datasets, load
 from .io import read_data
