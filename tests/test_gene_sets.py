@@ -21,6 +21,8 @@ from cplmix_explorer.data.gene_sets import (
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.errors import CplmixError
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*genes have no counts:UserWarning")
+
 
 def test_shipped_sets_have_their_published_sizes_and_citations():
     sizes = {name: len(shipped_gene_set(name)) for name in shipped_gene_set_names()}

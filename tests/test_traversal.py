@@ -261,6 +261,20 @@ def test_bad_requests_give_one_line_errors(model, call, message):
     assert "\n" not in str(error.value)
 
 
+def test_negative_binomial_models_traverse_on_the_log_normalised_scale(mixture):
+    from cplmix_explorer import CplMixVAE
+
+    torch.manual_seed(0)
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, state_dim=2, likelihood="nb", hidden_dim=16, n_hidden_layers=1)
+    model.train(steps=30, progress=False)
+    type_index = int(np.bincount(model.predict().consensus_type).argmax())
+    result = traverse(model, type_index, 0, steps=10, genes=["MG", ("block", [f"gene{j}" for j in range(25)])])
+    values = result.expression.to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0
+    # each arm's decoder gives gene proportions: on the log1p(x / library x 1e4) scale a row sums to 1e4
+    np.testing.assert_allclose(np.expm1(result.expression_per_arm).sum(axis=-1), 1e4, rtol=1e-3)
+
+
 def test_type_without_labels_column_needs_an_index(model):
     labels = model.config.labels
     try:
