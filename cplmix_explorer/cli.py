@@ -163,6 +163,69 @@ def run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_or_none(value):
+    """JSON has no NaN: undefined numbers (an empty gene group's median) become null."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+@command("traverse")
+def run_traverse(args: argparse.Namespace) -> int:
+    from .analysis import export
+    from .analysis.traversal import check_gene_groups, compare_types, traverse
+    from .train.run import load_run
+
+    # everything that can be checked without the model is checked first: a mistake writes nothing
+    file_format = export.output_format(args.out)
+    check_gene_groups(args.genes)
+    if args.cell is not None and len(args.type or []) > 1:
+        raise CplmixError("--cell traverses one type; give one --type (or none: the cell's own type)")
+    if not args.type and args.cell is None:
+        raise CplmixError("give --type (an index or a label name) or --cell")
+    size = tuple(args.size) if args.size is not None else None
+    gene_labels = {"auto": "auto", "on": True, "off": False}[args.gene_labels]
+
+    model = load_run(args.run_dir, source=args.data)
+    options = dict(
+        genes=args.genes, n_markers=args.markers, percentiles=tuple(args.percentiles), normalize=args.normalize,
+        arm=args.arm, labels=args.labels,
+    )
+    if args.type and len(args.type) > 1:
+        result = compare_types(model, args.type, args.dim, args.steps, **options)
+        traversals = result.traversals
+    else:
+        result = traverse(model, args.type[0] if args.type else None, args.dim, args.steps, cell=args.cell, **options)
+        traversals = [result]
+    written = export.export(
+        result, args.out, values=args.values, genes="all" if args.all_genes else "groups", dpi=args.dpi,
+        max_genes_per_group=args.max_genes or None, figsize=size, cmap=args.cmap, gene_labels=gene_labels,
+        mark_state=args.mark, title=args.title,
+    )
+    if not args.quiet:
+        _print_json({
+            "written": [str(p) for p in written],
+            "format": file_format,
+            "dim": traversals[0].dim,
+            "steps": traversals[0].steps,
+            "normalization": traversals[0].normalization,
+            "types": [
+                {
+                    "type": t.type, "label": t.type_label, "cell": t.cell, "n_cells": t.n_cells,
+                    "state_range": [float(t.state[0]), float(t.state[-1])],
+                    "arm_correlation": [_finite_or_none(v) for v in t.alignment["correlation"]],
+                    "genes": [g.summary() for g in t.groups.values()],
+                    "groups": [
+                        {k: _finite_or_none(v) for k, v in row.items()}
+                        for row in t.group_summary.reset_index().to_dict(orient="records")
+                    ],
+                }
+                for t in traversals
+            ],
+        })
+    return 0
+
+
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The arguments of ``cplmix train`` (also ``python -m cplmix_explorer.train`` under torchrun)."""
     train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name (cplmix datasets)")
@@ -212,6 +275,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list the bundled datasets")
     datasets.add_argument("--json", action="store_true")
+
+    traverse = sub.add_parser(
+        "traverse", help="sweep a state dimension of a type; write a heatmap (.png .svg .pdf) or table (.csv .parquet)",
+        description="Keep a type fixed, sweep one continuous state dimension over the type's range, decode with "
+        "every arm and export the reconstructed expression of the gene groups (MG | IEG | HKG) with per-gene "
+        "scores. The suffix of --out picks the format; a table also writes NAME.scores.SUFFIX beside it.",
+    )
+    traverse.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    traverse.add_argument(
+        "--type", action="append", metavar="T",
+        help="a type index (0..K-1) or a label name of the run's labels column; repeat to compare types side by side",
+    )
+    traverse.add_argument("--dim", type=int, default=0, metavar="D", help="state dimension to sweep (default: 0)")
+    traverse.add_argument("--steps", type=int, default=50, metavar="N", help="rows of the sweep (default: 50)")
+    traverse.add_argument(
+        "--genes", default="MG,IEG,HKG", metavar="GROUPS_OR_FILE",
+        help="comma-separated gene groups in column order: MG (markers computed from the data), IEG, HKG, PRG, "
+        "rPRG, dPRG, or a text file with one symbol a line (default: MG,IEG,HKG)",
+    )
+    traverse.add_argument("--out", required=True, metavar="FILE", help="output file: .png .svg .pdf .csv or .parquet")
+    traverse.add_argument("--cell", default=None, metavar="NAME", help="hold the other state dimensions at this cell's state")
+    traverse.add_argument("--labels", default=None, metavar="OBS_KEY", help="obs column naming the types (default: the run's)")
+    traverse.add_argument("--data", default=None, help="the data, when not where run.json says")
+    traverse.add_argument("--markers", type=int, default=20, metavar="N", help="marker genes in the MG group (default: 20)")
+    traverse.add_argument(
+        "--normalize", default="zscore", choices=["zscore", "minmax"],
+        help="display form: z-score against all cells, or min-max per gene across the sweep (default: zscore)",
+    )
+    traverse.add_argument(
+        "--percentiles", type=float, nargs=2, default=[2.0, 98.0], metavar=("LOW", "HIGH"),
+        help="swept range within the type's state distribution (default: 2 98)",
+    )
+    traverse.add_argument("--arm", type=int, default=None, metavar="A", help="one arm instead of the arms' mean")
+    figure = traverse.add_argument_group("figure options")
+    figure.add_argument("--max-genes", type=int, default=30, metavar="N", help="most driven genes shown per group (0: all; default 30)")
+    figure.add_argument("--size", type=float, nargs=2, default=None, metavar=("WIDTH", "HEIGHT"), help="figure size in inches")
+    figure.add_argument("--cmap", default=None, help="matplotlib colour map (default: RdBu_r for zscore, viridis for minmax)")
+    figure.add_argument("--gene-labels", default="auto", choices=["auto", "on", "off"], help="gene names under the columns")
+    figure.add_argument("--mark", type=float, default=None, metavar="STATE", help="mark this state value with a line")
+    figure.add_argument("--title", default=None, help="figure title (default: type and dimension; '' for none)")
+    figure.add_argument("--dpi", type=int, default=300, help="resolution of PNG output (default: 300)")
+    tables = traverse.add_argument_group("table options")
+    tables.add_argument("--values", default="expression", choices=["expression", "normalized"], help="matrix values")
+    tables.add_argument("--all-genes", action="store_true", help="every model gene, not only the gene groups")
+    traverse.add_argument("--quiet", action="store_true", help="print nothing")
     return parser
 
 
