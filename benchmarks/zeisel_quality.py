@@ -1,0 +1,89 @@
+"""Type recovery on the bundled Zeisel 2015 cortex data against its published labels: ACC, ARI and NMI for
+1 arm and 2 arms (mean +- sd over seeds), next to scanpy + Leiden at a comparable number of clusters.
+
+    python benchmarks/zeisel_quality.py                      # classes (7) and subclasses (48), seeds 0-2
+    python benchmarks/zeisel_quality.py --levels class --seeds 0 1 2 --steps 6000
+
+Writes benchmarks/results/zeisel_quality.{json,md}. The Leiden figures come from
+benchmarks/results/leiden_zeisel2015.json (benchmarks/leiden_baseline.py, which needs scanpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cplmix_explorer import CplMixVAE, datasets
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_one(adata, labels: str, n_types: int, n_arms: int, seed: int, options: dict) -> dict:
+    started = time.perf_counter()
+    model = CplMixVAE(adata, n_types=n_types, n_arms=n_arms, labels=labels, seed=seed, **options)
+    model.train(progress=False)
+    metrics = model.evaluate()
+    return {
+        "seed": seed, "arms": n_arms, "k": n_types, "acc": metrics["acc"], "ari": metrics["ari"], "nmi": metrics["nmi"],
+        "kl": metrics["kl"], "consensus": metrics["consensus"], "seconds": time.perf_counter() - started,
+        "device": str(model.device),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    return {key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
+            for key in ("acc", "ari", "nmi", "kl")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", nargs="+", default=["class", "subclass"])
+    parser.add_argument("--arms", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config default)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {} if args.steps is None else {"steps": args.steps}
+    adata = datasets.load("zeisel2015")
+    leiden_path = RESULTS / "leiden_zeisel2015.json"
+    leiden = json.loads(leiden_path.read_text()) if leiden_path.exists() else None
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads", "torch": torch.__version__, "options": options, "levels": {}}
+    lines = ["# Zeisel 2015 type recovery", "",
+             f"{report['date']}, {report['machine']}; command: `python benchmarks/zeisel_quality.py "
+             f"--levels {' '.join(args.levels)} --arms {' '.join(map(str, args.arms))} "
+             f"--seeds {' '.join(map(str, args.seeds))}{'' if args.steps is None else f' --steps {args.steps}'}`", "",
+             "| labels | method | K | ACC | ARI | NMI |", "|---|---|---|---|---|---|"]
+    for level in args.levels:
+        n_types = int(adata.obs[level].nunique())
+        level_report = {"n_labels": n_types, "methods": {}}
+        for n_arms in args.arms:
+            runs = [run_one(adata, level, n_types, n_arms, seed, options) for seed in args.seeds]
+            for run in runs:
+                print(json.dumps({"labels": level, **run}), flush=True)
+            summary = summarize(runs)
+            level_report["methods"][f"cplmix {n_arms} arm{'s' if n_arms > 1 else ''}"] = {"runs": runs, "mean_sd": summary}
+            lines.append(f"| {level} | cpl-mixVAE, {n_arms} arm{'s' if n_arms > 1 else ''} | {n_types} | "
+                         + " | ".join(f"{summary[k][0]:.3f} ± {summary[k][1]:.3f}" for k in ("acc", "ari", "nmi")) + " |")
+        if leiden is not None and level in leiden["levels"]:
+            baseline = leiden["levels"][level]["mean_sd"]
+            level_report["methods"]["scanpy + Leiden"] = baseline
+            lines.append(f"| {level} | scanpy + Leiden | {baseline['k'][0]:.0f} | "
+                         + " | ".join(f"{baseline[k][0]:.3f} ± {baseline[k][1]:.3f}" for k in ("acc", "ari", "nmi")) + " |")
+        report["levels"][level] = level_report
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "zeisel_quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "zeisel_quality.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
