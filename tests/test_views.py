@@ -335,6 +335,9 @@ def test_data_view_refuses_bad_paths_and_uploads_with_a_message(tmp_path):
     assert "over the limit" in view.message.object and state.data_name == "small.h5ad"
     view.upload.value = {"bad.h5ad": b"not hdf5"}
     assert "not an HDF5 file" in view.message.object
+    for choice in view.source.options:  # every chooser renders
+        view.source.value = choice
+        render(view)
 
 
 # -- training from the state (real, small) ------------------------------------------------------------------------
@@ -509,6 +512,9 @@ def test_explorer_opens_with_the_demo_and_every_view_populated(tmp_path):
     assert explorer.traversal_view.result is not None
     assert explorer.cells_view.cell_table() is not None
     assert "demo model" in explorer.data_view.summary.object
+    history = __import__("json").loads((DEMO / "metrics.json").read_text())["history"]
+    assert explorer.monitor.points_shown == len(history["step"]), "the demo's training record is shown"
+    assert len(explorer.monitor.agreement_buffer.data) > 0
     assert [name for name in explorer.tabs._names] == ["Training", "Consensus", "Cells", "Traversal"]
     render(explorer)
     explorer.close()

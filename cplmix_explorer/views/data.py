@@ -31,6 +31,8 @@ class LimitedFileDropper(pn.widgets.FileDropper):
     max_bytes = param.Integer(default=200 * 2**20, bounds=(1, None))
     rejected = param.String(default="", doc="Why the last upload was refused (set on the server).")
 
+    _rename = {**pn.widgets.FileDropper._rename, "max_bytes": None, "rejected": None}  # server-side only
+
     def _process_event(self, event):
         data = event.data
         if event.event_name == "upload_event":
@@ -161,8 +163,10 @@ class DataView(pn.viewable.Viewer):
             description=f"Relative to the data folder: {folder}", sizing_mode="stretch_width",
             disabled=state.data_dir is None,
         )
+        # no accepted_filetypes: browsers know no MIME type for .h5ad, so FilePond would refuse every file;
+        # the server checks the name and the content (read_upload)
         self.upload = LimitedFileDropper(
-            accepted_filetypes=[".h5ad"], multiple=False, max_bytes=state.max_upload_bytes,
+            multiple=False, max_bytes=state.max_upload_bytes,
             max_file_size=f"{max(state.max_upload_bytes // 2**20, 1)}MB", sizing_mode="stretch_width",
         )
         self.load_button = pn.widgets.Button(label="Load", color="primary", sizing_mode="stretch_width")

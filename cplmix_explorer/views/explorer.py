@@ -62,9 +62,10 @@ class Explorer(pn.viewable.Viewer):
 
     def template(self, title: str = TITLE) -> pn.template.BaseTemplate:
         """The served page: data and options in the sidebar, the views in tabs."""
+        # Panel's Fast design asks for the Open Sans web font; offline the browser falls back to a system font
         return pn.template.FastListTemplate(
             title=title, sidebar=[self.data_view], main=[self.main()], sidebar_width=380, accent="#2b6cb0",
-            theme_toggle=False, font="system-ui, sans-serif", font_url="",  # no web fonts: works offline
+            theme_toggle=False,
         )
 
     def close(self) -> None:
@@ -141,6 +142,7 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
     client on another machine when remote access was not enabled. Closing the tab closes the session's
     state (its training stops, its memory is freed); both events are logged with the live session count."""
     _log_to_server_console()
+    warm_up_in_background()
     remote_ip = session_remote_ip()
     if not remote_access_allowed(remote_ip, pn.state.user, settings.allow_remote):
         logger.warning("refused a session from %s (not this machine, not authenticated)", remote_ip)
@@ -163,8 +165,41 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
 def _log_to_server_console() -> None:
     """Show the app's INFO messages in the server's console (bokeh only configures its own logger)."""
     package = logging.getLogger("cplmix_explorer")
-    if not package.handlers:
+    package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
-        package.setLevel(logging.INFO)
+
+
+_warm_up_started = False
+
+
+def warm_up_in_background() -> None:
+    """Compile datashader's aggregations (numba) once per process in a background thread while the first
+    page loads, so that opening the Cells tab does not wait for the compiler."""
+    global _warm_up_started
+    if _warm_up_started:
+        return
+    _warm_up_started = True
+
+    def compile_aggregations() -> None:
+        import datashader as ds
+        import numpy as np
+        import pandas as pd
+
+        frame = pd.DataFrame({
+            "x": np.linspace(0, 1, 64, dtype=np.float32), "y": np.linspace(0, 1, 64, dtype=np.float32),
+            "type": pd.Categorical([str(i % 4) for i in range(64)]), "value": np.ones(64, np.float32),
+        })
+        canvas = ds.Canvas(plot_width=32, plot_height=32)
+        try:
+            canvas.points(frame, "x", "y", agg=ds.count_cat("type"))
+            canvas.points(frame, "x", "y", agg=ds.mean("value"))
+            canvas.points(frame, "x", "y", agg=ds.count())
+        except Exception:  # warming up is an optimisation; the views work without it
+            logger.exception("datashader warm-up failed")
+
+    import threading
+
+    threading.Thread(target=compile_aggregations, name="cplmix-warm-up", daemon=True).start()

@@ -87,6 +87,31 @@ class LiveTraining:
             self.step = event.step
             self.finished_status = event.status
 
+    def load_history(self, metrics: dict) -> None:
+        """Show a finished run's record (``metrics.json`` of a run folder: its loss history, evaluations,
+        step and device), so an opened run or demo shows how it trained."""
+        history = metrics.get("history") or {}
+        names = [name for name in history if name != STEP]
+        self.reset(names)
+        if history:
+            self._rows = np.column_stack([np.asarray(history[STEP], float)] + [np.asarray(history[n], float) for n in names])
+            while len(self._rows) / self._group > self.max_points:
+                self._group *= 2
+        self._needs_reset = True
+        self.step = self.total_steps = int(metrics.get("step", 0))
+        self.device = str(metrics.get("device", ""))
+        self.finished_status = str(metrics.get("status", "completed"))
+        self.steps_per_second = float(metrics.get("steps_per_second") or 0.0)
+        self.agreement_rows = [
+            [float(e["step"]), _float_or_nan(e.get("mean_agreement")), _float_or_nan(e.get("min_agreement")),
+             _float_or_nan(e.get("validation_loss"))]
+            for e in metrics.get("evaluations", [])
+        ]
+        agreement = (metrics.get("consensus_detail") or {}).get("agreement")
+        if agreement is not None:
+            self.category_agreement = np.asarray(agreement, float)
+            self.category_agreement_changed = True
+
     # -- derived -----------------------------------------------------------------------------------------
     @property
     def fraction_done(self) -> float:
@@ -104,7 +129,7 @@ class LiveTraining:
         if not self.total_steps:
             return "no training yet"
         parts = [f"step {self.step:,} / {self.total_steps:,}"]
-        if self.steps_per_second > 0:
+        if self.steps_per_second > 0 and self.finished_status is None:
             parts.append(f"{self.steps_per_second:,.1f} steps/s ({self.cells_per_second:,.0f} cells/s)")
         eta = self.eta_seconds
         if eta is not None and self.finished_status is None:

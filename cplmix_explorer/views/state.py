@@ -228,12 +228,34 @@ class ExplorerState(param.Parameterized):
     def open_run(self, run_dir: str | os.PathLike) -> None:
         model = load_run(run_dir)
         self.use_model(model, name=f"run {Path(run_dir).name}", run_dir=Path(run_dir))
+        self.show_run_history(run_dir)
 
     def open_demo(self, run_dir: str | os.PathLike) -> None:
         model = shared_demo(run_dir)
         self.data_name = model.adata.uns.get("dataset", "demo data")
         self.data_source = self.data_name if self.data_name in DATASETS else model.adata
         self.use_model(model, name=f"demo model {Path(run_dir).name}", run_dir=None)
+        self.show_run_history(run_dir)
+
+    def show_run_history(self, run_dir: str | os.PathLike) -> None:
+        """Put a run folder's training record (metrics.json) in the training monitor."""
+        import json
+
+        from ..train.run import METRICS_FILE
+
+        path = Path(run_dir) / METRICS_FILE
+        if not path.exists():
+            return
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            logger.warning("cannot read %s: %s", path, error)
+            return
+        if self.model is not None and self.model.consensus() is not None:
+            metrics["consensus_detail"] = {"agreement": self.model.consensus().agreement.tolist()}
+        self.live.load_history(metrics)
+        self.status_message = f"{self.model_name}: trained to step {self.live.step:,}"
+        self.metrics_tick += 1
 
     @property
     def consensus(self) -> Consensus | None:
