@@ -136,15 +136,22 @@ def run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_or_none(value):
+    """JSON has no NaN: undefined numbers (an empty gene group's median) become null."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 @command("traverse")
 def run_traverse(args: argparse.Namespace) -> int:
     from .analysis import export
-    from .analysis.traversal import compare_types, parse_gene_groups, traverse
+    from .analysis.traversal import check_gene_groups, compare_types, traverse
     from .train.run import load_run
 
     # everything that can be checked without the model is checked first: a mistake writes nothing
     file_format = export.output_format(args.out)
-    parse_gene_groups(args.genes)
+    check_gene_groups(args.genes)
     if args.cell is not None and len(args.type or []) > 1:
         raise CplmixError("--cell traverses one type; give one --type (or none: the cell's own type)")
     if not args.type and args.cell is None:
@@ -179,9 +186,12 @@ def run_traverse(args: argparse.Namespace) -> int:
                 {
                     "type": t.type, "label": t.type_label, "cell": t.cell, "n_cells": t.n_cells,
                     "state_range": [float(t.state[0]), float(t.state[-1])],
-                    "arm_correlation": [None if v != v else float(v) for v in t.alignment["correlation"]],
+                    "arm_correlation": [_finite_or_none(v) for v in t.alignment["correlation"]],
                     "genes": [g.summary() for g in t.groups.values()],
-                    "groups": t.group_summary.reset_index().to_dict(orient="records"),
+                    "groups": [
+                        {k: _finite_or_none(v) for k, v in row.items()}
+                        for row in t.group_summary.reset_index().to_dict(orient="records")
+                    ],
                 }
                 for t in traversals
             ],

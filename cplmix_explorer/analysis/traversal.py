@@ -59,7 +59,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.stats import rankdata
 
 from ..data.gene_sets import (
     HOUSEKEEPING,
@@ -150,6 +149,19 @@ def parse_gene_groups(spec: str | GroupSpec | Sequence[GroupSpec] | Mapping[str,
     return items
 
 
+def check_gene_groups(spec) -> list:
+    """Parse a gene-group request and check it without a model: known group names, readable gene files
+    with at least one symbol. Returns the parsed items (see :func:`parse_gene_groups`)."""
+    items = parse_gene_groups(spec)
+    for item in items:
+        _check_group_item(item)
+        if isinstance(item, tuple):
+            as_gene_set(item[1], name=item[0])
+        elif not (isinstance(item, str) and item.strip().upper() == MARKERS):
+            as_gene_set(item)
+    return items
+
+
 def _is_group_name(item: str) -> bool:
     return item.strip().upper() == MARKERS or is_shipped(item)
 
@@ -188,7 +200,7 @@ class TraversalContext:
         self.module = model.module
         self.inference = model.predict()
         self.genes: list[str] = [str(g) for g in model.prepared.genes]
-        self.gene_position = pd.Index(self.genes)
+        self.gene_position = pd.Index(self.genes, name="gene")
         self.n_arms = int(self.module.n_arms)
         self.n_types = int(self.module.n_types)
         self.state_dim = int(self.module.state_dim)
@@ -203,6 +215,7 @@ class TraversalContext:
         self._type_states: dict[int, _TypeStates] = {}
         self._matches: dict[Any, Any] = {}
         self._labels: dict[str, TypeLabels] = {}
+        self._marker_lists: dict[tuple[int, int], list[str]] = {}
 
     # -- model-level statistics --------------------------------------------------------------------------
     @property
@@ -316,6 +329,15 @@ class TraversalContext:
             excluded.update(self._match(("shipped", name), shipped_gene_set(name))[0])
         return excluded
 
+    def marker_genes(self, type_index: int, n: int = DEFAULT_MARKERS) -> list[str]:
+        """The MG group of a type: its top ``n`` markers, never genes of the shipped IEG or HKG sets."""
+        with self._lock:
+            key = (int(type_index), int(n))
+            if key not in self._marker_lists:
+                table = self.markers.markers(type_index, n=n, exclude=self.marker_exclusions())
+                self._marker_lists[key] = table.index.tolist()
+            return list(self._marker_lists[key])
+
     def gene_groups(self, spec, type_index: int, n_markers: int = DEFAULT_MARKERS) -> dict[str, GeneGroup]:
         """Resolve a gene-group request (see :func:`parse_gene_groups`) for one type, in display order.
         MG = the type's top ``n_markers`` marker genes, never genes of the shipped IEG or HKG sets."""
@@ -324,8 +346,7 @@ class TraversalContext:
         for item in parse_gene_groups(spec):
             _check_group_item(item)
             if isinstance(item, str) and item.strip().upper() == MARKERS:
-                table = self.markers.markers(type_index, n=n_markers, exclude=self.marker_exclusions())
-                genes, missing, not_modelled, requested = table.index.tolist(), [], [], n_markers
+                genes, missing, not_modelled, requested = self.marker_genes(type_index, n_markers), [], [], n_markers
                 name, source = MARKERS, "marker genes of the type computed from the data (AUROC vs. the rest)"
             else:
                 if isinstance(item, tuple):
@@ -654,15 +675,30 @@ def _check_percentiles(percentiles) -> tuple[float, float]:
 
 
 def spearman_with_steps(values: np.ndarray) -> np.ndarray:
-    """Spearman rho of each column of ``values`` (steps, G) with the row order (an increasing state);
-    0 for constant columns."""
-    steps = values.shape[0]
-    ranks = rankdata(values, axis=0)
-    ranks -= ranks.mean(axis=0)
-    order = np.arange(steps, dtype=np.float64) - (steps - 1) / 2.0
-    numerator = order @ ranks
-    denominator = np.sqrt((order**2).sum() * (ranks**2).sum(axis=0))
-    return np.divide(numerator, denominator, out=np.zeros(values.shape[1]), where=denominator > 0)
+    """Spearman rho of each column of ``values`` (steps, G) with the row order (an increasing state), ties
+    given their average rank; 0 for constant columns.
+
+    rho is the Pearson correlation of the two rank vectors. With the rows sorted per column, the ranks of
+    the values are known in sorted order and the rank of the state is the original row, so
+    sum_i rank(x_i) (i - mean) = sum_k rank_sorted(k) (order(k) - mean): no scatter back is needed."""
+    steps, n_genes = values.shape
+    by_gene = np.ascontiguousarray(values.T)  # (G, steps): each gene's sweep contiguous
+    order = np.argsort(by_gene, axis=1)  # the order inside a run of ties does not change the sums below
+    ordered = np.take_along_axis(by_gene, order, axis=1)
+    starts = np.ones(by_gene.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    position = np.arange(steps)
+    if starts.all():  # no ties: the ranks in sorted order are 0..steps-1
+        ranks = np.broadcast_to(position - (steps - 1) / 2.0, by_gene.shape)
+    else:
+        ends = np.ones(by_gene.shape, dtype=bool)
+        ends[:, :-1] = starts[:, 1:]
+        first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+        last = np.minimum.accumulate(np.where(ends, position, steps - 1)[:, ::-1], axis=1)[:, ::-1]
+        ranks = (first + last) / 2.0 - (steps - 1) / 2.0  # centred average ranks, in sorted order
+    numerator = (ranks * (order - (steps - 1) / 2.0)).sum(axis=1)
+    denominator = np.sqrt((ranks**2).sum(axis=1) * (steps**3 - steps) / 12.0)
+    return np.divide(numerator, denominator, out=np.zeros(n_genes), where=denominator > 0)
 
 
 def traverse(
@@ -746,7 +782,7 @@ def traverse(
     for name, group in groups.items():
         group_column[context.gene_position.get_indexer(group.genes)] = name
     index = pd.Index(reference, name="state")
-    columns = pd.Index(context.genes, name="gene")
+    columns = context.gene_position
     scores = pd.DataFrame(
         {
             "group": group_column,

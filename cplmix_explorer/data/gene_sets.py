@@ -17,8 +17,9 @@ that the data lacks.
 
 Marker genes (``MG``) are a property of a dataset's types, not a list: :func:`marker_scores` computes, for
 every type at once, the AUROC of each gene for "cell of this type vs. the rest" on the model's input scale
-(log1p of library-normalised counts for count data), and :meth:`MarkerScores.markers` ranks the genes that
-are higher in the type, leaving out genes of the IEG / HKG groups.
+(log1p of library-normalised counts for count data); :meth:`MarkerScores.markers` keeps the genes higher
+in the type than in the rest (AUROC >= 0.6), ranks them by their margin over the highest other type (genes
+specific to the type first, class-wide genes after) and leaves out genes of the IEG / HKG groups.
 """
 
 from __future__ import annotations
@@ -258,12 +259,20 @@ class MarkerScores:
     def n_types(self) -> int:
         return self.auroc.shape[0]
 
+    def margin(self, type_index: int) -> np.ndarray:
+        """(G,) mean in the type minus the highest mean among the other types (> 0: higher than in every
+        other type; a class-wide gene shared with a sibling type scores about 0)."""
+        others = np.delete(self.mean_in, type_index, axis=0)
+        highest_other = others.max(axis=0) if len(others) else np.zeros(self.mean_in.shape[1])
+        return self.mean_in[type_index] - highest_other
+
     def table(self, type_index: int) -> pd.DataFrame:
         """All genes' statistics for one type (index = gene)."""
         return pd.DataFrame(
             {
                 "auroc": self.auroc[type_index],
                 "difference": self.mean_in[type_index] - self.mean_out[type_index],
+                "margin": self.margin(type_index),
                 "mean_in": self.mean_in[type_index],
                 "mean_out": self.mean_out[type_index],
                 "fraction_in": self.fraction_in[type_index],
@@ -272,19 +281,20 @@ class MarkerScores:
         )
 
     def markers(self, type_index: int, n: int = 20, exclude: Iterable[str] = (), min_auroc: float = 0.6) -> pd.DataFrame:
-        """The type's top ``n`` marker genes: higher in the type (AUROC >= ``min_auroc`` and a positive mean
-        difference), genes in ``exclude`` left out; ranked by AUROC rounded to 0.01, then by the mean
-        difference (clean markers all reach AUROC 1, where the size of the difference tells them apart)."""
+        """The type's top ``n`` marker genes, genes in ``exclude`` left out.
+
+        Candidates are higher in the type than in the rest (AUROC >= ``min_auroc`` and a positive mean
+        difference); they are ranked by ``margin``, the difference to the highest other type, so genes
+        specific to the type come before genes it shares with related types (a class-wide program)."""
         if not 0 <= type_index < self.n_types:
             raise CplmixError(f"type {type_index} is out of range 0..{self.n_types - 1}")
+        if self.n_cells[type_index] == 0:
+            return self.table(type_index).iloc[:0]
         table = self.table(type_index)
         excluded = {g.casefold() for g in exclude}
         keep = (table["auroc"] >= min_auroc) & (table["difference"] > 0)
         keep &= ~table.index.str.casefold().isin(excluded)
-        table = table[keep].copy()
-        table["_rounded"] = table["auroc"].round(2)
-        table = table.sort_values(["_rounded", "difference"], ascending=False, kind="stable").drop(columns="_rounded")
-        return table.head(n)
+        return table[keep].sort_values("margin", ascending=False, kind="stable").head(n)
 
 
 def _balanced_sample(assignment: np.ndarray, n_types: int, max_cells: int, seed: int) -> np.ndarray:
