@@ -33,7 +33,7 @@ from .train.checkpoint import (
     save_checkpoint,
 )
 from .train.device_data import DeviceData
-from .train.engine import Trainer, TrainingResult, build_model, resolve_device
+from .train.engine import Trainer, TrainingResult, build_model, planned_steps, resolve_device
 from .train.events import EventBus, TrainingControl
 from .train.progress import ProgressBar
 
@@ -83,6 +83,7 @@ class CplMixVAE:
         control: TrainingControl | None = None,
         run_dir: str | os.PathLike | None = None,
         checkpoint_extra: dict | None = None,
+        distributed=None,
     ) -> Trainer:
         """A :class:`Trainer` for this model that continues from its current step and optimizer state."""
         if device is not None:
@@ -95,6 +96,7 @@ class CplMixVAE:
             control=control,
             checkpoint_path=Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None,
             checkpoint_extra=checkpoint_extra,
+            distributed=distributed,
         )
         trainer.step = self.step
         trainer._step_counter.fill_(self.step)
@@ -114,18 +116,17 @@ class CplMixVAE:
         control: TrainingControl | None = None,
         run_dir: str | os.PathLike | None = None,
         until_step: int | None = None,
+        distributed=None,
     ) -> TrainingResult:
         """Train for ``steps`` more steps (or ``epochs``; default: the config's schedule).
 
         ``until_step`` instead trains up to an absolute step (used to resume a run to its planned end).
         With ``run_dir`` checkpoints are written there periodically. Returns the per-step history.
         """
-        trainer = self.make_trainer(device=device, control=control, run_dir=run_dir)
+        trainer = self.make_trainer(device=device, control=control, run_dir=run_dir, distributed=distributed)
         if until_step is None:
-            if epochs is None and steps is None:
-                epochs = self.config.epochs
-            until_step = self.step + trainer.total_steps_for(steps, epochs)
-        bar = ProgressBar(self.events) if progress else None
+            until_step = self.step + planned_steps(self.config, self.prepared.n_cells, steps, epochs)
+        bar = ProgressBar(self.events) if progress and trainer.is_main else None
         try:
             result = trainer.fit(until_step)
         finally:
@@ -138,6 +139,11 @@ class CplMixVAE:
             self._invalidate()
         self.history = result
         return result
+
+    def reset_optimizer(self) -> None:
+        """Forget the Adam state (after the network's shape changed, e.g. by pruning)."""
+        self._optimizer_state = None
+        self._invalidate()
 
     def _invalidate(self) -> None:
         self._device_data = None

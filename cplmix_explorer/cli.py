@@ -108,6 +108,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("prune")
+def run_prune(args: argparse.Namespace) -> int:
+    from .train.run import prune_run
+
+    result, model = prune_run(
+        args.run_dir, min_consensus=args.min_consensus, min_types=args.min_types, fine_tune_steps=args.steps,
+        progress=not args.quiet, source=args.data,
+    )
+    _print_json({**result.to_dict(), "k": int(model.module.n_types)})
+    return 0
+
+
 @command("bench")
 def run_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
@@ -123,16 +135,31 @@ def run_bench(args: argparse.Namespace) -> int:
 
 @command("datasets")
 def run_datasets(args: argparse.Namespace) -> int:
+    """List the bundled datasets from the registry (sizes are stored there: nothing is loaded)."""
     from .data.bundled import list_datasets
 
-    rows = []
-    for dataset in list_datasets():
-        rows.append({"name": dataset.name, "description": dataset.description, "labels": list(dataset.label_columns)})
+    rows = [
+        {
+            "name": dataset.name,
+            "n_cells": dataset.n_cells,
+            "n_genes": dataset.n_genes,
+            "labels": list(dataset.label_columns),
+            "description": dataset.description,
+            "provenance": dataset.provenance,
+        }
+        for dataset in list_datasets()
+    ]
     if args.json:
         _print_json({"datasets": rows})
-    else:
-        for row in rows:
-            print(f"{row['name']:<12} labels: {', '.join(row['labels']) or '-':<24} {row['description']}")
+        return 0
+    table = [("NAME", "CELLS x GENES", "LABELS", "DESCRIPTION")]
+    table += [
+        (row["name"], f"{row['n_cells']:,} x {row['n_genes']:,}", ", ".join(row["labels"]) or "-", row["description"])
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(3)]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths)) + "  " + line[3])
     return 0
 
 
@@ -199,13 +226,8 @@ def run_traverse(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cplmix", description="Cell types and their continuous states with coupled mixture VAEs (cpl-mixVAE)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = sub.add_parser("train", help="train a model on an .h5ad file or a bundled dataset")
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """The arguments of ``cplmix train`` (also ``python -m cplmix_explorer.train`` under torchrun)."""
     train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name (cplmix datasets)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoints and results")
     schedule = train.add_mutually_exclusive_group()
@@ -215,10 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     add_config_arguments(train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cplmix", description="Cell types and their continuous states with coupled mixture VAEs (cpl-mixVAE)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model on an .h5ad file or a bundled dataset")
+    add_train_arguments(train)
+
     evaluate = sub.add_parser("evaluate", help="print a run's ACC, ARI, NMI, KL, consensus and K as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--labels", default=None, metavar="OBS_KEY", help="obs column of known labels")
     evaluate.add_argument("--data", default=None, help="the data, when not where run.json says")
+
+    prune = sub.add_parser("prune", help="remove the types the arms agree on least, fine-tuning between rounds")
+    prune.add_argument("run_dir", metavar="RUN_DIR")
+    prune.add_argument("--min-consensus", type=float, default=0.95, help="agreement every type must reach (default 0.95)")
+    prune.add_argument("--min-types", type=int, default=2, help="never prune below this many types (default 2)")
+    prune.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: steps / 10)")
+    prune.add_argument("--data", default=None, help="the data, when not where run.json says")
+    prune.add_argument("--quiet", action="store_true")
 
     bench = sub.add_parser("bench", help="measure training throughput on generated data (JSON)")
     bench.add_argument("--genes", type=int, default=5000)

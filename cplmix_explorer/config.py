@@ -32,6 +32,9 @@ class CplMixConfig(param.Parameterized):
     n_hidden_layers = param.Integer(4, bounds=(1, 16), doc="Hidden layers in the encoder (and decoder).")
     bottleneck_dim = param.Integer(10, bounds=(2, 1024), doc="Width of the encoder bottleneck h (the latent).")
     input_dropout = param.Number(0.2, bounds=(0.0, 0.95), doc="Dropout rate on the encoder input.")
+    state_dropout = param.Number(
+        0.0, bounds=(0.0, 0.95), doc="Dropout rate on the state sample entering the decoder (as the reference)."
+    )
     likelihood = param.Selector(
         default="gaussian", objects=["gaussian", "nb"],
         doc="Reconstruction likelihood: Gaussian on log-expression, or negative binomial on raw counts.",

@@ -199,3 +199,16 @@ def test_bad_arguments_raise_one_clear_error(options, message):
     with pytest.raises(CplmixError, match=r"^simulate: ") as caught:
         datasets.simulate(**options)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_state_recovery_scores_the_true_state_perfectly_and_noise_poorly(simulated):
+    from cplmix_explorer.data.simulate import state_recovery
+
+    truth = simulated.obsm["true_state"]
+    perfect = state_recovery(simulated, truth[:, ::-1])  # dimension order does not matter
+    assert np.allclose(perfect["best_abs_rho"], 1.0)
+    unresponsive = [name for name, flags in simulated.uns["simulation"]["responsive"].items() if not flags[0]]
+    assert perfect.loc[unresponsive, "abs_rho_state_0"].isna().all()  # no activity response: not scored
+    noise = np.random.default_rng(0).normal(size=(2, simulated.n_obs, 2))
+    scored = state_recovery(simulated, noise)
+    assert scored.loc[scored["n_cells"] >= 100, "best_abs_rho"].max() < 0.3

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import anndata
+import h5py
 from anndata import AnnData
 
 from ..errors import CplmixError
@@ -16,7 +18,9 @@ def read_data(source: str | os.PathLike | AnnData, backed: bool = False) -> AnnD
     """The AnnData named by ``source``; bad paths and unreadable files raise :class:`CplmixError`.
 
     ``.h5ad`` files are HDF5 and read as data only (nothing is unpickled). ``backed=True`` opens the file
-    read-only without loading X into memory.
+    read-only without loading X into memory (obs, var and uns are loaded): :func:`~.preprocess.prepare`
+    then scans X in row chunks and keeps only the selected genes in memory. Bundled datasets and AnnData
+    objects are returned as they are.
     """
     if isinstance(source, AnnData):
         return source
@@ -30,10 +34,35 @@ def read_data(source: str | os.PathLike | AnnData, backed: bool = False) -> AnnD
         raise CplmixError(f"'{text}' is a directory, not an .h5ad file")
     if path.suffix.lower() != ".h5ad":
         raise CplmixError(f"'{text}' is not an .h5ad file (AnnData's HDF5 format)")
+    _check_h5ad_structure(path, text)
     try:
-        return anndata.read_h5ad(path, backed="r" if backed else None)
+        with warnings.catch_warnings():
+            # duplicate names are reported by validation as one error; anndata's own warning would repeat it
+            warnings.filterwarnings("ignore", message=r".*names are not unique", category=UserWarning)
+            return anndata.read_h5ad(path, backed="r" if backed else None)
     except PermissionError:
         raise CplmixError(f"cannot read '{text}': permission denied") from None
     except Exception as error:  # h5py/anndata raise many types for damaged files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CplmixError(f"cannot read '{text}' as .h5ad: {reason}") from None
+        raise CplmixError(f"cannot read '{text}' as .h5ad: {_first_line(error)}") from None
+
+
+def _check_h5ad_structure(path: Path, text: str) -> None:
+    """An HDF5 file holding an AnnData (obs and var groups), else a one-line error."""
+    try:
+        if not h5py.is_hdf5(path):
+            raise CplmixError(f"cannot read '{text}': not an HDF5 file (damaged, truncated or another format)")
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in ("obs", "var") if key not in handle]
+    except PermissionError:
+        raise CplmixError(f"cannot read '{text}': permission denied") from None
+    except CplmixError:
+        raise
+    except Exception as error:
+        raise CplmixError(f"cannot read '{text}' as .h5ad: {_first_line(error)}") from None
+    if missing:
+        raise CplmixError(f"'{text}' is an HDF5 file but not an AnnData .h5ad (no {' or '.join(missing)} group)")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

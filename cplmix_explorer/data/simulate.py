@@ -194,6 +194,7 @@ def simulate(
     base[program == "marker"] = parameters.normal(-0.5, 1.0, n_markers)
     base[program == "ieg"] = parameters.normal(-0.3, 0.7, n_ieg)
     base[program == "hkg"] = parameters.normal(0.5, 0.5, n_hkg)
+    base = np.maximum(base, -2.5)  # no gene so rare that a few hundred cells never show it
     gene_dispersion = dispersion * parameters.lognormal(0.0, 0.5, n_genes)
 
     # -- type profiles: base + class program + type program (K, G) ---------------------------------------
@@ -227,22 +228,21 @@ def simulate(
 
     # -- counts, in chunks of whole RNG blocks --------------------------------------------------------------
     chunk_rows = int(np.ceil(chunk_size / RNG_BLOCK_CELLS)) * RNG_BLOCK_CELLS
-    data_parts, index_parts, row_nnz = [], [], []
+    profile32, response32 = profile.astype(np.float32), response.astype(np.float32)
+    builder = _CsrBuilder(n_cells, n_genes)
     for start in range(0, n_cells, chunk_rows):
         stop = min(start + chunk_rows, n_cells)
         rows = slice(start, stop)
-        eta = profile[cell_type[rows]]
+        # expected counts in float32 (half the memory traffic of the largest arrays; draws are float64)
+        eta = profile32[cell_type[rows]]
         for j in range(state_dim):
-            eta += (state[rows, j : j + 1] - 0.5) * response[cell_type[rows], j]
+            eta += (state[rows, j : j + 1] - 0.5).astype(np.float32) * response32[cell_type[rows], j]
         eta -= eta.max(axis=1, keepdims=True)
-        mean = np.exp(eta)
-        mean *= (library[rows] / mean.sum(axis=1))[:, None]
-        block = _draw_counts(mean, gene_dispersion, start, seed, dropout_midpoint, dropout_slope)
-        data_parts.append(block.data)
-        index_parts.append(block.indices)
-        row_nnz.append(np.diff(block.indptr))
-        del eta, mean, block
-    matrix = _assemble_csr(data_parts, index_parts, row_nnz, n_cells, n_genes)
+        mean = np.exp(eta, out=eta)
+        mean *= (library[rows] / mean.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
+        _draw_counts(mean, gene_dispersion, start, seed, dropout_midpoint, dropout_slope, builder)
+        del eta, mean
+    matrix = builder.finish()
 
     # -- AnnData --------------------------------------------------------------------------------------------
     width = len(str(n_cells))
@@ -360,38 +360,115 @@ def _gains(parameters, gains, n_types, state_dim, activity_gain, metabolic_gain,
     return table
 
 
-def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int, seed: int, midpoint, slope) -> sp.csr_matrix:
-    """Negative-binomial counts with dropout for cells first_cell.. (rows of ``mean``), block by block."""
-    blocks = []
+def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int, seed: int, midpoint, slope,
+                 builder: _CsrBuilder) -> None:
+    """Negative-binomial counts with dropout for cells first_cell.. (rows of ``mean``), block by block,
+    appended to ``builder``."""
+    n_genes = mean.shape[1]
+    poisson_genes = gene_dispersion <= 0
+    shape = 1.0 / np.where(poisson_genes, 1.0, gene_dispersion)
     for offset in range(0, mean.shape[0], RNG_BLOCK_CELLS):
         block_mean = mean[offset : offset + RNG_BLOCK_CELLS]
         rng = np.random.default_rng([seed, _COUNT_STREAM, (first_cell + offset) // RNG_BLOCK_CELLS])
-        # Gamma-Poisson: rate ~ Gamma(shape 1/phi, scale phi * mu); phi = 0 is plain Poisson
-        shape = np.where(gene_dispersion > 0, 1.0 / np.maximum(gene_dispersion, 1e-12), np.inf)
-        rate = block_mean
-        if np.isfinite(shape).any():
-            gamma = rng.standard_gamma(np.where(np.isfinite(shape), shape, 1.0), size=block_mean.shape)
-            rate = np.where(np.isfinite(shape), gamma / shape * block_mean, block_mean)
-        counts = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
-        if midpoint is not None and counts.nnz:
-            rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-            log_mean = np.log(np.maximum(block_mean[rows, counts.indices], 1e-300))
+        # Gamma-Poisson: rate = mu * Gamma(shape 1/phi, scale phi); phi = 0 is plain Poisson
+        rate = rng.standard_gamma(np.broadcast_to(shape, block_mean.shape))
+        rate *= block_mean / shape
+        if poisson_genes.any():
+            rate[:, poisson_genes] = block_mean[:, poisson_genes]
+        counts = rng.poisson(rate)
+        del rate
+        flat = np.flatnonzero(counts)
+        kept = counts.ravel()[flat].astype(np.float32)
+        if midpoint is not None and flat.size:
+            log_mean = np.log(np.maximum(block_mean.ravel()[flat], np.float32(1e-30)))
             drop_probability = 1.0 / (1.0 + np.exp(slope * (log_mean - midpoint)))
-            counts.data[rng.random(counts.nnz) < drop_probability] = 0
-            counts.eliminate_zeros()
-        blocks.append(counts)
-    return sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+            survive = rng.random(flat.size) >= drop_probability
+            flat, kept = flat[survive], kept[survive]
+        rows = flat // n_genes
+        builder.append(kept, flat - rows * n_genes, np.bincount(rows, minlength=block_mean.shape[0]))
 
 
-def _assemble_csr(data_parts, index_parts, row_nnz, n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """One CSR from per-chunk arrays, concatenating data then indices (peak ~1.5x the final size)."""
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(row_nnz), out=indptr[1:])
-    index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
-    data = np.concatenate(data_parts)
-    data_parts.clear()
-    indices = np.concatenate(index_parts).astype(index_dtype, copy=False)
-    index_parts.clear()
-    matrix = sp.csr_matrix((data, indices, indptr.astype(index_dtype, copy=False)), shape=(n_rows, n_cols))
-    matrix.has_sorted_indices = True
-    return matrix
+class _CsrBuilder:
+    """Appends row blocks into one growing CSR buffer (values float32, column indices int32).
+
+    The buffers start at an estimate and grow / shrink with ``ndarray.resize`` (realloc: large blocks are
+    remapped rather than copied), so the peak stays near the final size instead of parts plus a copy.
+    """
+
+    def __init__(self, n_rows: int, n_cols: int):
+        self.n_rows, self.n_cols = n_rows, n_cols
+        self.data = np.empty(0, np.float32)
+        self.indices = np.empty(0, np.int32)
+        self.row_nnz = np.zeros(n_rows, np.int64)
+        self.nnz = self.rows = 0
+
+    def append(self, values: np.ndarray, columns: np.ndarray, row_nnz: np.ndarray) -> None:
+        needed = self.nnz + len(values)
+        if needed > len(self.data):
+            rows_after = self.rows + len(row_nnz)
+            # expected total from the density so far (types are shuffled, so blocks are alike), 5 % spare
+            estimate = int(needed / rows_after * self.n_rows * 1.05) + 1024
+            capacity = max(needed, estimate if self.rows == 0 else int(len(self.data) * 1.25), 1)
+            self.data.resize(capacity, refcheck=False)
+            self.indices.resize(capacity, refcheck=False)
+        self.data[self.nnz : needed] = values
+        self.indices[self.nnz : needed] = columns
+        self.row_nnz[self.rows : self.rows + len(row_nnz)] = row_nnz
+        self.nnz, self.rows = needed, self.rows + len(row_nnz)
+
+    def finish(self) -> sp.csr_matrix:
+        self.data.resize(self.nnz, refcheck=False)
+        self.indices.resize(self.nnz, refcheck=False)
+        index_dtype = np.int32 if self.nnz < np.iinfo(np.int32).max else np.int64
+        indptr = np.zeros(self.n_rows + 1, dtype=index_dtype)
+        np.cumsum(self.row_nnz, out=indptr[1:])
+        indices = self.indices.astype(index_dtype, copy=False)
+        matrix = sp.csr_matrix((self.data, indices, indptr), shape=(self.n_rows, self.n_cols), copy=False)
+        matrix.has_sorted_indices = True
+        return matrix
+
+
+def state_recovery(adata: AnnData, inferred_state: np.ndarray, min_cells: int = 3) -> pd.DataFrame:
+    """How well inferred continuous states recover the simulated ones, within each true type.
+
+    inferred_state: (N, D) or (A, N, D) per-arm state means (e.g. ``Inference.state_mean``). For each true
+    type and arm, |Spearman rho| between every inferred dimension and every true state dimension; a true
+    dimension counts only where the type responds to it (non-zero gain). Returns one row per type (index:
+    type name): ``n_cells``, ``best_abs_rho`` (best |rho| over inferred dimensions and responsive true
+    dimensions, averaged across arms), ``abs_rho_state_<j>`` (best |rho| over inferred dimensions for true
+    dimension j, averaged across arms; NaN where the type does not respond to j). NaN for types with fewer
+    than ``min_cells`` cells.
+    """
+    from scipy.stats import rankdata
+
+    if "simulation" not in adata.uns or "true_state" not in adata.obsm:
+        raise CplmixError("state_recovery needs simulated data (uns['simulation'] and obsm['true_state'])")
+    inferred = np.asarray(inferred_state, dtype=np.float64)
+    inferred = inferred[None] if inferred.ndim == 2 else inferred
+    if inferred.ndim != 3 or inferred.shape[1] != adata.n_obs:
+        raise CplmixError(f"inferred_state must be (N, D) or (A, N, D) with N = {adata.n_obs}, got {inferred_state.shape}")
+    true_state = np.asarray(adata.obsm["true_state"], dtype=np.float64)
+    n_true = true_state.shape[1]
+    responsive = adata.uns["simulation"]["responsive"]
+    types = adata.obs["true_type"].astype(str).to_numpy()
+    rows = {}
+    for name in adata.obs["true_type"].cat.categories:
+        inside = np.flatnonzero(types == name)
+        responds = np.asarray(responsive[name], dtype=bool)
+        row = {"n_cells": len(inside), "best_abs_rho": np.nan, **{f"abs_rho_state_{j}": np.nan for j in range(n_true)}}
+        if len(inside) >= min_cells:
+            truth = rankdata(true_state[inside], axis=0)
+            per_arm = []
+            for arm_state in inferred:
+                ranks = rankdata(arm_state[inside], axis=0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rho = np.corrcoef(ranks.T, truth.T)[: ranks.shape[1], ranks.shape[1] :]  # (D, S_true)
+                per_arm.append(np.nan_to_num(np.abs(rho), nan=0.0).max(axis=0))  # (S_true,) best over inferred
+            best_per_true = np.mean(per_arm, axis=0)
+            for j in range(n_true):
+                if responds[j]:
+                    row[f"abs_rho_state_{j}"] = float(best_per_true[j])
+            if responds.any():
+                row["best_abs_rho"] = float(np.mean([values[responds].max() for values in per_arm]))
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

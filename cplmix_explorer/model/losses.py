@@ -71,9 +71,16 @@ def categorical_entropy(q: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return -(q * log_q).sum(dim=-1).mean(dim=-1)
 
 
-def batch_variance(q: torch.Tensor) -> torch.Tensor:
-    """Variance over the batch of each category's probability: (A, B, K) -> (A, 1, K) (biased, 1/B)."""
-    return (q - q.mean(dim=1, keepdim=True)).square().mean(dim=1, keepdim=True)
+def batch_variance(q: torch.Tensor, reducer=None) -> torch.Tensor:
+    """Variance over the batch of each category's probability: (A, B, K) -> (A, 1, K) (biased, 1/B).
+
+    ``reducer`` (distributed training) turns local sums into global-batch sums, differentiably, so the
+    variance is that of the global batch (not per process, unlike the reference's multi-GPU variant)."""
+    if reducer is None:
+        return (q - q.mean(dim=1, keepdim=True)).square().mean(dim=1, keepdim=True)
+    count = reducer(q.new_full((1,), float(q.shape[1])))
+    mean = reducer(q.sum(dim=1, keepdim=True)) / count
+    return reducer((q - mean).square().sum(dim=1, keepdim=True)) / count
 
 
 def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,13 +138,14 @@ def cplmix_loss(
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
-    variance: torch.Tensor | None = None,
+    reducer=None,
 ) -> LossTerms:
     """The objective of method.md for all arms at once.
 
     target: (A, B, G) what each arm reconstructs (log-expression for Gaussian, counts for NB);
     library: (A, B, 1) counts per cell (NB only). ``coupled=False`` drops the pair terms and weights the
-    arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation).
+    arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation). ``reducer``
+    (distributed training) makes the coupling's batch variance that of the global batch.
     """
     if likelihood == GAUSSIAN:
         reconstruction = gaussian_reconstruction(target, outputs.decoded)
@@ -150,6 +158,6 @@ def cplmix_loss(
         coupling = outputs.q.new_zeros(0)
         total = (reconstruction + beta * kl).sum()
     else:
-        coupling = coupling_distance(outputs.q, variance)
+        coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer))
         total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - (n_arms - 1) * entropy.sum()
     return LossTerms(total=total, reconstruction=reconstruction, kl=kl, entropy=entropy, coupling=coupling)

@@ -73,6 +73,7 @@ class CoupledMixtureVAE(nn.Module):
         n_hidden_layers: int = 4,
         bottleneck_dim: int = 10,
         input_dropout: float = 0.2,
+        state_dropout: float = 0.0,
         likelihood: str = GAUSSIAN,
         tau: float = 1.0,
         state_depends_on_type: bool = True,
@@ -88,6 +89,7 @@ class CoupledMixtureVAE(nn.Module):
         self.likelihood = likelihood
         self.tau = tau
         self.input_dropout = input_dropout
+        self.state_dropout = state_dropout
         self.state_depends_on_type = state_depends_on_type
         shared = share_arm_parameters
 
@@ -132,6 +134,7 @@ class CoupledMixtureVAE(nn.Module):
 
     def decode(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """[c (A, B, K), s (A, B, S)] -> (A, B, G): log-expression (Gaussian) or log gene proportions (NB)."""
+        s = F.dropout(s, self.state_dropout, self.training) if self.state_dropout > 0 else s
         out = torch.cat([c, s], dim=-1)
         for layer in self.decoder_layers:
             out = torch.relu(layer(out))
@@ -147,22 +150,57 @@ class CoupledMixtureVAE(nn.Module):
         return torch.log1p(decoded.exp() * target_sum)
 
     # -- full pass ----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, gumbel_temperature: float = 1.0) -> ArmOutputs:
+    def forward(
+        self,
+        x: torch.Tensor,
+        gumbel_temperature: float = 1.0,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> ArmOutputs:
         """x (A, B, G), each arm its own (augmented) copy. Training: relaxed sample c and sampled s;
-        eval mode: one-hot argmax c and s = mu."""
+        eval mode: one-hot argmax c and s = mu.
+
+        ``noise`` optionally supplies the training noise (Gumbel (A, B, K), standard normal (A, B, S))
+        instead of drawing it, so that a computation can be replayed exactly (distributed equivalence tests).
+        """
         h, logits = self.encode(x)
         log_q = self.type_posterior(logits)
         q = log_q.exp()
         if self.training:
-            c = gumbel_softmax_sample(log_q, gumbel_temperature)
+            if noise is None:
+                c = gumbel_softmax_sample(log_q, gumbel_temperature)
+            else:
+                c = torch.softmax((log_q + noise[0]) / gumbel_temperature, dim=-1)
         else:
             c = F.one_hot(log_q.argmax(dim=-1), self.n_types).to(log_q.dtype)
         mu, logvar = self.state_posterior(h, c)
         if self.training:
-            s = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # standard normal noise
+            normal = torch.randn_like(mu) if noise is None else noise[1]
+            s = mu + torch.exp(0.5 * logvar) * normal  # standard normal noise
         else:
             s = mu
         return ArmOutputs(log_q=log_q, q=q, c=c, mu=mu, logvar=logvar, s=s, decoded=self.decode(c, s), h=h)
+
+    @torch.no_grad()
+    def keep_categories(self, keep: torch.Tensor) -> None:
+        """Remove every category not in ``keep`` (indices into the current categories), in place: the type
+        head's outputs, and the category inputs of the state head and of the decoder's first layer.
+        The remaining categories keep their trained weights; ``category_ids`` tracks original indices."""
+        keep = torch.as_tensor(keep, dtype=torch.long, device=self.category_ids.device).sort().values
+        head = self.type_head
+        head.weight = nn.Parameter(head.weight[:, :, keep].clone())
+        head.bias = nn.Parameter(head.bias[:, :, keep].clone())
+        head.out_features = len(keep)
+        if self.state_depends_on_type:
+            bottleneck = self.state_head.in_features - self.n_types
+            rows = torch.cat([torch.arange(bottleneck, device=keep.device), bottleneck + keep])
+            self.state_head.weight = nn.Parameter(self.state_head.weight[:, rows, :].clone())
+            self.state_head.in_features = len(rows)
+        first = self.decoder_layers[0]
+        rows = torch.cat([keep, self.n_types + torch.arange(self.state_dim, device=keep.device)])
+        first.weight = nn.Parameter(first.weight[:, rows, :].clone())
+        first.in_features = len(rows)
+        self.category_ids = self.category_ids[keep].clone()
+        self.n_types = len(keep)
 
     def set_batch_reducer(self, reducer) -> None:
         """Make every BatchNorm use global-batch statistics (distributed training)."""

@@ -32,6 +32,7 @@ from ..model.losses import cplmix_loss, metric_names
 from ..model.network import GAUSSIAN, CoupledMixtureVAE
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
+from .distributed import DistributedContext
 from .events import CheckpointSaved, Evaluation, EventBus, StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
+    """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
+    torch.manual_seed(config.seed)
     return CoupledMixtureVAE(
         n_genes=n_genes,
         n_types=config.n_types,
@@ -70,6 +73,7 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         n_hidden_layers=config.n_hidden_layers,
         bottleneck_dim=config.bottleneck_dim,
         input_dropout=config.input_dropout,
+        state_dropout=config.state_dropout,
         likelihood=config.likelihood,
         tau=config.tau,
         state_depends_on_type=config.state_depends_on_type,
@@ -77,12 +81,27 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     )
 
 
+def validation_size(n_cells: int, validation_fraction: float) -> int:
+    return min(int(round(n_cells * validation_fraction)), max(n_cells - 2, 0))
+
+
 def split_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Random train / validation row indices (sorted), deterministic per seed."""
     order = np.random.default_rng(seed).permutation(n_cells)
-    n_validation = int(round(n_cells * validation_fraction))
-    n_validation = min(n_validation, max(n_cells - 2, 0))
+    n_validation = validation_size(n_cells, validation_fraction)
     return np.sort(order[n_validation:]), np.sort(order[:n_validation])
+
+
+def planned_steps(config: CplMixConfig, n_cells: int, steps: int | None = None, epochs: float | None = None) -> int:
+    """Training steps of a schedule: ``epochs`` over the training cells (full batches) when given, else
+    ``steps``; both default to the config's."""
+    if steps is None and epochs is None:
+        steps, epochs = config.steps, config.epochs
+    if epochs is not None:
+        n_train = n_cells - validation_size(n_cells, config.validation_fraction)
+        steps_per_epoch = max(n_train // min(config.batch_size, n_train), 1)
+        return max(1, math.ceil(epochs * steps_per_epoch))
+    return int(steps)
 
 
 def choose_fast_path(requested: str, device: torch.device) -> str:
@@ -119,8 +138,14 @@ class Trainer:
         control: TrainingControl | None = None,
         checkpoint_path: str | Path | None = None,
         checkpoint_extra: dict | None = None,
+        distributed: DistributedContext | None = None,
     ):
         self.config = config
+        self.distributed = distributed
+        if distributed is not None:
+            device = distributed.device
+            if not distributed.is_main:
+                events = EventBus()  # only rank 0 reports
         self.device = resolve_device(config.device if device is None else device)
         self.prepared = prepared
         self.model = model.to(self.device)
@@ -143,9 +168,25 @@ class Trainer:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
         self.validation_rows = validation_rows
-        self.batch_size = min(config.batch_size, len(train_rows))
+        self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
         self.steps_per_epoch = max(len(train_rows) // self.batch_size, 1)
+        self.local_batch_size = self.batch_size
+        self.forward_model: torch.nn.Module = self.model
+        self._reducer = None
+        if distributed is not None:
+            if self.batch_size % distributed.world_size:
+                raise CplmixError(
+                    f"the batch size ({self.batch_size}) must be divisible by the number of processes "
+                    f"({distributed.world_size})"
+                )
+            self.local_batch_size = self.batch_size // distributed.world_size
+            self._reducer = distributed.reduce_sum
+            self.model.set_batch_reducer(distributed.reduce_sum)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.fast_path = choose_fast_path(config.fast_path, self.device)
+        if distributed is not None and self.fast_path != "eager":
+            self.fast_path = "eager"  # collectives inside the step: no CUDA-graph capture
         self.optimizer = self._make_optimizer()
         self.metric_names = metric_names(model.n_arms)
         self.log_every = config.log_every
@@ -154,7 +195,7 @@ class Trainer:
         self._step_counter = torch.zeros((), dtype=torch.long, device=self.device)
         self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_terms = torch.zeros(n_metrics, dtype=torch.bool, device=self.device)
-        self._batch_index = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        self._batch_index = torch.zeros(self.local_batch_size, dtype=torch.long, device=self.device)
         self._epoch_generator = torch.Generator(device=self.device)
         self._permutation: torch.Tensor | None = None
         self._permutation_epoch = -1
@@ -200,10 +241,8 @@ class Trainer:
         return state
 
     def total_steps_for(self, steps: int | None = None, epochs: float | None = None) -> int:
-        """Steps for a schedule: ``epochs`` over the training cells when given, else ``steps``."""
-        if epochs is not None:
-            return max(1, math.ceil(epochs * self.steps_per_epoch))
-        return int(steps if steps is not None else self.config.steps)
+        """Steps for a schedule (see :func:`planned_steps`)."""
+        return planned_steps(self.config, self.data.n_cells, steps, epochs)
 
     # -- one step -------------------------------------------------------------------------------------------
     def _batch_for_step(self, step: int) -> torch.Tensor:
@@ -215,7 +254,9 @@ class Trainer:
             self._permutation = self.train_rows[order]
             self._permutation_epoch = epoch
         start = position * self.batch_size
-        return self._permutation[start : start + self.batch_size]
+        if self.distributed is not None:  # this process's shard of the global batch
+            start += self.distributed.rank * self.local_batch_size
+        return self._permutation[start : start + self.local_batch_size]
 
     def _arm_inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library."""
@@ -235,7 +276,7 @@ class Trainer:
 
     def _loss(self, index: torch.Tensor):
         x, target, nb_library = self._arm_inputs(index)
-        outputs = self.model(x, self.config.gumbel_temperature)
+        outputs = self.forward_model(x, self.config.gumbel_temperature)
         terms = cplmix_loss(
             outputs,
             target,
@@ -245,6 +286,7 @@ class Trainer:
             coupled=self.config.coupled,
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
+            reducer=self._reducer,
         )
         return terms.total, terms.metric_vector()
 
@@ -299,8 +341,14 @@ class Trainer:
         n_new = self.step - last_read_step
         if n_new <= 0:
             return None
-        ring = self._metric_ring.cpu().numpy().astype(np.float64)
-        first_bad = int(self._first_bad_step.item())
+        ring, first_bad_step = self._metric_ring, self._first_bad_step
+        if self.distributed is not None:  # report the mean over processes; stop all if any failed
+            ring = self.distributed.mean(ring)
+            none = torch.full_like(first_bad_step, 2**62)
+            first_bad_step = self.distributed.minimum(torch.where(first_bad_step < 0, none, first_bad_step))
+            first_bad_step = torch.where(first_bad_step == 2**62, -torch.ones_like(first_bad_step), first_bad_step)
+        ring = ring.cpu().numpy().astype(np.float64)
+        first_bad = int(first_bad_step.item())
         if first_bad >= 0:
             bad = self._bad_terms.cpu().numpy()
             names = [n for n, b in zip(self.metric_names, bad) if b]
@@ -365,9 +413,13 @@ class Trainer:
         self.evaluations.append(event)
         return event
 
+    @property
+    def is_main(self) -> bool:
+        return self.distributed is None or self.distributed.is_main
+
     def save(self, path: str | Path | None = None) -> Path | None:
         path = Path(path) if path is not None else self.checkpoint_path
-        if path is None:
+        if path is None or not self.is_main:
             return None
         save_checkpoint(
             path,
@@ -389,7 +441,7 @@ class Trainer:
         Stops early, keeping a checkpoint, when the control object asks; raises :class:`NonFiniteLossError`
         naming the first bad step (the last good checkpoint stays on disk).
         """
-        self._total_steps = total_steps = self.total_steps_for(total_steps, None)
+        self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
         self.model.train()
         if self.fast_path == "compile" and self._compiled_loss is None:
             self._compiled_loss = torch.compile(self._loss, dynamic=False)
@@ -427,7 +479,7 @@ class Trainer:
                     last_read, last_time = self.step, time.perf_counter()
                     if event is not None:
                         self.events.publish(event)
-                if evaluation_due:
+                if evaluation_due and self.is_main:
                     self.events.publish(self.evaluate())
                 if checkpoint_due:
                     self.save()

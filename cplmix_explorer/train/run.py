@@ -27,7 +27,7 @@ from ..config import CplMixConfig
 from ..data.io import read_data
 from ..errors import CplmixError
 from .checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, atomic_write_bytes, load_run_checkpoint
-from .engine import TrainingResult, resolve_device
+from .engine import TrainingResult, planned_steps, resolve_device
 from .events import TrainingControl
 
 RUN_FILE = "run.json"
@@ -106,11 +106,13 @@ def train_run(
     on_model=None,
     command: list[str] | None = None,
     write_outputs_when_stopped: bool = True,
+    distributed=None,
 ) -> RunOutcome:
     """Train a model on ``source`` into ``run_dir`` (or continue it with ``resume``) and write its outputs.
 
     ``on_model(model)`` is called once the model exists, before training starts (the app uses it to
-    subscribe to the model's events).
+    subscribe to the model's events). With ``distributed`` (torchrun) every process trains and only rank 0
+    writes files.
     """
     from ..api import CplMixVAE
 
@@ -127,8 +129,10 @@ def train_run(
         run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
     else:
         config = config.copy() if config is not None else CplMixConfig()
-        check_run_dir_free(run_dir)
-        resolve_device(config.device)
+        if distributed is None or distributed.is_main:
+            check_run_dir_free(run_dir)
+        if distributed is None:
+            resolve_device(config.device)
         model = CplMixVAE(adata, config=config)
         run_info = {
             "data": data_source_text(source),
@@ -137,14 +141,18 @@ def train_run(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": sys.version.split()[0],
         }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / RUN_FILE, run_info)
+        if distributed is not None:
+            run_info["processes"] = distributed.world_size
+            distributed.barrier()  # every process has checked the folder before rank 0 creates it
+        if distributed is None or distributed.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / RUN_FILE, run_info)
     if on_model is not None:
         on_model(model)
-    trainer = model.make_trainer(control=control, run_dir=run_dir)
-    planned = trainer.total_steps_for(config.steps, config.epochs)
-    del trainer
-    result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir)
+    planned = planned_steps(config, model.prepared.n_cells)
+    result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
+    if distributed is not None and not distributed.is_main:
+        return RunOutcome(model=model, result=result, metrics={"status": result.status}, run_dir=run_dir)
     if result.status != "completed" and not write_outputs_when_stopped:
         return RunOutcome(model=model, result=result, metrics={"status": result.status}, run_dir=run_dir)
     metrics = model.evaluate(config.labels)
@@ -189,6 +197,35 @@ def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None)
         if source == "in-memory":
             raise CplmixError(f"the run in '{run_dir}' was trained on in-memory data; pass the data explicitly")
     return CplMixVAE.from_checkpoint(checkpoint, source, device=device or "cpu")
+
+
+PRUNING_FILE = "pruning.json"
+
+
+def prune_run(
+    run_dir: str | os.PathLike,
+    min_consensus: float = 0.95,
+    min_types: int = 2,
+    fine_tune_steps: int | None = None,
+    progress: bool = True,
+    source=None,
+):
+    """Prune a trained run in place: the pruned model becomes the run's checkpoint, the trajectory goes to
+    RUN_DIR/pruning.json, and metrics.json / result.h5ad describe the pruned model."""
+    from ..analysis.pruning import prune
+
+    run_dir = Path(run_dir)
+    model = load_run(run_dir, source)
+    result = prune(model, min_consensus=min_consensus, min_types=min_types, fine_tune_steps=fine_tune_steps,
+                   progress=progress, run_dir=run_dir)
+    model.save(run_dir)
+    write_json(run_dir / PRUNING_FILE, result.to_dict())
+    metrics = model.evaluate(model.config.labels)
+    metrics["pruning"] = {k: v for k, v in result.to_dict().items() if k != "trajectory"}
+    previous = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
+    write_json(run_dir / METRICS_FILE, {**previous, **metrics})
+    write_result_file(model, run_dir, metrics)
+    return result, model
 
 
 def evaluate_run(run_dir: str | os.PathLike, labels: str | None = None, source=None) -> dict:

@@ -1,0 +1,88 @@
+"""The standard single-cell pipeline as a baseline: scanpy + Leiden on PCA, at a number of clusters
+comparable to the published labels of the bundled Zeisel 2015 data.
+
+Needs scanpy and leidenalg (not dependencies of cplmix-explorer):
+    python -m venv /tmp/scanpy-env && /tmp/scanpy-env/bin/pip install scanpy leidenalg igraph
+    /tmp/scanpy-env/bin/python benchmarks/leiden_baseline.py
+Writes benchmarks/results/leiden_zeisel2015.json (read by benchmarks/zeisel_quality.py). Metrics are
+computed with scikit-learn (installed with scanpy) and agree with cplmix_explorer.analysis.metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anndata
+import numpy as np
+import scanpy as sc
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "cplmix_explorer" / "data" / "files" / "zeisel2015_mouse_cortex.h5ad"
+OUT = ROOT / "benchmarks" / "results" / "leiden_zeisel2015.json"
+
+
+def hungarian_accuracy(predicted, truth) -> float:
+    p_levels, p = np.unique(predicted, return_inverse=True)
+    t_levels, t = np.unique(truth, return_inverse=True)
+    table = np.zeros((len(p_levels), len(t_levels)))
+    np.add.at(table, (p, t), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / len(truth))
+
+
+def leiden_at(adata, n_target: int, seed: int) -> tuple[np.ndarray, float]:
+    """Leiden clusters whose count is closest to n_target (bisection on the resolution)."""
+    low, high, best = 0.01, 10.0, None
+    for _ in range(25):
+        resolution = np.sqrt(low * high)
+        sc.tl.leiden(adata, resolution=resolution, random_state=seed, key_added="leiden", flavor="igraph", n_iterations=2)
+        labels = adata.obs["leiden"].to_numpy()
+        n = len(np.unique(labels))
+        if best is None or abs(n - n_target) < abs(best[2] - n_target):
+            best = (labels, resolution, n)
+        if n == n_target:
+            break
+        if n < n_target:
+            low = resolution
+        else:
+            high = resolution
+    return best[0], best[1]
+
+
+def main() -> None:
+    adata = anndata.read_h5ad(DATA)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat")
+    adata = adata[:, adata.var["highly_variable"]].copy()
+    sc.pp.scale(adata, max_value=10)
+    sc.tl.pca(adata, n_comps=50, random_state=0)
+    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    results = {"pipeline": "normalize_total 1e4, log1p, 2000 HVG (seurat), scale, PCA 50, kNN 15, Leiden (igraph)",
+               "scanpy": sc.__version__, "date": time.strftime("%Y-%m-%d"), "levels": {}}
+    for column in ("class", "subclass"):
+        truth = adata.obs[column].astype(str).to_numpy()
+        n_target = len(np.unique(truth))
+        runs = []
+        for seed in range(3):
+            labels, resolution = leiden_at(adata, n_target, seed)
+            runs.append({
+                "seed": seed, "resolution": resolution, "k": int(len(np.unique(labels))),
+                "acc": hungarian_accuracy(labels, truth),
+                "ari": float(adjusted_rand_score(truth, labels)),
+                "nmi": float(normalized_mutual_info_score(truth, labels)),
+            })
+        summary = {key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
+                   for key in ("acc", "ari", "nmi", "k")}
+        results["levels"][column] = {"n_labels": n_target, "runs": runs, "mean_sd": summary}
+        print(column, json.dumps(summary))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The training engine end to end on CPU: recovery of known types, determinism, events, control,
+checkpoints and resume, sparse/dense equivalence, non-finite losses."""
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import mixture_counts
+
+from cplmix_explorer import CplMixConfig, CplMixVAE
+from cplmix_explorer.data.preprocess import prepare
+from cplmix_explorer.errors import CplmixError, NonFiniteLossError
+from cplmix_explorer.train.engine import Trainer, build_model
+from cplmix_explorer.train.events import Evaluation, StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
+
+
+def _parameters(model: CplMixVAE) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def test_recovers_known_types_of_a_mixture(mixture):
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, labels="type", seed=0)
+    model.train(steps=300, progress=False)
+    metrics = model.evaluate()
+    assert metrics["acc"] >= 0.9
+    assert metrics["consensus"] >= 0.9
+    assert set(metrics) >= {"acc", "ari", "nmi", "kl", "consensus", "k"}
+
+
+def test_same_seed_same_result_and_other_seed_differs(mixture):
+    runs = []
+    for seed in (3, 3, 4):
+        model = CplMixVAE(mixture, n_types=4, n_arms=2, seed=seed)
+        result = model.train(steps=40, progress=False)
+        runs.append((result.history_values, _parameters(model)))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert not np.array_equal(runs[0][0], runs[2][0])
+
+
+def test_metric_events_per_step_and_evaluations(mixture):
+    model = CplMixVAE(mixture, n_types=4, n_arms=3, log_every=10, eval_every=20)
+    events = model.events.subscribe_queue()
+    seen = []
+    unsubscribe = model.events.subscribe(seen.append)
+    model.train(steps=45, progress=False)
+    unsubscribe()
+    drained = []
+    while True:
+        try:
+            drained.append(events.get_nowait())
+        except queue.Empty:
+            break
+    assert [type(e) for e in drained] == [type(e) for e in seen]
+    assert isinstance(seen[0], TrainingStarted) and isinstance(seen[-1], TrainingFinished)
+    step_events = [e for e in seen if isinstance(e, StepMetrics)]
+    steps = np.concatenate([e.steps for e in step_events])
+    assert steps.tolist() == list(range(1, 46))  # every step reported once, in order
+    names = step_events[0].names
+    assert names[:2] == ["loss", "coupling"]
+    assert {"reconstruction_arm2", "kl_arm0", "entropy_arm1"} <= set(names)
+    evaluations = [e for e in seen if isinstance(e, Evaluation)]
+    assert [e.step for e in evaluations] == [20, 40, 45]
+    assert evaluations[-1].agreement.shape == (4,)
+    assert 0.0 <= evaluations[-1].mean_agreement <= 1.0
+    assert evaluations[-1].validation_loss is not None
+    assert seen[-1].status == "completed"
+
+
+def test_stop_request_from_another_thread_is_honoured_between_steps(mixture):
+    model = CplMixVAE(mixture, n_types=4, log_every=5)
+    control = TrainingControl()
+
+    def stop_after_ten(event):
+        if isinstance(event, StepMetrics) and event.last_step >= 10:
+            threading.Thread(target=control.stop).start()
+
+    model.events.subscribe(stop_after_ten)
+    result = model.train(steps=5000, progress=False, control=control)
+    assert result.status == "stopped"
+    assert 10 <= result.step < 100
+    assert model.step == result.step
+
+
+def test_pause_and_resume(mixture):
+    model = CplMixVAE(mixture, n_types=4, log_every=5)
+    control = TrainingControl()
+    paused_at = []
+
+    def pause_once(event):
+        if isinstance(event, StepMetrics) and not paused_at:
+            control.pause()
+            paused_at.append(event.last_step)
+            threading.Timer(0.3, control.resume).start()
+
+    model.events.subscribe(pause_once)
+    result = model.train(steps=20, progress=False, control=control)
+    assert result.status == "completed" and result.step == 20 and paused_at == [5]
+
+
+def test_save_load_round_trip_gives_identical_predictions(mixture, tmp_path):
+    model = CplMixVAE(mixture, n_types=4, state_dim=3, n_arms=2)
+    model.train(steps=30, progress=False)
+    model.save(tmp_path / "run")
+    loaded = CplMixVAE.load(tmp_path / "run", mixture)
+    assert loaded.step == 30
+    assert loaded.config.to_dict() == model.config.to_dict()
+    original, restored = model.predict(), loaded.predict()
+    assert np.array_equal(original.consensus_type, restored.consensus_type)
+    assert np.allclose(original.state_mean, restored.state_mean, atol=1e-6)
+
+
+def test_resumed_training_equals_uninterrupted_training(mixture, tmp_path):
+    from cplmix_explorer.train.run import train_run
+
+    config = CplMixConfig().update(n_types=4, steps=60, checkpoint_every=20, log_every=10, seed=5)
+    straight = train_run(mixture, tmp_path / "straight", config, progress=False)
+
+    control = TrainingControl()
+
+    def stop_at_30(model):
+        model.events.subscribe(lambda e: control.stop() if isinstance(e, StepMetrics) and e.last_step >= 30 else None)
+
+    interrupted = train_run(mixture, tmp_path / "resumed", config, progress=False, control=control, on_model=stop_at_30)
+    assert interrupted.result.status == "stopped" and interrupted.result.step == 30
+    resumed = train_run(mixture, tmp_path / "resumed", None, resume=True, progress=False)
+    assert resumed.result.step == 60
+    a, b = _parameters(straight.model), _parameters(resumed.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_sparse_and_dense_storage_train_identically():
+    dense = mixture_counts(sparse=False)
+    sparse = dense.copy()
+    sparse.X = sp.csr_matrix(dense.X)
+    results = []
+    for adata in (dense, sparse):
+        model = CplMixVAE(adata, n_types=4, seed=1, augment="noise")
+        results.append(model.train(steps=20, progress=False).history_values)
+    assert np.allclose(results[0], results[1], rtol=1e-5, atol=1e-4)
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_term(mixture):
+    config = CplMixConfig().update(n_types=4, lr=1.0, log_every=5)
+    prepared = prepare(mixture, config)
+    model = build_model(config, prepared.n_genes)
+    trainer = Trainer(model, prepared, config)
+    with torch.no_grad():
+        model.decoder_output.bias.fill_(float("nan"))  # what a diverged update leaves behind
+    with pytest.raises(NonFiniteLossError) as failure:
+        trainer.fit(50)
+    assert failure.value.step == 1
+    assert "reconstruction_arm0" in failure.value.terms
+    assert "non-finite loss at step 1" in str(failure.value)
+
+
+def test_epochs_schedule_counts_batches_over_training_cells(mixture):
+    model = CplMixVAE(mixture, n_types=4, batch_size=100, validation_fraction=0.1)
+    result = model.train(epochs=2, progress=False)
+    assert result.step == 2 * (540 // 100)
+
+
+def test_batch_larger_than_the_data_is_clamped():
+    small = mixture_counts(n_cells=40)
+    model = CplMixVAE(small, n_types=4, batch_size=256, validation_fraction=0.0)
+    assert model.train(steps=3, progress=False).step == 3
+
+
+def test_more_types_than_cells_is_refused():
+    with pytest.raises(CplmixError, match="more types"):
+        CplMixVAE(mixture_counts(n_cells=20), n_types=30)
+
+
+def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture):
+    from cplmix_explorer.analysis.pruning import prune
+
+    model = CplMixVAE(mixture, n_types=8, n_arms=2, labels="type", seed=0)
+    model.train(steps=300, progress=False)
+    rounds = []
+    result = prune(model, min_consensus=0.9, fine_tune_steps=100, on_round=rounds.append)
+    assert 0.8 * 4 <= result.chosen_k <= 1.2 * 4
+    assert result.status == "passed"
+    assert list(result.trajectory["k"]) == list(range(8, result.chosen_k - 1, -1))
+    assert len(rounds) == len(result.trajectory)
+    assert result.trajectory["min_agreement"].iloc[-1] >= 0.9
+    assert model.module.n_types == result.chosen_k == model.config.n_types
+    assert len(set(model.module.category_ids.tolist())) == result.chosen_k
+    assert model.evaluate()["acc"] >= 0.9

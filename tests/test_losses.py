@@ -1,0 +1,129 @@
+"""Each loss term against values worked out by hand on tiny tensors (method.md, paper Eq. 7)."""
+
+import math
+
+import pytest
+import torch
+
+from cplmix_explorer.model.losses import (
+    categorical_entropy,
+    coupling_distance,
+    cplmix_loss,
+    gaussian_reconstruction,
+    negative_binomial_reconstruction,
+    state_kl,
+)
+from cplmix_explorer.model.network import ArmOutputs
+
+
+def test_gaussian_reconstruction_is_half_squared_error_summed_over_genes_mean_over_cells():
+    target = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])  # (A=1, B=2, G=3)
+    decoded = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    # cell 1: (1 + 4 + 0) / 2 = 2.5; cell 2: 3 / 2 = 1.5; mean 2.0
+    assert gaussian_reconstruction(target, decoded).tolist() == pytest.approx([2.0])
+
+
+def test_gaussian_reconstruction_gradient_matches_the_plain_expression():
+    target = torch.randn(2, 5, 7)
+    decoded = torch.randn(2, 5, 7, requires_grad=True)
+    fast = gaussian_reconstruction(target, decoded)
+    (fast * torch.tensor([1.0, 3.0])).sum().backward()
+    fast_grad = decoded.grad.clone()
+    decoded.grad = None
+    plain = 0.5 * (decoded - target).square().sum(-1).mean(-1)
+    (plain * torch.tensor([1.0, 3.0])).sum().backward()
+    assert torch.allclose(fast, plain.detach(), atol=1e-6)
+    assert torch.allclose(fast_grad, decoded.grad, atol=1e-6)
+
+
+def test_state_kl_against_the_closed_form():
+    mu = torch.tensor([[[1.0, 0.0]]])  # (1, 1, 2)
+    logvar = torch.tensor([[[0.0, math.log(2.0)]]])
+    # dim 1: 0.5 * (1 + 1 - 1 - 0) = 0.5; dim 2: 0.5 * (2 + 0 - 1 - ln 2)
+    expected = 0.5 + 0.5 * (2.0 - 1.0 - math.log(2.0))
+    assert state_kl(mu, logvar).item() == pytest.approx(expected)
+
+
+def test_entropy_of_uniform_and_one_hot():
+    q = torch.tensor([[[0.5, 0.5], [1.0 - 1e-12, 1e-12]]])
+    entropy = categorical_entropy(q, torch.log(q))
+    assert entropy.item() == pytest.approx(math.log(2.0) / 2, rel=1e-6)
+
+
+def test_perturbed_aitchison_distance_by_hand():
+    # arm a: rows (0.8, 0.2), (0.2, 0.8); arm b swapped. Batch variance of every category: 0.09 (sd 0.3).
+    q_a = torch.tensor([[0.8, 0.2], [0.2, 0.8]])
+    q_b = torch.tensor([[0.2, 0.8], [0.8, 0.2]])
+    distance = coupling_distance(torch.stack([q_a, q_b]))
+    # each cell: 2 * (ln 4 / 0.3)^2
+    assert distance.tolist() == pytest.approx([2 * (math.log(4.0) / 0.3) ** 2], rel=1e-5)
+
+
+def test_distance_is_zero_for_identical_arms_and_large_for_a_collapsed_arm():
+    q = torch.softmax(torch.randn(16, 5), dim=-1)
+    assert coupling_distance(torch.stack([q, q])).item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.zeros_like(q)
+    collapsed[:, 0] = 1.0  # every cell in category 0: no batch spread
+    agreeing_spread = coupling_distance(torch.stack([q, q.roll(1, dims=0)])).item()
+    assert coupling_distance(torch.stack([q, collapsed])).item() > 100 * agreeing_spread
+
+
+def test_pairs_of_three_arms():
+    q = torch.softmax(torch.randn(3, 8, 4), dim=-1)
+    pairs = coupling_distance(q)
+    assert pairs.shape == (3,)
+    for value, (a, b) in zip(pairs, [(0, 1), (0, 2), (1, 2)]):
+        assert value.item() == pytest.approx(coupling_distance(q[[a, b]]).item(), rel=1e-6)
+
+
+def _outputs(n_arms=3, batch=4, types=3, genes=5, states=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_arms, batch, types, generator=generator)
+    log_q = torch.log_softmax(logits, -1)
+    return ArmOutputs(
+        log_q=log_q, q=log_q.exp(), c=log_q.exp(),
+        mu=torch.randn(n_arms, batch, states, generator=generator),
+        logvar=torch.randn(n_arms, batch, states, generator=generator) * 0.1,
+        s=torch.zeros(n_arms, batch, states),
+        decoded=torch.rand(n_arms, batch, genes, generator=generator),
+        h=torch.zeros(n_arms, batch, 2),
+    )
+
+
+def test_total_objective_weights_the_terms_as_eq7():
+    out = _outputs(n_arms=3)
+    target = torch.rand(3, 4, 5)
+    lam, beta = 0.7, 0.3
+    terms = cplmix_loss(out, target, likelihood="gaussian", lam=lam, beta=beta)
+    rec = gaussian_reconstruction(target, out.decoded)
+    kl = state_kl(out.mu, out.logvar)
+    entropy = categorical_entropy(out.q, out.log_q)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = 2 * (rec + beta * kl).sum()
+    for a, b in pairs:
+        expected = expected + lam * coupling_distance(out.q[[a, b]]).sum() - entropy[a] - entropy[b]
+    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms.coupling.shape == (3,)
+
+
+def test_one_arm_is_a_plain_mixture_vae():
+    out = _outputs(n_arms=1)
+    target = torch.rand(1, 4, 5)
+    terms = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=2.0)
+    expected = gaussian_reconstruction(target, out.decoded) + 2.0 * state_kl(out.mu, out.logvar)
+    assert terms.total.item() == pytest.approx(expected.item())
+    assert terms.coupling.numel() == 0
+
+
+def test_negative_binomial_matches_torch_distribution():
+    counts = torch.tensor([[[0.0, 3.0, 10.0], [1.0, 0.0, 2.0]]])
+    rho = torch.softmax(torch.tensor([[[0.1, 0.5, 1.2], [0.3, 0.3, 0.4]]]), -1)
+    library = counts.sum(-1, keepdim=True)
+    log_theta = torch.tensor([[[0.0, 1.0, -0.5]]])
+    ours = negative_binomial_reconstruction(counts, rho.log(), library, log_theta)
+    theta = log_theta.exp()
+    mu = rho * library
+    # torch's NegativeBinomial counts failures with success probability p: mean = theta * p / (1 - p)
+    distribution = torch.distributions.NegativeBinomial(total_count=theta.expand_as(mu), probs=mu / (mu + theta))
+    expected = -distribution.log_prob(counts).sum(-1).mean(-1)
+    assert torch.allclose(ours, expected, atol=1e-4)
