@@ -85,6 +85,10 @@ class AppServer:
                 problems.append(block[:2000])
         return problems
 
+    def alive_models(self) -> list[int]:
+        """The app's 'models alive' count at each session open / close, in order."""
+        return [int(n) for n in re.findall(r"models alive: (\d+)", self.log())]
+
     def count(self, text: str) -> int:
         return self.log().count(text)
 

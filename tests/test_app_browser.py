@@ -224,7 +224,7 @@ def test_concurrent_sessions_run_without_errors_and_free_their_memory(server, br
     """A short version of the load run (benchmarks/app_load.py): sessions in parallel, some training, all
     closed; the server logs no error and the sessions' states are freed."""
     probe = open_app(browser, server.url)
-    baseline = server.alive_counts()[-1]
+    baseline, baseline_models = server.alive_counts()[-1], server.alive_models()[-1]
     probe.close()
     rounds_rss = [server.rss_mb()]
     for round_number in range(2):
@@ -250,6 +250,7 @@ def test_concurrent_sessions_run_without_errors_and_free_their_memory(server, br
     probe = open_app(browser, server.url)
     # the 6 closed sessions' states are gone (the baseline may still count tabs closed just before it)
     assert server.alive_counts()[-1] <= baseline, "no state of a closed session is left in memory"
+    assert server.alive_models()[-1] <= baseline_models, "the models trained in closed sessions are freed"
     probe.close()
     assert server.errors() == []
     before, first_round, second_round = rounds_rss

@@ -441,6 +441,21 @@ def test_closing_a_session_stops_its_training_and_frees_the_state(tmp_path):
     assert reference() is None, "nothing keeps a closed session's state alive"
 
 
+def test_a_closed_session_frees_the_model_it_trained(tmp_path):
+    state = ExplorerState(runs_dir=tmp_path)
+    state.use_data(mixture_counts(), "mixture")
+    state.config.update(**{**QUICK, "steps": 20})
+    state.start_training()
+    wait_for_job(state)
+    view = TraversalView(state)  # the traversal caches per-model work
+    assert view.result is not None
+    model = weakref.ref(state.model)
+    state.close()
+    del state, view
+    gc.collect()
+    assert model() is None, "nothing keeps a closed session's model alive"
+
+
 # -- the views on a real model --------------------------------------------------------------------------------------
 def test_cells_view_colours_highlights_and_compares(demo_state):
     view = CellsView(demo_state)
@@ -463,6 +478,30 @@ def test_consensus_view_shows_matrix_and_offers_pruning_when_installed(demo_stat
     empty = ConsensusView(ExplorerState())
     assert "Train a model" in empty._matrices().object
     render(view)
+
+
+def test_pruning_from_the_consensus_view_plots_the_trajectory_and_shows_the_pruned_copy(tmp_path):
+    state = ExplorerState(runs_dir=tmp_path)
+    state.use_data(mixture_counts(), "mixture")
+    state.config.update(**{**QUICK, "n_types": 6, "steps": 40})
+    state.start_training()
+    wait_for_job(state)
+    trained = state.model
+    view = ConsensusView(state)
+    view.min_consensus.value = 1.0  # unreachable: prunes down to the floor
+    view.min_types.value = 4
+    view.fine_tune_steps.value = 10
+    view.prune_button.clicks += 1
+    assert state.status == "pruning" and view.stop_button.disabled is False
+    wait_for_job(state)
+    assert state.status == "completed", state.error
+    trajectory = view.trajectory_pipe.data
+    assert trajectory["k"].tolist() == [6, 5, 4] and trajectory["removed"].notna().sum() == 2
+    assert state.model is not trained and state.model.module.n_types == 4, "the pruned copy is shown"
+    assert trained.module.n_types == 6, "the model that was shown is left as it was"
+    assert state.pruning_result.chosen_k == 4
+    hv.render(view._trajectory_element(trajectory))
+    assert "of 4 types used" in view._matrices(threshold=1.0).objects[0].object
 
 
 def test_traversal_view_slider_profile_and_exports(demo_state, tmp_path):

@@ -47,6 +47,18 @@ class LiveTraining:
         self._sent_agreement = 0
         self.category_agreement = np.zeros(0)
         self.category_agreement_changed = False
+        self._restarted = True
+
+    def take_restart(self) -> bool:
+        """True once after each (re)start of a run: the plots then start afresh."""
+        restarted, self._restarted = self._restarted, False
+        return restarted
+
+    def rewind(self) -> None:
+        """Send everything again from the first row (to new, empty plots)."""
+        self._needs_reset = True
+        self._sent_agreement = 0
+        self.category_agreement_changed = len(self.category_agreement) > 0
 
     # -- events in ----------------------------------------------------------------------------------------
     def update(self, event) -> None:

@@ -43,8 +43,10 @@ from .safety import DEFAULT_MAX_UPLOAD_MB, read_upload, resolve_data_path
 
 logger = logging.getLogger(__name__)
 
-#: Every live ExplorerState (the load test checks that closed sessions leave none behind).
+#: Every live ExplorerState and every model a session showed (the load test checks that closed sessions
+#: leave none of them behind).
 LIVE_STATES: weakref.WeakSet = weakref.WeakSet()
+LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
 
 STATUSES = ["idle", "queued", "training", "pruning", "completed", "stopped", "failed"]
 #: Refresh period of the session's periodic callback, milliseconds.
@@ -215,6 +217,8 @@ class ExplorerState(param.Parameterized):
     def use_model(self, model: CplMixVAE, name: str, run_dir: Path | None = None) -> None:
         """Show ``model`` (and its data) in every view; its inference is computed here."""
         inference = model.predict()
+        LIVE_MODELS.add(model)
+        previous = self.model
         with param.parameterized.batch_call_watchers(self):
             if self.adata is not model.adata:
                 self.adata = model.adata
@@ -224,6 +228,8 @@ class ExplorerState(param.Parameterized):
             self.inference = inference
             self.run_dir = Path(run_dir) if run_dir is not None else None
             self.model_name = name
+        if previous is not None and previous is not model:
+            release_model_caches(previous)
 
     def open_run(self, run_dir: str | os.PathLike) -> None:
         model = load_run(run_dir)
@@ -459,6 +465,8 @@ class ExplorerState(param.Parameterized):
         self.job = None
         self._pruning_rounds_queue = None
         self.pruning_result = None
+        if self.model is not None:
+            release_model_caches(self.model)
         with param.parameterized.discard_events(self):
             self.model = None
             self.inference = None
@@ -478,9 +486,27 @@ def _round_record(round_info: Any) -> dict:
     return {k: getattr(round_info, k, None) for k in keys}
 
 
+def release_model_caches(model: CplMixVAE) -> None:
+    """Drop what analysis functions cached for a model a session no longer shows, so it can be freed.
+
+    The traversal's per-model cache (``analysis.traversal._CONTEXTS``) is a WeakKeyDictionary whose
+    values hold the model itself, so its entries never expire on their own; shared demo models stay."""
+    if model in _demo_cache.values():
+        return
+    from ..analysis import traversal
+
+    with traversal._CONTEXTS_LOCK:
+        traversal._CONTEXTS.pop(model, None)
+
+
 def live_state_count() -> int:
     gc.collect()
     return len(LIVE_STATES)
+
+
+def live_model_count() -> int:
+    gc.collect()
+    return len(LIVE_MODELS)
 
 
 def format_exception(error: BaseException) -> str:
@@ -492,4 +518,4 @@ def format_exception(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-__all__ = ["ExplorerState", "LIVE_STATES", "live_state_count", "shared_bundled", "shared_demo"]
+__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "live_model_count", "live_state_count", "shared_bundled", "shared_demo"]

@@ -53,8 +53,8 @@ class TrainingMonitor(pn.viewable.Viewer):
         self.stop_button.on_click(lambda _event: self.state.stop())
         self._names: list[str] = []
         self.metrics_buffer: hv.streams.Buffer | None = None
-        self.agreement_buffer = hv.streams.Buffer(pd.DataFrame(columns=AGREEMENT_COLUMNS, dtype=float), length=100_000, index=False)
-        self.category_pipe = hv.streams.Pipe(data=np.zeros(0))
+        self.agreement_buffer: hv.streams.Buffer | None = None
+        self.category_pipe: hv.streams.Pipe | None = None
         self._plots = pn.GridBox(ncols=2, sizing_mode="stretch_width")
         self._build_plots([])
         self.state.param.watch(self._on_metrics, "metrics_tick")
@@ -80,10 +80,14 @@ class TrainingMonitor(pn.viewable.Viewer):
 
     # -- plots --------------------------------------------------------------------------------------------
     def _build_plots(self, names: list[str]) -> None:
-        """(Re)create the streams and plots for a run's metric columns (they depend on the number of arms)."""
+        """(Re)create the streams and plots for a run's metric columns (they depend on the number of arms);
+        every run gets fresh streams, so nothing of the previous run lingers in the plots."""
         self._names = list(names)
         template = pd.DataFrame(np.zeros((0, 1 + len(names))), columns=[STEP, *names])
         self.metrics_buffer = hv.streams.Buffer(template, length=4 * self.state.live.max_points + 16, index=False)
+        agreement_template = pd.DataFrame(np.zeros((0, len(AGREEMENT_COLUMNS))), columns=AGREEMENT_COLUMNS)
+        self.agreement_buffer = hv.streams.Buffer(agreement_template, length=100_000, index=False)
+        self.category_pipe = hv.streams.Pipe(data=np.zeros(0))
         panels = []
         for title, term in METRIC_PANELS:
             columns = plots.metric_columns(names, term)
@@ -105,9 +109,9 @@ class TrainingMonitor(pn.viewable.Viewer):
     def _on_metrics(self, *_events) -> None:
         live = self.state.live
         finished = live.finished_status is not None
-        if live.names != self._names:
+        if live.names != self._names or live.take_restart():
             self._build_plots(live.names)
-            self.agreement_buffer.clear()
+            live.rewind()
         frame, reset = live.take_rows(flush=finished)
         if reset:
             self.metrics_buffer.clear()
