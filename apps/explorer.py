@@ -21,6 +21,8 @@ import panel as pn
 from cplmix_explorer.views.explorer import app_page, app_settings
 
 pn.extension("filedropper", sizing_mode="stretch_width", throttled=True)
+if pn.config.nthreads is None:  # sessions' callbacks in a thread pool: one busy session does not stall the others
+    pn.config.nthreads = 4
 
 DEFAULT_DEMO = Path(__file__).resolve().parent.parent / "models" / "zeisel2015_demo"
 app_page(app_settings(sys.argv[1:], default_demo=DEFAULT_DEMO)).servable(title="cplmix explorer")

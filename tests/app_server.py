@@ -22,6 +22,9 @@ CHROMIUM_ARGS = [
 #: Largest number of rows any Bokeh data source holds in a column named ``column``.
 JS_MAX_ROWS = """(column) => { let n = 0; for (const doc of Bokeh.documents) for (const m of doc.all_models) {
     const d = m.data; if (d && d[column] !== undefined) n = Math.max(n, d[column].length) } return n }"""
+#: Rows of every data source with a column named ``column``, by model id (a plot that gains points grows).
+JS_ROWS_BY_SOURCE = """(column) => { const out = {}; for (const doc of Bokeh.documents) for (const m of doc.all_models) {
+    const d = m.data; if (d && d[column] !== undefined) out[m.id] = d[column].length } return out }"""
 #: The values of the first data source with a column named ``column`` (null when none).
 JS_COLUMN = """(column) => { for (const doc of Bokeh.documents) for (const m of doc.all_models) {
     const d = m.data; if (d && d[column] !== undefined) return Array.from(d[column]) } return null }"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import time
 import weakref
 from pathlib import Path
@@ -568,3 +569,22 @@ def test_views_accept_what_a_notebook_user_has(demo_state, tmp_path):
     assert ExplorerState.of(adata).adata is adata
     with pytest.raises(CplmixError, match="cannot explore"):
         ExplorerState.of(42)
+
+
+@pytest.mark.slow
+def test_the_example_notebook_trains_with_a_monitor_and_exports_a_heatmap(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPOSITORY / "examples" / "explorer_in_jupyter.ipynb", as_version=4)
+    monkeypatch.setenv("CPLMIX_EXAMPLE_STEPS", "60")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]))
+    NotebookClient(notebook, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    png = tmp_path / "traversal_heatmap.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    matrix = pd.read_csv(tmp_path / "traversal_heatmap.csv")
+    assert matrix.columns[0] == "state" and len(matrix) == 50
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "TrainingMonitor" in shown and "TraversalView" in shown and "'acc'" in shown

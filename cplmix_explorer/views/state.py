@@ -145,6 +145,7 @@ class ExplorerState(param.Parameterized):
         if source is None:
             return state
         if isinstance(source, CplMixVAE):
+            state.config = source.config.copy()  # the form starts from the model's own options
             state.use_model(source, name="model from the notebook")
         elif isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
             state.open_run(source)
@@ -385,7 +386,8 @@ class ExplorerState(param.Parameterized):
             self._stop_polling()
             return
         metrics_changed = False
-        for event in job.drain():
+        events = job.drain()
+        for event in events:
             if isinstance(event, JobQueued):
                 self.status = "queued"
                 self.status_message = (
@@ -403,7 +405,8 @@ class ExplorerState(param.Parameterized):
             self._drain_pruning_rounds()
         if metrics_changed:
             self.metrics_tick += 1
-        if not job.running and job is self.job and self.status not in ("training", "pruning", "queued"):
+        # stop one quiet refresh after the end, so the last updates are flushed by a completed callback
+        if not events and not job.running and job is self.job and self.status not in ("training", "pruning", "queued"):
             self._stop_polling()
 
     def _drain_pruning_rounds(self) -> None:
