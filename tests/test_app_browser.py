@@ -135,6 +135,12 @@ def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server
 
 def test_training_started_from_the_page_draws_the_loss_curve(server, browser):
     page = open_app(browser, server.url)
+    with screenshots_on_failure("training", page):
+        training_draws_the_loss_curve(page)
+    page.close()
+
+
+def training_draws_the_loss_curve(page):
     quick_training_options(page, steps=600)
     page.get_by_role("button", name="Train", exact=True).first.click()
     seen = []
@@ -151,10 +157,9 @@ def test_training_started_from_the_page_draws_the_loss_curve(server, browser):
             growth.setdefault(source, []).append(rows)
     growing = [rows for rows in growth.values() if len(set(rows) - {0, 120}) >= 2 and rows == sorted(rows)]
     assert growing, f"the loss curve gains points while training runs: {growth}"
-    assert page.locator("text=step 600 / 600").count() == 1
-    assert page.locator("text=trained in this session").count() >= 1
+    wait_for_text(page, "step 600 / 600")
+    wait_for_text(page, "trained in this session")
     page.screenshot(path=ARTIFACTS / "05_after_training.png")
-    page.close()
 
 
 def test_two_sessions_keep_their_own_state_and_a_second_training_is_queued(server, browser):

@@ -116,6 +116,7 @@ class ExplorerState(param.Parameterized):
         self._pruning_rounds_queue: queue.Queue | None = None
         self.job: BackgroundJob | None = None
         self._callback = None
+        self._poll_lock = threading.Lock()
         self._closed = False
         LIVE_STATES.add(self)
         self._close_with_session()
@@ -367,18 +368,29 @@ class ExplorerState(param.Parameterized):
         if self._callback is not None and self._callback.running:
             return
         try:
-            self._callback = pn.state.add_periodic_callback(self.poll, period=POLL_PERIOD_MS)
+            self._callback = pn.state.add_periodic_callback(self._poll_on_event_loop, period=POLL_PERIOD_MS)
         except Exception:  # no event loop: poll() is called explicitly
             self._callback = None
 
-    def poll(self) -> None:
+    async def _poll_on_event_loop(self) -> None:
+        """The periodic callback. A coroutine, so Panel runs it on the session's event loop even when it
+        dispatches other callbacks to a thread pool (``--num-threads``): plot streams are then updated
+        where Bokeh expects it, in order, one refresh at a time."""
+        self.poll()
+
+    def poll(self, wait: bool = False) -> None:
         """Drain the job's events into the state (runs in the session thread). Never raises: an error here
         would silently stop the periodic callback, so it is shown instead."""
+        # with Panel's thread pool a refresh can start while the previous one still runs: skip it then
+        if not self._poll_lock.acquire(blocking=wait):
+            return
         try:
             self._poll()
         except Exception as error:
             logger.exception("explorer refresh failed")
             self.error = f"display update failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        finally:
+            self._poll_lock.release()
 
     def _poll(self) -> None:
         job = self.job
@@ -454,7 +466,8 @@ class ExplorerState(param.Parameterized):
         """Block until the background job ends, then apply its results (scripts and notebooks)."""
         if self.job is not None:
             self.job.join(timeout)
-            self.poll()
+            self.poll(wait=True)
+            self.poll(wait=True)  # a second, quiet refresh ends the polling
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def close(self) -> None:
