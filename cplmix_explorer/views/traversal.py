@@ -20,7 +20,6 @@ from ..analysis import export as exporting
 from ..analysis.traversal import MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, context_for, traverse
 from ..data.gene_sets import HOUSEKEEPING, IMMEDIATE_EARLY, MARKERS, PRIMARY_RESPONSE
 from ..errors import CplmixError
-from . import plots
 from .safety import sanitize_filename
 from .state import ExplorerState, format_exception
 
