@@ -1,0 +1,126 @@
+"""The served explorer under load (issue 8, item 6): 10 concurrent browser sessions for 5 minutes.
+
+    python benchmarks/app_load.py --sessions 10 --minutes 5
+
+Starts ``panel serve apps/explorer.py`` on a free loopback port and opens ``--sessions`` tabs in headless
+Chromium. For ``--minutes`` every tab keeps working: it switches tabs (Training, Consensus, Cells,
+Traversal), moves the traversal slider, and every third tab starts a short training now and then (they
+queue on the shared device). The server's memory is sampled every 5 s. Then all tabs close and, after the
+server has destroyed their sessions, memory is sampled again and one probe tab reports how many session
+states and models are still alive. Prints one JSON object (errors, memory, counts); the memory samples go
+to ``--out`` as CSV. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from app_server import AppServer, fill_option, launch_browser, open_app  # noqa: E402
+
+TABS = ["Training", "Consensus", "Cells", "Traversal"]
+
+
+def act(page, index: int, tick: int) -> None:
+    """One user action of tab ``index`` at ``tick``."""
+    name = TABS[(index + tick) % len(TABS)]
+    page.locator(".bk-tab", has_text=name).first.click()
+    if name == "Traversal":
+        handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State value")).locator(".noUi-handle")
+        if handle.count():
+            handle.first.focus()
+            handle.first.press("ArrowRight" if tick % 2 else "ArrowLeft")
+    if name == "Training" and index % 3 == 0:
+        train = page.get_by_role("button", name="Train", exact=True).first
+        if train.is_enabled():
+            train.click()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--out", default="app_load_memory.csv")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="cplmix-load-"))
+    samples: list[tuple[float, str, float]] = []
+    page_errors: list[str] = []
+    with AppServer(["--runs-dir", str(folder / "runs"), "--data-dir", str(folder)], folder / "server.log") as server:
+        server.wait_ready()
+        begin = time.perf_counter()
+
+        def sample(phase: str) -> None:
+            samples.append((round(time.perf_counter() - begin, 1), phase, round(server.rss_mb(), 1)))
+
+        sample("started")
+        with sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            probe = open_app(browser, server.url)
+            baseline_states, baseline_models = server.alive_counts()[-1], server.alive_models()[-1]
+            probe.close()
+            pages = []
+            for index in range(args.sessions):
+                page = open_app(browser, server.url)
+                page.on("pageerror", lambda error: page_errors.append(str(error)))
+                if index % 3 == 0:  # short real trainings
+                    fill_option(page, "steps (--steps)", 200)
+                    fill_option(page, "n genes (--genes)", 500)
+                pages.append(page)
+            sample("sessions open")
+            deadline, tick, last_sample = time.perf_counter() + 60 * args.minutes, 0, 0.0
+            while time.perf_counter() < deadline:
+                for index, page in enumerate(pages):
+                    try:
+                        act(page, index, tick)
+                    except Exception as error:  # a stuck page is a finding, not a crash of the benchmark
+                        page_errors.append(f"tab {index}: {type(error).__name__}: {str(error).splitlines()[0]}")
+                tick += 1
+                if time.perf_counter() - last_sample >= 5:
+                    sample("load")
+                    last_sample = time.perf_counter()
+            closed_before = server.count("closed; explorer sessions alive")
+            for page in pages:
+                page.close()
+            wait_until = time.perf_counter() + 120
+            while server.count("closed; explorer sessions alive") < closed_before + args.sessions and time.perf_counter() < wait_until:
+                time.sleep(1)
+            time.sleep(5)
+            sample("after close")
+            probe = open_app(browser, server.url)
+            states_after, models_after = server.alive_counts()[-1], server.alive_models()[-1]
+            probe.close()
+            browser.close()
+        server_errors = server.errors()
+    with open(args.out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seconds", "phase", "server_rss_mb"])
+        writer.writerows(samples)
+    load = [rss for _, phase, rss in samples if phase == "load"]
+    print(json.dumps({
+        "benchmark": "app_load",
+        "sessions": args.sessions, "minutes": args.minutes, "actions": tick * args.sessions,
+        "server_errors": len(server_errors), "page_errors": len(page_errors),
+        "errors": (server_errors + page_errors)[:10],
+        "rss_mb": {
+            "started": samples[0][2], "sessions_open": samples[1][2],
+            "load_max": max(load) if load else None, "load_last": load[-1] if load else None,
+            "after_close": [rss for _, phase, rss in samples if phase == "after close"][0],
+        },
+        "alive_before": {"states": baseline_states, "models": baseline_models},
+        "alive_after_close": {"states": states_after, "models": models_after},
+        "memory_samples_csv": str(Path(args.out).resolve()),
+        "date": time.strftime("%Y-%m-%d"),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Plot elements of the explorer as plain functions: arrays / frames in, HoloViews elements or data out.
+
+Everything here is testable without a server; the views only wire these to widgets and streams. Cell maps
+go through datashader (``holoviews.operation.datashader``) so that a million cells are sent to the browser
+as one image, with a thinned layer of invisible points underneath the cursor for hover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import colorcet
+import datashader as ds
+import holoviews as hv
+import numpy as np
+import pandas as pd
+from holoviews.operation import decimate
+from holoviews.operation.datashader import datashade, dynspread, rasterize
+
+from ..analysis.consensus import Consensus
+from ..analysis.metrics import compare_to_labels, contingency_table, match_categories
+from .live import AGREEMENT_COLUMNS, STEP
+
+# Options below are Bokeh options; load the backend without notebook output (pn.extension does the rest).
+import holoviews.plotting.bokeh  # noqa: E402,F401  isort: skip
+
+GREY = "#d4d4d4"
+HIGHLIGHT = "#111111"
+PALETTE = list(colorcet.palette["glasbey_category10"])
+#: Invisible points kept under the cursor for hover in a cell map (per view).
+HOVER_SAMPLES = 3000
+
+
+def category_colors(categories) -> dict[str, str]:
+    """A stable colour per category name (Glasbey palette, cycled beyond 256)."""
+    return {str(c): PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+
+
+def pretty(name: str) -> str:
+    """'reconstruction_arm0' -> 'reconstruction (arm 0)', 'coupling' -> 'coupling distance'."""
+    if name == "coupling":
+        return "coupling distance"
+    if name == "loss":
+        return "total loss"
+    if "_arm" in name:
+        term, arm = name.rsplit("_arm", 1)
+        return f"{term.replace('_', ' ')} (arm {arm})"
+    return name.replace("_", " ")
+
+
+# -- training -------------------------------------------------------------------------------------------------
+def metric_columns(names: list[str], term: str) -> list[str]:
+    """The columns of one term: 'loss' -> ['loss']; 'reconstruction' -> ['reconstruction_arm0', ...]."""
+    return [n for n in names if n == term or n.startswith(f"{term}_arm")]
+
+
+def metric_curves(data: pd.DataFrame, columns: list[str], title: str, ylabel: str | None = None) -> hv.Overlay:
+    """One curve per column of ``data`` against its ``step`` column (per-arm terms overlaid)."""
+    curves = [
+        hv.Curve(data, STEP, hv.Dimension(column, label=ylabel or pretty(column)), label=pretty(column)).opts(
+            color=PALETTE[i % len(PALETTE)]
+        )
+        for i, column in enumerate(columns)
+    ]
+    if not curves:
+        curves = [hv.Curve([], STEP, ylabel or title)]
+    return hv.Overlay(curves).opts(
+        title=title, show_legend=len(curves) > 1, legend_position="top_right", responsive=True, min_height=220,
+        xlabel="step", framewise=True,
+    )
+
+
+def agreement_curves(data: pd.DataFrame) -> hv.Overlay:
+    """Mean and minimum per-category arm agreement against the step (from evaluation events)."""
+    data = data if len(data.columns) else pd.DataFrame(columns=AGREEMENT_COLUMNS)
+    mean = hv.Curve(data, STEP, hv.Dimension("mean_agreement", label="arm agreement", range=(0, 1)), label="mean")
+    minimum = hv.Curve(data, STEP, hv.Dimension("min_agreement", label="arm agreement", range=(0, 1)), label="minimum")
+    points = hv.Scatter(data, STEP, hv.Dimension("mean_agreement", label="arm agreement", range=(0, 1)))
+    return (mean.opts(color=PALETTE[0]) * minimum.opts(color=PALETTE[1], line_dash="dashed") * points.opts(
+        color=PALETTE[0], size=5
+    )).opts(title="Arm agreement", responsive=True, min_height=220, legend_position="bottom_right", ylim=(0, 1.02))
+
+
+def agreement_bars(agreement: np.ndarray, used: np.ndarray | None = None, threshold: float | None = None,
+                   title: str = "Agreement per category") -> hv.Overlay:
+    """Bars of per-category agreement (K,) in category order; unused categories grey; an optional
+    threshold line (pruning's ``min_consensus``)."""
+    agreement = np.asarray(agreement, float)
+    used = np.ones(len(agreement), bool) if used is None else np.asarray(used, bool)
+    frame = pd.DataFrame({
+        "type": [str(k) for k in range(len(agreement))],
+        "agreement": agreement,
+        "status": np.where(used, "used", "unused"),
+    })
+    bars = hv.Bars(frame, hv.Dimension("type", label="type"), [hv.Dimension("agreement", range=(0, 1)), "status"]).opts(
+        color=hv.dim("status").categorize({"used": PALETTE[0], "unused": GREY}), tools=["hover"], ylim=(0, 1.02),
+        responsive=True, min_height=240, title=title, xlabel="type", ylabel="arm agreement",
+    )
+    overlay = hv.Overlay([bars])
+    if threshold is not None:
+        overlay = overlay * hv.HLine(threshold).opts(color="#d62728", line_dash="dashed", line_width=1.5)
+    return overlay.opts(title=title)
+
+
+# -- consensus ------------------------------------------------------------------------------------------------
+@dataclass
+class OrderedMatrix:
+    """A matrix with named, ordered rows and columns (fractions of each row's cells)."""
+
+    values: np.ndarray  # (rows, columns)
+    rows: list[str]
+    columns: list[str]
+    counts: np.ndarray  # (rows, columns) cell counts behind the fractions
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.values, index=self.rows, columns=self.columns)
+
+
+def order_consensus(consensus: Consensus) -> OrderedMatrix:
+    """The arm-vs-arm consensus matrix over the used categories, rows and columns in the same order (most
+    agreed first), so entry (k, k) is category k's agreement M_kk and agreement shows on the diagonal."""
+    matrix = np.asarray(consensus.matrix, float)
+    used = np.flatnonzero(consensus.used)
+    order = used[np.argsort(-consensus.agreement[used], kind="stable")]
+    names = [str(k) for k in order]
+    return OrderedMatrix(values=matrix[np.ix_(order, order)], rows=names, columns=names, counts=matrix[np.ix_(order, order)])
+
+
+def matrix_heatmap(ordered: OrderedMatrix, xlabel: str, ylabel: str, title: str, value_label: str = "fraction of row") -> hv.HeatMap:
+    """A heatmap of an :class:`OrderedMatrix` keeping its row / column order (first row at the top)."""
+    rows, columns = ordered.rows, ordered.columns
+    frame = pd.DataFrame({
+        "column": np.tile(columns, len(rows)),
+        "row": np.repeat(rows, len(columns)),
+        "value": ordered.values.ravel(),
+        "cells": np.asarray(ordered.counts).ravel(),
+    })
+    x = hv.Dimension("column", label=xlabel, values=list(columns))
+    y = hv.Dimension("row", label=ylabel, values=list(reversed(rows)))
+    return hv.HeatMap(frame, [x, y], [hv.Dimension("value", label=value_label, range=(0, 1)), "cells"]).opts(
+        cmap="Blues", colorbar=True, tools=["hover"], title=title, xrotation=45 if len(columns) > 12 else 0,
+        responsive=True, min_height=320, clim=(0, 1),
+    )
+
+
+def consensus_heatmap(consensus: Consensus) -> hv.HeatMap:
+    ordered = order_consensus(consensus)
+    return matrix_heatmap(ordered, "type (other arm)", "type (arm)", "Arm-vs-arm consensus matrix", "fraction of the arm's cells")
+
+
+@dataclass
+class LabelComparison:
+    """Inferred types against known labels: the ordered confusion and the scores of the assignment."""
+
+    matrix: OrderedMatrix
+    metrics: dict[str, float]  # acc, ari, nmi, kl
+    labels: str
+
+
+def compare_types_to_labels(types: np.ndarray, labels, labels_name: str) -> LabelComparison:
+    """Confusion of inferred types (N,) against a label column (N,), rows ordered by the matching.
+
+    Labels are ordered by size; each inferred type is placed next to the label it is matched to
+    (Hungarian matching, leftover types to their majority label), so a good model shows a diagonal.
+    Cells without a label are left out.
+    """
+    table, type_levels, label_levels = contingency_table(types, labels)
+    label_order = np.argsort(-table.sum(axis=0), kind="stable")
+    position = np.empty(len(label_order), int)
+    position[label_order] = np.arange(len(label_order))
+    matched = match_categories(table)
+    row_order = sorted(range(len(type_levels)), key=lambda r: (position[matched[r]], -table[r].sum()))
+    counts = table[np.ix_(row_order, label_order)]
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    ordered = OrderedMatrix(
+        values=fractions,
+        rows=[str(type_levels[r]) for r in row_order],
+        columns=[str(label_levels[c]) for c in label_order],
+        counts=counts,
+    )
+    return LabelComparison(matrix=ordered, metrics=compare_to_labels(types, labels), labels=labels_name)
+
+
+def confusion_heatmap(comparison: LabelComparison) -> hv.HeatMap:
+    scores = comparison.metrics
+    title = f"Types vs {comparison.labels} · ACC {scores['acc']:.3f} · ARI {scores['ari']:.3f} · NMI {scores['nmi']:.3f}"
+    return matrix_heatmap(comparison.matrix, comparison.labels, "inferred type", title, "fraction of the type's cells")
+
+
+# -- cells ----------------------------------------------------------------------------------------------------
+def umap_available() -> bool:
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def embed_2d(latent: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(N, D) latent -> (N, 2) coordinates: PCA (exact, via SVD) or UMAP when umap-learn is installed."""
+    latent = np.asarray(latent, np.float64)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(latent).astype(np.float32)
+    if method != "pca":
+        raise ValueError(f"unknown embedding {method!r}")
+    centred = latent - latent.mean(axis=0)
+    if latent.shape[1] < 2:
+        return np.column_stack([centred[:, 0], np.zeros(len(latent))]).astype(np.float32)
+    # the top two right singular vectors; the Gram matrix is D x D, cheap for a million cells
+    gram = centred.T @ centred
+    values, vectors = np.linalg.eigh(gram)
+    components = vectors[:, np.argsort(values)[::-1][:2]]
+    components *= np.sign(components[np.argmax(np.abs(components), axis=0), [0, 1]])  # deterministic signs
+    return (centred @ components).astype(np.float32)
+
+
+def cell_frame(coordinates: np.ndarray, types: np.ndarray, confidence: np.ndarray, state: np.ndarray,
+               obs: pd.DataFrame | None = None, label_columns: list[str] = ()) -> pd.DataFrame:
+    """One row per cell: x, y, type (categorical), confidence, state 1..S, and the label columns."""
+    n_types = int(types.max()) + 1 if len(types) else 0
+    frame = pd.DataFrame({
+        "x": coordinates[:, 0],
+        "y": coordinates[:, 1],
+        "type": pd.Categorical.from_codes(np.asarray(types, int), categories=[str(k) for k in range(n_types)]),
+        "confidence": np.asarray(confidence, np.float32),
+    })
+    for dim in range(state.shape[1]):
+        frame[f"state {dim + 1}"] = np.asarray(state[:, dim], np.float32)
+    for column in label_columns:
+        values = obs[column]
+        frame[column] = values.astype("category").to_numpy() if not isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
+        frame[column] = frame[column].astype("category")
+    return frame
+
+
+def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None = None,
+             hover_columns: list[str] | None = None, title: str = "Cells") -> hv.Overlay:
+    """A datashaded map of every cell in ``frame`` coloured by a categorical or numeric column, the cells
+    of type ``highlight`` drawn on top in black (others greyed when colouring by type), and a thinned layer
+    of invisible points that shows type, labels and confidence on hover."""
+    if color_by not in frame.columns:
+        raise ValueError(f"cannot colour by {color_by!r}: not a column of the cell table")
+    hover_columns = [c for c in (hover_columns or ["type", "confidence"]) if c in frame.columns]
+    vdims = list(dict.fromkeys([color_by, "type", *hover_columns]))
+    points = hv.Points(frame, ["x", "y"], vdims)
+    categorical = isinstance(frame[color_by].dtype, pd.CategoricalDtype)
+    if categorical:
+        categories = [str(c) for c in frame[color_by].cat.categories]
+        colors = category_colors(categories)
+        if highlight is not None and color_by == "type":
+            colors = {c: (colors[c] if c == str(highlight) else GREY) for c in categories}
+        base = dynspread(datashade(points, aggregator=ds.count_cat(color_by), color_key=colors, min_alpha=60), threshold=0.6, max_px=3)
+        legend = hv.NdOverlay({
+            c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8)
+            for c in categories[:40] if (highlight is None or color_by != "type" or c == str(highlight))
+        })
+        layers = base * legend
+    else:
+        base = dynspread(rasterize(points, aggregator=ds.mean(color_by)), threshold=0.6, max_px=3).opts(
+            cmap="viridis", colorbar=True, clabel=color_by, tools=["hover"],
+        )
+        layers = base
+    if highlight is not None and not (categorical and color_by == "type"):
+        selected = points.select(type=str(highlight))
+        layers = layers * dynspread(datashade(selected, cmap=[HIGHLIGHT], min_alpha=200), threshold=0.6, max_px=3)
+    hover = decimate(hv.Points(frame, ["x", "y"], list(dict.fromkeys(["type", *hover_columns]))), max_samples=HOVER_SAMPLES, random_seed=0).opts(
+        tools=["hover"], size=6, fill_alpha=0, line_alpha=0, hover_fill_alpha=0.8, hover_line_alpha=1,
+        hover_fill_color=HIGHLIGHT,
+    )
+    return (layers * hover).opts(
+        title=title, responsive=True, min_height=420, xlabel="component 1", ylabel="component 2",
+        legend_position="right", show_legend=categorical,
+    )

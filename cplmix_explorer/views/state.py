@@ -1,0 +1,537 @@
+"""The per-session state every view reads (Panel's "structure_data_store" pattern).
+
+:class:`ExplorerState` holds the dataset, the trained model, its inference, the run folder and the status of
+background work. Views take it as a ``param.ClassSelector`` and react to its parameters; they never compute
+the model themselves. Background jobs (training, pruning) only publish events; :meth:`ExplorerState.poll`,
+run by the session's periodic callback about once a second, drains them and updates the state in the
+session's own thread, so Bokeh models are only ever touched there.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+from anndata import AnnData
+
+from ..analysis.consensus import Consensus
+from ..analysis.inference import Inference
+from ..api import CplMixVAE
+from ..config import CplMixConfig
+from ..data.bundled import DATASETS
+from ..data.bundled import load as load_bundled
+from ..data.validate import check_types_fit_cells, validate_anndata
+from ..errors import CplmixError
+from ..train.engine import resolve_device
+from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
+from ..train.run import load_run, train_run
+from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
+from .live import LiveTraining
+from .safety import DEFAULT_MAX_UPLOAD_MB, read_upload, resolve_data_path
+
+logger = logging.getLogger(__name__)
+
+#: Every live ExplorerState and every model a session showed (the load test checks that closed sessions
+#: leave none of them behind).
+LIVE_STATES: weakref.WeakSet = weakref.WeakSet()
+LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+STATUSES = ["idle", "queued", "training", "pruning", "completed", "stopped", "failed"]
+#: Refresh period of the session's periodic callback, milliseconds.
+POLL_PERIOD_MS = 1000
+
+_cache_lock = threading.Lock()
+_bundled_cache: dict[str, AnnData] = {}
+_demo_cache: dict[str, CplMixVAE] = {}
+
+
+def shared_bundled(name: str) -> AnnData:
+    """A bundled dataset loaded once per process and shared read-only by all sessions (views never write
+    into it; training writes its results into the run folder's own AnnData)."""
+    with _cache_lock:
+        if name not in _bundled_cache:
+            _bundled_cache[name] = load_bundled(name)
+        return _bundled_cache[name]
+
+
+def shared_demo(run_dir: str | os.PathLike) -> CplMixVAE:
+    """A shipped demo model (a run folder) loaded once per process onto its bundled data, with its inference
+    computed; sessions share it read-only (training and pruning always work on a new model)."""
+    key = str(Path(run_dir).resolve())
+    with _cache_lock:
+        if key not in _demo_cache:
+            import json
+
+            source = json.loads((Path(run_dir) / "run.json").read_text())["data"]
+            data = _bundled_cache.get(source)
+            if data is None and source in DATASETS:
+                data = _bundled_cache[source] = load_bundled(source)
+            model = load_run(run_dir, source=data if data is not None else source)
+            model.predict()
+            _demo_cache[key] = model
+        return _demo_cache[key]
+
+
+class ExplorerState(param.Parameterized):
+    """Dataset, model, inference, run folder and training status of one explorer session."""
+
+    data_name = param.String(default="", doc="What the data is: a bundled name, a file name or an upload.")
+    adata = param.ClassSelector(class_=AnnData, allow_None=True, doc="The dataset (cells x genes).")
+    data_source = param.Parameter(default=None, doc="What training reads: a bundled name, a path or the AnnData.")
+    config = param.ClassSelector(class_=CplMixConfig, doc="Training options (the CLI's configuration object).")
+    model = param.ClassSelector(class_=CplMixVAE, allow_None=True, doc="The trained model shown by the views.")
+    model_name = param.String(default="", doc="Where the model comes from (demo, run folder, notebook).")
+    inference = param.ClassSelector(class_=Inference, allow_None=True, doc="The model's per-cell results.")
+    run_dir = param.ClassSelector(class_=Path, allow_None=True, doc="The run folder of the model, if any.")
+
+    status = param.Selector(default="idle", objects=STATUSES)
+    status_message = param.String(default="")
+    error = param.String(default="", doc="The last problem, one line, for the user.")
+    metrics_tick = param.Integer(default=0, doc="Incremented when new training metrics arrived.")
+    pruning_tick = param.Integer(default=0, doc="Incremented when a pruning round arrived.")
+
+    def __init__(self, *, data_dir: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None,
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **params):
+        params.setdefault("config", CplMixConfig())
+        super().__init__(**params)
+        self.data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+        self.runs_dir = Path(runs_dir).expanduser().resolve() if runs_dir is not None else None
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
+        self.session_id = uuid.uuid4().hex[:12]
+        self.live = LiveTraining()
+        self.pruning_rounds: list[dict] = []
+        self.pruning_result = None
+        self._pruning_rounds_queue: queue.Queue | None = None
+        self.job: BackgroundJob | None = None
+        self._callback = None
+        self._poll_lock = threading.Lock()
+        self._closed = False
+        LIVE_STATES.add(self)
+        self._close_with_session()
+
+    def _close_with_session(self) -> None:
+        """In a served app, closing the browser tab closes this state (stops its work, frees its memory)."""
+        document = pn.state.curdoc
+        if document is None or document.session_context is None:
+            return
+        reference = weakref.ref(self)
+
+        def on_session_destroyed(session_context) -> None:
+            state = reference()
+            if state is not None:
+                state.close()
+
+        pn.state.on_session_destroyed(on_session_destroyed)
+
+    # -- constructors -------------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, source: Any = None, **kwargs) -> ExplorerState:
+        """A state from what a notebook user has: a state, a CplMixVAE, a run folder, an AnnData, a bundled
+        dataset name or an .h5ad path."""
+        if isinstance(source, ExplorerState):
+            return source
+        state = cls(**kwargs)
+        if source is None:
+            return state
+        if isinstance(source, CplMixVAE):
+            state.config = source.config.copy()  # the form starts from the model's own options
+            state.use_model(source, name="model from the notebook")
+        elif isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+            state.open_run(source)
+        elif isinstance(source, AnnData):
+            state.use_data(source, "AnnData from the notebook")
+        elif isinstance(source, (str, os.PathLike)) and str(source) in DATASETS:
+            state.load_bundled(str(source))
+        elif isinstance(source, (str, os.PathLike)):
+            from ..data.io import read_data
+
+            path = Path(source)
+            state.use_data(read_data(path), path.name, source=str(path.resolve()))
+        else:
+            raise CplmixError(f"cannot explore a {type(source).__name__}: pass a CplMixVAE, a run folder, an AnnData or a dataset name")
+        return state
+
+    # -- data ---------------------------------------------------------------------------------------------
+    @property
+    def n_cells(self) -> int:
+        return 0 if self.adata is None else int(self.adata.n_obs)
+
+    @property
+    def label_columns(self) -> list[str]:
+        """obs columns usable as known labels: categorical or text with 2..1000 distinct values."""
+        if self.adata is None:
+            return []
+        columns = []
+        for name in self.adata.obs.columns:
+            values = self.adata.obs[name]
+            if name.startswith("cplmix_"):
+                continue
+            if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or pd.api.types.is_string_dtype(values):
+                if 2 <= values.nunique(dropna=True) <= 1000:
+                    columns.append(str(name))
+        return columns
+
+    def use_data(self, adata: AnnData, name: str, source: Any = None) -> None:
+        """Make ``adata`` the session's data; a model that does not fit it is put aside."""
+        validate_anndata(adata)
+        with param.parameterized.batch_call_watchers(self):
+            self.adata = adata
+            self.data_name = name
+            self.data_source = source if source is not None else adata
+            labels = self.config.labels
+            if labels is not None and labels not in adata.obs.columns:
+                self.config.labels = None
+            if self.model is not None and self.model.adata is not adata:
+                self.model, self.inference, self.run_dir, self.model_name = None, None, None, ""
+            self.error = ""
+            self.status_message = f"loaded {name}: {adata.n_obs:,} cells x {adata.n_vars:,} genes"
+
+    def load_bundled(self, name: str) -> None:
+        if name not in DATASETS:
+            raise CplmixError(f"unknown dataset '{name}' (bundled: {', '.join(sorted(DATASETS))})")
+        self.use_data(shared_bundled(name), name, source=name)
+
+    def load_server_file(self, text: str) -> None:
+        """Read an .h5ad typed as a path; only files inside the allowed data folder are read."""
+        from ..data.io import read_data
+
+        private = (self.runs_dir,) if self.runs_dir is not None else ()
+        path = resolve_data_path(text, self.data_dir, private_dirs=private)
+        self.use_data(read_data(path), path.name, source=str(path))
+
+    def load_upload(self, filename: str, payload: bytes) -> None:
+        adata = read_upload(filename, payload, self.max_upload_bytes)
+        self.use_data(adata, f"{filename} (upload)")
+
+    # -- model --------------------------------------------------------------------------------------------
+    def use_model(self, model: CplMixVAE, name: str, run_dir: Path | None = None) -> None:
+        """Show ``model`` (and its data) in every view; its inference is computed here."""
+        inference = model.predict()
+        LIVE_MODELS.add(model)
+        previous = self.model
+        with param.parameterized.batch_call_watchers(self):
+            if self.adata is not model.adata:
+                self.adata = model.adata
+                self.data_name = self.data_name or name
+                self.data_source = self.data_source if self.data_source is not None else model.adata
+            self.model = model
+            self.inference = inference
+            self.run_dir = Path(run_dir) if run_dir is not None else None
+            self.model_name = name
+        if previous is not None and previous is not model:
+            release_model_caches(previous)
+
+    def open_run(self, run_dir: str | os.PathLike) -> None:
+        model = load_run(run_dir)
+        self.use_model(model, name=f"run {Path(run_dir).name}", run_dir=Path(run_dir))
+        self.show_run_history(run_dir)
+
+    def open_demo(self, run_dir: str | os.PathLike) -> None:
+        model = shared_demo(run_dir)
+        self.data_name = model.adata.uns.get("dataset", "demo data")
+        self.data_source = self.data_name if self.data_name in DATASETS else model.adata
+        self.use_model(model, name=f"demo model {Path(run_dir).name}", run_dir=None)
+        self.show_run_history(run_dir)
+
+    def show_run_history(self, run_dir: str | os.PathLike) -> None:
+        """Put a run folder's training record (metrics.json) in the training monitor."""
+        import json
+
+        from ..train.run import METRICS_FILE
+
+        path = Path(run_dir) / METRICS_FILE
+        if not path.exists():
+            return
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            logger.warning("cannot read %s: %s", path, error)
+            return
+        if self.model is not None and self.model.consensus() is not None:
+            metrics["consensus_detail"] = {"agreement": self.model.consensus().agreement.tolist()}
+        self.live.load_history(metrics)
+        self.status_message = f"{self.model_name}: trained to step {self.live.step:,}"
+        self.metrics_tick += 1
+
+    @property
+    def consensus(self) -> Consensus | None:
+        return None if self.model is None else self.model.consensus()
+
+    # -- background work ----------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def training_config(self) -> CplMixConfig:
+        """The form's options, checked against the data and the machine before anything starts."""
+        if self.adata is None:
+            raise CplmixError("load a dataset first")
+        config = self.config.copy()
+        resolve_device(config.device)
+        check_types_fit_cells(config.n_types, self.adata.n_obs)
+        if config.labels is not None and config.labels not in self.adata.obs.columns:
+            raise CplmixError(f"unknown labels column '{config.labels}'")
+        return config
+
+    def new_run_dir(self, kind: str = "train") -> Path:
+        if self.runs_dir is None:
+            import tempfile
+
+            self.runs_dir = Path(tempfile.mkdtemp(prefix="cplmix-runs-"))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return self.runs_dir / f"{stamp}-{kind}-{self.session_id}-{uuid.uuid4().hex[:6]}"
+
+    def start_training(self) -> None:
+        """Train a new model with the form's options on the session's data, in the background."""
+        if self.busy:
+            raise CplmixError(f"{self.job.kind} is already running in this session; stop it first")
+        config = self.training_config()
+        source, run_dir = self.data_source, self.new_run_dir("train")
+
+        def work(control, attach_model):
+            outcome = train_run(source, run_dir, config, progress=False, control=control, on_model=attach_model)
+            return outcome.result.status, f"trained to step {outcome.result.step}", outcome
+
+        self._start_job(BackgroundJob("training", str(resolve_device(config.device)), work), "training")
+
+    def train_model(self, steps: int | None = None, epochs: float | None = None) -> None:
+        """Notebook use: continue training the current model in place, in the background."""
+        if self.model is None:
+            raise CplmixError("no model to train")
+        if self.busy:
+            raise CplmixError(f"{self.job.kind} is already running; wait for it or stop it")
+        model = self.model
+
+        def work(control, attach_model):
+            attach_model(model)
+            result = model.train(steps=steps, epochs=epochs, progress=False, control=control)
+            return result.status, f"trained to step {result.step}", model
+
+        self._start_job(BackgroundJob("training", str(model.device), work), "training")
+
+    def start_pruning(self, min_consensus: float, min_types: int, fine_tune_steps: int) -> None:
+        """Prune categories of a copy of the current model (issue 6's ``prune``) in the background."""
+        from ..analysis import pruning
+
+        if self.model is None:
+            raise CplmixError("no model to prune: train one or open a run")
+        if self.busy:
+            raise CplmixError(f"{self.job.kind} is already running in this session; stop it first")
+        source_model, run_dir = self.model, self.new_run_dir("prune")
+        rounds: queue.Queue = queue.Queue()
+        self._pruning_rounds_queue = rounds
+
+        def work(control, attach_model):
+            source_model.save(run_dir)  # prune a copy: the shown model (maybe shared) stays as it is
+            model = CplMixVAE.load(run_dir, source_model.adata, device=str(source_model.device))
+            attach_model(model)
+            result = pruning.prune(
+                model, min_consensus=min_consensus, min_types=min_types, fine_tune_steps=fine_tune_steps,
+                control=control, progress=False, on_round=rounds.put,
+            )
+            model.save(run_dir)
+            status = "stopped" if control.stop_requested else "completed"
+            return status, f"pruned to {len(model.module.category_ids)} types (chosen K = {result.chosen_k})", (model, result)
+
+        self.pruning_rounds = []
+        self._start_job(BackgroundJob("pruning", str(source_model.device), work), "pruning")
+
+    def _start_job(self, job: BackgroundJob, kind: str) -> None:
+        self.job = job
+        self.live.reset()
+        self.error = ""
+        self.status = "training" if kind == "training" else "pruning"
+        self.status_message = f"{kind} starting"
+        job.start()
+        self._ensure_polling()
+
+    def stop(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.stop("stopped from the app")
+            self.status_message = f"stopping {self.job.kind}..."
+
+    def _ensure_polling(self) -> None:
+        """Start the session's periodic callback (server or notebook); without an event loop (scripts,
+        tests) the caller drives :meth:`poll` itself."""
+        if self._callback is not None and self._callback.running:
+            return
+        try:
+            self._callback = pn.state.add_periodic_callback(self._poll_on_event_loop, period=POLL_PERIOD_MS)
+        except Exception:  # no event loop: poll() is called explicitly
+            self._callback = None
+
+    async def _poll_on_event_loop(self) -> None:
+        """The periodic callback. A coroutine, so Panel runs it on the session's event loop even when it
+        dispatches other callbacks to a thread pool (``--num-threads``): plot streams are then updated
+        where Bokeh expects it, in order, one refresh at a time."""
+        self.poll()
+
+    def poll(self, wait: bool = False) -> None:
+        """Drain the job's events into the state (runs in the session thread). Never raises: an error here
+        would silently stop the periodic callback, so it is shown instead."""
+        # with Panel's thread pool a refresh can start while the previous one still runs: skip it then
+        if not self._poll_lock.acquire(blocking=wait):
+            return
+        try:
+            self._poll()
+        except Exception as error:
+            logger.exception("explorer refresh failed")
+            self.error = f"display update failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        finally:
+            self._poll_lock.release()
+
+    def _poll(self) -> None:
+        job = self.job
+        if job is None:
+            self._stop_polling()
+            return
+        metrics_changed = False
+        events = job.drain()
+        for event in events:
+            if isinstance(event, JobQueued):
+                self.status = "queued"
+                self.status_message = (
+                    f"queued: {event.device} is busy with {event.busy_with}; {job.kind} starts when it is free"
+                )
+            elif isinstance(event, JobRunning):
+                self.status = "training" if job.kind == "training" else "pruning"
+                self.status_message = f"{job.kind} on {event.device}"
+            elif isinstance(event, (TrainingStarted, StepMetrics, Evaluation, TrainingFinished)):
+                self.live.update(event)
+                metrics_changed = True
+            elif isinstance(event, JobEnded):
+                self._finish(job, event)
+        if job.kind == "pruning":
+            self._drain_pruning_rounds()
+        if metrics_changed:
+            self.metrics_tick += 1
+        # stop one quiet refresh after the end, so the last updates are flushed by a completed callback
+        if not events and not job.running and job is self.job and self.status not in ("training", "pruning", "queued"):
+            self._stop_polling()
+
+    def _drain_pruning_rounds(self) -> None:
+        rounds = self._pruning_rounds_queue
+        if rounds is None:
+            return
+        arrived = False
+        while not rounds.empty():
+            self.pruning_rounds.append(_round_record(rounds.get_nowait()))
+            arrived = True
+        if arrived:
+            self.pruning_tick += 1
+
+    def _finish(self, job: BackgroundJob, event: JobEnded) -> None:
+        self.live.finished_status = event.status
+        if event.status == "failed":
+            self.status = "failed"
+            self.error = event.message
+            self.status_message = f"{job.kind} failed"
+            return
+        if job.kind == "training" and event.result is not None:
+            outcome = event.result
+            if hasattr(outcome, "run_dir"):  # train_run's RunOutcome
+                self.use_model(outcome.model, name=f"trained in this session ({outcome.run_dir.name})", run_dir=outcome.run_dir)
+            else:  # notebook: the same model, trained further
+                self.use_model(outcome, name=self.model_name or "model", run_dir=self.run_dir)
+        elif job.kind == "pruning" and event.result is not None:
+            self._drain_pruning_rounds()
+            model, result = event.result
+            self.use_model(model, name=f"pruned ({len(model.module.category_ids)} types)", run_dir=None)
+            self.pruning_result = result
+        self.status = "completed" if event.status == "completed" else "stopped"
+        self.status_message = f"{job.kind} {event.status}: {event.message}"
+        self.metrics_tick += 1
+
+    def _stop_polling(self) -> None:
+        if self._callback is not None:
+            try:
+                self._callback.stop()
+            except Exception:
+                pass
+            self._callback = None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the background job ends, then apply its results (scripts and notebooks)."""
+        if self.job is not None:
+            self.job.join(timeout)
+            self.poll(wait=True)
+            self.poll(wait=True)  # a second, quiet refresh ends the polling
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """End of the session: stop its work and callbacks and let go of data and model."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_polling()
+        if self.job is not None:
+            self.job.close()
+        self.job = None
+        self._pruning_rounds_queue = None
+        self.pruning_result = None
+        if self.model is not None:
+            release_model_caches(self.model)
+        with param.parameterized.discard_events(self):
+            self.model = None
+            self.inference = None
+            self.adata = None
+            self.data_source = None
+        self.live = LiveTraining()
+
+
+def _round_record(round_info: Any) -> dict:
+    """One pruning round as a dict with k, min_agreement, mean_agreement, removed (whatever shape
+    ``prune``'s ``on_round`` passes: a dict, a row, or an object with those attributes)."""
+    keys = ("k", "min_agreement", "mean_agreement", "removed")
+    if isinstance(round_info, dict):
+        return {k: round_info.get(k) for k in keys}
+    if isinstance(round_info, pd.Series):
+        return {k: round_info.get(k) for k in keys}
+    return {k: getattr(round_info, k, None) for k in keys}
+
+
+def release_model_caches(model: CplMixVAE) -> None:
+    """Drop what analysis functions cached for a model a session no longer shows, so it can be freed.
+
+    The traversal's per-model cache (``analysis.traversal._CONTEXTS``) is a WeakKeyDictionary whose
+    values hold the model itself, so its entries never expire on their own; shared demo models stay."""
+    if model in _demo_cache.values():
+        return
+    from ..analysis import traversal
+
+    with traversal._CONTEXTS_LOCK:
+        traversal._CONTEXTS.pop(model, None)
+
+
+def live_state_count() -> int:
+    gc.collect()
+    return len(LIVE_STATES)
+
+
+def live_model_count() -> int:
+    gc.collect()
+    return len(LIVE_MODELS)
+
+
+def format_exception(error: BaseException) -> str:
+    """One line for the user; the traceback goes to the log."""
+    if isinstance(error, CplmixError):
+        return str(error)
+    logger.error("unexpected error:\n%s", "".join(traceback.format_exception(error)))
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "live_model_count", "live_state_count", "shared_bundled", "shared_demo"]

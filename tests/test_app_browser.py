@@ -1,0 +1,268 @@
+"""End to end: ``panel serve apps/explorer.py`` on a free loopback port, driven by Debian's headless Chromium
+through Playwright. Screenshots go to tests/artifacts/ for review."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import sync_playwright
+
+from app_server import JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_ROWS_BY_SOURCE, AppServer, fill_option, launch_browser, open_app, open_tab, wait_for_text
+from conftest import mixture_counts
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """The served data folder: a small real-count dataset, one whose values overflow the loss, a text file;
+    beside it (outside) a file the app must not read."""
+    root = tmp_path_factory.mktemp("served")
+    folder = root / "data"
+    folder.mkdir()
+    mixture_counts(n_cells=300, n_genes=120, n_types=3).write_h5ad(folder / "mixture.h5ad")
+    huge = mixture_counts(n_cells=200, n_genes=50, sparse=False)
+    huge.X = huge.X.astype(np.float32) * np.float32(1e30) + np.float32(0.5)
+    huge.write_h5ad(folder / "huge_values.h5ad")
+    (folder / "notes.txt").write_text("not data\n")
+    mixture_counts(n_cells=30, n_genes=20).write_h5ad(root / "secret.h5ad")
+    (folder / "escape.h5ad").symlink_to(root / "secret.h5ad")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    ARTIFACTS.mkdir(exist_ok=True)
+    app = AppServer(["--data-dir", str(data_dir), "--runs-dir", str(data_dir.parent / "runs"), "--max-upload-mb", "1"],
+                    ARTIFACTS / "server.log")
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        context = launch_browser(playwright)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@contextlib.contextmanager
+def screenshots_on_failure(name: str, *pages):
+    try:
+        yield
+    except BaseException:
+        for index, page in enumerate(pages):
+            with contextlib.suppress(Exception):
+                page.screenshot(path=ARTIFACTS / f"failed_{name}_{index}.png", full_page=True)
+        raise
+
+
+def quick_training_options(page, steps: int, genes: int = 200) -> None:
+    """Small real training: few genes, narrow layers, metrics every 5 steps."""
+    fill_option(page, "n types (--types)", 4)
+    fill_option(page, "steps (--steps)", steps)
+    fill_option(page, "n genes (--genes)", genes)
+    fill_option(page, "batch size (--batch-size)", 64)
+    page.get_by_text("More options").first.click()
+    fill_option(page, "hidden dim (--hidden-dim)", 16)
+    fill_option(page, "log every (--log-every)", 5)
+    fill_option(page, "eval every (--eval-every)", 25)
+    time.sleep(0.5)
+
+
+def load_server_file(page, path: str) -> None:
+    page.locator(".bk-btn", has_text="File on the server").first.click()
+    field = page.locator(".bk-input-group", has_text="Path of an .h5ad file").locator("input").first
+    field.fill(path)
+    field.press("Enter")
+    page.get_by_role("button", name="Load", exact=True).first.click()
+
+
+def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server, browser):
+    page = open_app(browser, server.url)
+    wait_for_text(page, "demo model zeisel2015_demo")
+    assert page.locator("text=3,005 cells × 3,529 genes").count() == 1
+    assert page.evaluate(JS_MAX_ROWS, "loss") > 0, "the demo's training curves are drawn"
+    page.screenshot(path=ARTIFACTS / "01_training_tab_with_demo.png")
+
+    open_tab(page, "Consensus")
+    wait_for_text(page, "types used")
+    page.wait_for_function("(c) => { for (const d of Bokeh.documents) for (const m of d.all_models) "
+                           "if (m.data && m.data.agreement !== undefined) return true; return false }", arg=None)
+    page.screenshot(path=ARTIFACTS / "02_consensus.png")
+
+    open_tab(page, "Cells")
+    page.wait_for_function(f"() => ({JS_MAX_ROWS})('image') > 0", timeout=120_000)  # the datashaded cells
+    page.screenshot(path=ARTIFACTS / "03_cells.png")
+
+    open_tab(page, "Traversal")
+    page.wait_for_function(f"() => ({JS_COLUMN})('expression') !== null", timeout=120_000)
+    before_profile = page.evaluate(JS_COLUMN, "expression")
+    before_marker = page.evaluate(JS_MARKERS)
+    title = page.locator(".bk-slider-title", has_text="State value")
+    before_title = title.first.text_content()
+    handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State value")).locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(15):
+        handle.press("ArrowLeft")
+    page.wait_for_function(f"(old) => JSON.stringify(({JS_MARKERS})()) != JSON.stringify(old)", arg=before_marker)
+    page.wait_for_function(f"(old) => JSON.stringify(({JS_COLUMN})('expression')) != JSON.stringify(old)", arg=before_profile)
+    assert title.first.text_content() != before_title
+    page.screenshot(path=ARTIFACTS / "04_traversal.png", full_page=True)
+
+    signatures = {"PNG": b"\x89PNG\r\n\x1a\n", "PDF": b"%PDF-", "SVG": b"<?xml", "CSV": b"state,"}
+    for fmt, signature in signatures.items():
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_role("button", name=f"Export {fmt}").click()
+        saved = ARTIFACTS / f"export.{fmt.lower()}"
+        download.value.save_as(saved)
+        assert download.value.suggested_filename.startswith("traversal_type")
+        assert download.value.suggested_filename.endswith(f".{fmt.lower()}")
+        assert saved.read_bytes().startswith(signature), fmt
+    page.close()
+
+
+def test_training_started_from_the_page_draws_the_loss_curve(server, browser):
+    page = open_app(browser, server.url)
+    with screenshots_on_failure("training", page):
+        training_draws_the_loss_curve(page)
+    page.close()
+
+
+def training_draws_the_loss_curve(page):
+    quick_training_options(page, steps=600)
+    page.get_by_role("button", name="Train", exact=True).first.click()
+    seen = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        seen.append(page.evaluate(JS_ROWS_BY_SOURCE, "loss"))
+        if page.locator("text=training completed").count():
+            break
+        time.sleep(0.5)
+    page.wait_for_function(f"() => Object.values(({JS_ROWS_BY_SOURCE})('loss')).includes(120)")  # 600 steps, a point every 5
+    growth = {}
+    for sample in seen:
+        for source, rows in sample.items():
+            growth.setdefault(source, []).append(rows)
+    growing = [rows for rows in growth.values() if len(set(rows) - {0, 120}) >= 2 and rows == sorted(rows)]
+    assert growing, f"the loss curve gains points while training runs: {growth}"
+    wait_for_text(page, "step 600 / 600")
+    wait_for_text(page, "trained in this session")
+    page.screenshot(path=ARTIFACTS / "05_after_training.png")
+
+
+def test_two_sessions_keep_their_own_state_and_a_second_training_is_queued(server, browser):
+    first, second = open_app(browser, server.url), open_app(browser, server.url)
+    with screenshots_on_failure("two_sessions", first, second):
+        two_sessions(first, second)
+
+
+def two_sessions(first, second):
+    load_server_file(second, "mixture.h5ad")
+    wait_for_text(second, "mixture.h5ad: 300 cells × 120 genes")
+    assert first.locator("text=mixture.h5ad").count() == 0, "the other session's data stays there"
+    for page in (first, second):
+        quick_training_options(page, steps=3000, genes=100)
+    first.get_by_role("button", name="Train", exact=True).first.click()
+    wait_for_text(first, "training on cpu")
+    second.get_by_role("button", name="Train", exact=True).first.click()
+    wait_for_text(second, "queued: cpu is busy with training")
+    second.screenshot(path=ARTIFACTS / "06_queued.png")
+    assert first.locator("text=queued").count() == 0
+    second.get_by_role("button", name="Stop", exact=True).first.click()  # stops only its own request
+    wait_for_text(second, "stopped")
+    assert first.locator("text=training on cpu").count() == 1
+    first.get_by_role("button", name="Stop", exact=True).first.click()
+    wait_for_text(first, "training stopped")
+    for page in (first, second):
+        page.close()
+
+
+def test_paths_outside_the_data_folder_and_bad_uploads_are_refused(server, browser, tmp_path):
+    page = open_app(browser, server.url)
+    for path in ("../secret.h5ad", "escape.h5ad", str(Path("/etc/passwd"))):
+        load_server_file(page, path)
+        wait_for_text(page, "is outside the allowed data folder")
+    load_server_file(page, "notes.txt")
+    wait_for_text(page, "is not an .h5ad file")
+    assert page.locator("text=3,005 cells × 3,529 genes").count() == 1, "the loaded data is unchanged"
+
+    page.locator(".bk-btn", has_text="Upload").first.click()
+    invalid = tmp_path / "invalid.h5ad"
+    invalid.write_bytes(b"cell,gene\n" * 100)
+    page.locator("input[type=file]").first.set_input_files(str(invalid))
+    wait_for_text(page, "is not an HDF5 file")
+    large = tmp_path / "large.h5ad"
+    large.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(int(1.5 * 2**20)))
+    page.locator("input[type=file]").first.set_input_files(str(large))
+    page.wait_for_selector("text=/too large|larger than the limit/", timeout=60_000)
+    page.screenshot(path=ARTIFACTS / "07_refused_upload.png")
+    page.close()
+
+
+def test_a_crash_in_the_training_thread_is_shown_and_the_app_stays_usable(server, browser):
+    page = open_app(browser, server.url)
+    load_server_file(page, "huge_values.h5ad")
+    wait_for_text(page, "huge_values.h5ad: 200 cells")
+    quick_training_options(page, steps=50, genes=50)
+    page.get_by_role("button", name="Train", exact=True).first.click()
+    wait_for_text(page, "non-finite loss")
+    wait_for_text(page, "training failed")
+    page.screenshot(path=ARTIFACTS / "08_training_failed.png")
+    page.get_by_role("button", name="Train", exact=True).first.wait_for(state="visible")
+    load_server_file(page, "mixture.h5ad")
+    wait_for_text(page, "mixture.h5ad: 300 cells")
+    page.get_by_role("button", name="Train", exact=True).first.click()
+    wait_for_text(page, "training completed")
+    page.close()
+
+
+@pytest.mark.slow
+def test_concurrent_sessions_run_without_errors_and_free_their_memory(server, browser):
+    """A short version of the load run (benchmarks/app_load.py): sessions in parallel, some training, all
+    closed; the server logs no error and the sessions' states are freed."""
+    probe = open_app(browser, server.url)
+    baseline, baseline_models = server.alive_counts()[-1], server.alive_models()[-1]
+    probe.close()
+    rounds_rss = [server.rss_mb()]
+    for round_number in range(2):
+        pages = [open_app(browser, server.url) for _ in range(3)]
+        pages[0].locator(".bk-tab", has_text="Cells").first.click()
+        pages[1].locator(".bk-tab", has_text="Traversal").first.click()
+        quick_training_options(pages[2], steps=60, genes=100)
+        pages[2].get_by_role("button", name="Train", exact=True).first.click()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for page in pages:
+                page.evaluate(JS_MAX_ROWS, "loss")
+            time.sleep(1)
+        wait_for_text(pages[2], "training completed")
+        closed_before = server.count("closed; explorer sessions alive")
+        for page in pages:
+            page.close()
+        deadline = time.monotonic() + 60
+        while server.count("closed; explorer sessions alive") < closed_before + 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server.count("closed; explorer sessions alive") >= closed_before + 3, "closing tabs ends their sessions"
+        rounds_rss.append(server.rss_mb())
+    probe = open_app(browser, server.url)
+    # the 6 closed sessions' states are gone (the baseline may still count tabs closed just before it)
+    assert server.alive_counts()[-1] <= baseline, "no state of a closed session is left in memory"
+    assert server.alive_models()[-1] <= baseline_models, "the models trained in closed sessions are freed"
+    probe.close()
+    assert server.errors() == []
+    before, first_round, second_round = rounds_rss
+    print(f"server RSS before: {before:.0f} MB, after round 1: {first_round:.0f} MB, after round 2: {second_round:.0f} MB")
+    # memory the first round kept is reused by the second: a leak would add a round's worth again
+    assert second_round - first_round < 0.5 * max(first_round - before, 40.0), rounds_rss
