@@ -62,14 +62,17 @@ class DeviceData:
         """Rows ``index`` (B,) as a dense float32 (B, G) tensor of stored values (counts or as-is values)."""
         if not self.sparse:
             return self.dense.index_select(0, index)
+        n_rows = index.shape[0]
         start = self.indptr.index_select(0, index)
         length = self.indptr.index_select(0, index + 1) - start
         position = start[:, None] + self._offsets[None, :]
         inside = self._offsets[None, :] < length[:, None]
-        position = torch.where(inside, position, torch.full_like(position, self.values.numel() - 1))
-        columns = self.indices[position].long()
-        values = self.values[position]
-        out = torch.zeros(index.shape[0], self.n_genes, device=self.device, dtype=torch.float32)
+        # padded positions read the trailing zero (and add it to column 0)
+        position = torch.where(inside, position, self.values.numel() - 1).view(-1)
+        # index_select on flat positions: about 3x faster on the CPU than advanced indexing
+        columns = self.indices.index_select(0, position).view(n_rows, -1).long()
+        values = self.values.index_select(0, position).view(n_rows, -1)
+        out = torch.zeros(n_rows, self.n_genes, device=self.device, dtype=torch.float32)
         return out.scatter_add_(1, columns, values)
 
     def library_of(self, index: torch.Tensor) -> torch.Tensor | None:
