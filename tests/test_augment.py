@@ -124,7 +124,8 @@ def test_saved_folder_holds_safetensors_weights_and_json_metadata(saved_augmente
 @pytest.mark.slow
 def test_cplmix_train_with_the_generative_augmenter(trained_augmenter, data_file, tmp_path):
     run = tmp_path / "run"
-    code = main(["train", str(data_file), "--out", str(run), "--steps", "30", "--types", "4", "--batch-size", "64",
+    code = main(["train", str(data_file), "--out", str(run), "--steps", "20", "--types", "4", "--batch-size", "64",
+                 "--hidden-dim", "16", "--n-hidden-layers", "2",
                  "--augment", "generative", "--augmenter-path", str(trained_augmenter), "--quiet"])
     assert code == 0
     metrics = json.loads((run / "metrics.json").read_text())
