@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import param
 
-from .config import CplMixConfig, cli_flag
+from .config import AugmenterConfig, CplMixConfig, OptionSet, cli_flag
 from .errors import CplmixError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -37,10 +37,14 @@ def _print_json(payload: dict) -> None:
 _NOT_FLAGS = {"steps", "epochs"}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """One flag per :class:`CplMixConfig` option, typed and documented from its declaration."""
-    config = CplMixConfig()
-    for name in names or [n for n in config.param if n != "name" and n not in _NOT_FLAGS]:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, config_class: type[OptionSet] = CplMixConfig
+) -> None:
+    """One flag per option of ``config_class`` (default :class:`CplMixConfig`), typed and documented from
+    its declaration."""
+    config = config_class()
+    not_flags = _NOT_FLAGS if config_class is CplMixConfig else set()
+    for name in names or [n for n in config.param if n != "name" and n not in not_flags]:
         parameter = config.param[name]
         flag = cli_flag(name)
         help_text = f"{parameter.doc} (default: {getattr(config, name)})"
@@ -117,6 +121,33 @@ def run_prune(args: argparse.Namespace) -> int:
         progress=not args.quiet, source=args.data,
     )
     _print_json({**result.to_dict(), "k": int(model.module.n_types)})
+    return 0
+
+
+#: Options of CplMixConfig that ``cplmix augmenter train`` takes: the data path, the device and the seed.
+AUGMENTER_DATA_OPTIONS = ("n_genes", "normalize", "layer", "device", "seed")
+
+
+@command("augmenter")
+def run_augmenter(args: argparse.Namespace) -> int:
+    from .model.generative import train_generative_augmenter
+
+    if args.action == "train":
+        config = CplMixConfig().update(
+            **{name: getattr(args, name) for name in AUGMENTER_DATA_OPTIONS if getattr(args, name) is not None}
+        )
+        options = AugmenterConfig().update(
+            **{name: getattr(args, name) for name in AugmenterConfig.param if name != "name" and getattr(args, name, None) is not None}
+        )
+        training = train_generative_augmenter(args.data, args.out, config, options, progress=not args.quiet)
+        if not args.quiet:
+            _print_json({
+                "augmenter": str(training.path),
+                "steps": options.steps,
+                "genes": len(training.augmenter.genes),
+                "final_losses": {name: values[-1] for name, values in training.history.items() if name != "step"},
+                "use_with": f"cplmix train {args.data} --augment generative --augmenter-path {training.path}",
+            })
     return 0
 
 
@@ -259,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: steps / 10)")
     prune.add_argument("--data", default=None, help="the data, when not where run.json says")
     prune.add_argument("--quiet", action="store_true")
+
+    augmenter = sub.add_parser("augmenter", help="the generative augmenter: train one for --augment generative")
+    augmenter_actions = augmenter.add_subparsers(dest="action", required=True, metavar="ACTION")
+    augmenter_train = augmenter_actions.add_parser(
+        "train", help="train a generative augmenter on an .h5ad file or a bundled dataset",
+        description="Train the unsupervised generative augmenter (U-DAGAN style: adversarial, reconstruction, "
+        "triplet and feature terms) that gives each arm its own type-preserving copy of a cell. Use the same "
+        "data options (--genes, --normalize, --layer) as the cplmix train run that will use it.",
+    )
+    augmenter_train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name")
+    augmenter_train.add_argument("--out", required=True, metavar="DIR", help="new folder for the trained augmenter")
+    augmenter_train.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    add_config_arguments(augmenter_train, AUGMENTER_DATA_OPTIONS)
+    add_config_arguments(augmenter_train, config_class=AugmenterConfig)
 
     bench = sub.add_parser("bench", help="measure training throughput on generated data (JSON)")
     bench.add_argument("--genes", type=int, default=5000)

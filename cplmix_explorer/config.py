@@ -21,7 +21,41 @@ COUPLING_EPS = 1e-8
 TARGET_SUM = 1e4
 
 
-class CplMixConfig(param.Parameterized):
+class OptionSet(param.Parameterized):
+    """Validated options with JSON round trips; one-line :class:`CplmixError` for unknown or bad values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """All option values as a JSON-serialisable dict (without param's ``name``)."""
+        return {k: v for k, v in self.param.values().items() if k != "name"}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Build the options, turning param's validation errors into one-line :class:`CplmixError`."""
+        config = cls()
+        config.update(**values)
+        return config
+
+    def update(self, **values: Any):
+        """Set options with validation; unknown names and out-of-bounds values raise :class:`CplmixError`."""
+        known = set(self.param) - {"name"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
+        for key, value in values.items():
+            try:
+                setattr(self, key, value)
+            except (ValueError, TypeError) as error:
+                raise CplmixError(f"invalid value for {key}: {_first_line(error)}") from None
+        return self
+
+    def copy(self, **changes: Any):
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+class CplMixConfig(OptionSet):
     """Hyperparameters of a cpl-mixVAE run: model shape, objective weights, training and data options."""
 
     # -- model ---------------------------------------------------------------------------------------------
@@ -53,6 +87,24 @@ class CplMixConfig(param.Parameterized):
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
     coupled = param.Boolean(
         True, doc="Couple the arms (distance + entropy terms); False trains independent arms (ablation)."
+    )
+    objective = param.Selector(
+        default="cplmix", objects=["cplmix", "jointvae"],
+        doc="cplmix: the coupled objective (paper Eq. 7); jointvae: the JointVAE baseline (Dupont 2018), each arm "
+        "on its own with both KL terms pushed toward a growing capacity (use with --arms 1).",
+    )
+    capacity_gamma = param.Number(
+        30.0, bounds=(0.0, None), doc="JointVAE: weight gamma of gamma * |KL - C| for each latent (Dupont's default 30)."
+    )
+    state_capacity = param.Number(
+        5.0, bounds=(0.0, None), doc="JointVAE: final capacity C (nats) of the continuous state KL (default 5)."
+    )
+    type_capacity = param.Number(
+        5.0, bounds=(0.0, None),
+        doc="JointVAE: final capacity C (nats) of the type KL against a uniform prior, capped at log K (default 5).",
+    )
+    capacity_steps = param.Integer(
+        25000, bounds=(1, None), doc="JointVAE: steps over which both capacities grow linearly from 0 (default 25000)."
     )
 
     # -- training ------------------------------------------------------------------------------------------
@@ -88,35 +140,30 @@ class CplMixConfig(param.Parameterized):
     layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
     labels = param.String(None, allow_None=True, doc="obs column of known labels, used only for evaluation.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """All option values as a JSON-serialisable dict (without param's ``name``)."""
-        return {k: v for k, v in self.param.values().items() if k != "name"}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+class AugmenterConfig(OptionSet):
+    """Options of the generative augmenter (U-DAGAN style, paper Supplementary F) and of its training.
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CplMixConfig:
-        """Build a config, turning param's validation errors into one-line :class:`CplmixError`."""
-        config = cls()
-        config.update(**values)
-        return config
+    The data options (genes, normalisation, layer), the device and the seed are those of
+    :class:`CplMixConfig`, so that the augmenter sees the data exactly as the cpl-mixVAE will."""
 
-    def update(self, **values: Any) -> CplMixConfig:
-        """Set options with validation; unknown names and out-of-bounds values raise :class:`CplmixError`."""
-        known = set(self.param) - {"name"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
-        for key, value in values.items():
-            try:
-                setattr(self, key, value)
-            except (ValueError, TypeError) as error:
-                raise CplmixError(f"invalid value for {key}: {_first_line(error)}") from None
-        return self
-
-    def copy(self, **changes: Any) -> CplMixConfig:
-        return type(self).from_dict({**self.to_dict(), **changes})
+    latent_dim = param.Integer(10, bounds=(2, 1024), doc="Latent dimensions of the generator (the vicinity lives here).")
+    noise_dim = param.Integer(50, bounds=(1, 1024), doc="Dimensions of the random input that perturbs the latent.")
+    hidden_dim = param.Integer(256, bounds=(4, 8192), doc="Width of the hidden layers of generator and discriminator.")
+    n_hidden_layers = param.Integer(2, bounds=(1, 8), doc="Hidden layers of the generator's encoder and decoder.")
+    input_dropout = param.Number(0.2, bounds=(0.0, 0.95), doc="Dropout on the generator's input while it trains.")
+    steps = param.Integer(2000, bounds=(1, None), doc="Training steps (mini-batches) of the augmenter.")
+    batch_size = param.Integer(256, bounds=(4, None), doc="Cells per mini-batch.")
+    lr = param.Number(1e-3, bounds=(0.0, 1.0), inclusive_bounds=(False, True), doc="Adam learning rate (both networks).")
+    adversarial_weight = param.Number(1.0, bounds=(0.0, None), doc="Weight of the adversarial term.")
+    reconstruction_weight = param.Number(1.0, bounds=(0.0, None), doc="Weight of the reconstruction term.")
+    triplet_weight = param.Number(1.0, bounds=(0.0, None), doc="Weight of the triplet (diversity) term.")
+    feature_weight = param.Number(1.0, bounds=(0.0, None), doc="Weight of the feature (vicinity) term.")
+    triplet_margin = param.Number(
+        0.05, bounds=(0.0, None),
+        doc="Triplet margin: how much farther (mean squared log-expression per gene) a copy sits from its cell "
+        "than the noise-free reconstruction.",
+    )
 
 
 def _first_line(error: Exception) -> str:

@@ -115,6 +115,9 @@ def make_augmenter(
     image_shape: tuple[int, int] | None,
     strength: float,
     augmenter_path: str | None = None,
+    genes: list[str] | None = None,
+    transform: str | None = None,
+    likelihood: str = "gaussian",
 ) -> tuple[Augmenter, str]:
     """The augmenter for an option value and the name actually used ('auto' resolved: affine for images,
     none for expression data).
@@ -123,6 +126,9 @@ def make_augmenter(
     gene dropout made the arms settle on merged categories on a third of the seeds where the unaugmented arms
     recovered every type (benchmarks/results/augmentation_default.json); the paper's augmenter for cells is
     the trained generative one (``augment='generative'``), which must be trained first.
+
+    ``genes`` and ``transform`` (the data's model genes and normalisation) are checked against a trained
+    generative augmenter; it produces log-expression, so it needs the Gaussian likelihood.
     """
     if name == "auto":
         name = "affine" if image_shape is not None else "none"
@@ -140,7 +146,26 @@ def make_augmenter(
                 "augment 'generative' needs a trained augmenter: run 'cplmix augmenter train DATA --out DIR' "
                 "and pass --augmenter-path DIR"
             )
+        if likelihood != "gaussian":
+            raise CplmixError(
+                "augment 'generative' produces log-expression, not counts: use it with the Gaussian likelihood"
+            )
         from .generative import load_generative_augmenter
 
-        return load_generative_augmenter(augmenter_path), name
+        return load_generative_augmenter(augmenter_path, genes=genes, transform=transform), name
     raise CplmixError(f"unknown augmentation '{name}' (auto, none, noise, generative, affine)")
+
+
+def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
+    """The augmenter a training run with ``config`` uses on ``prepared`` data (what the engine calls; the
+    run folder calls it too, to refuse a mismatched augmenter before anything is written)."""
+    return make_augmenter(
+        config.augment,
+        is_counts=prepared.preprocessing.transform == "log1p_normalize",
+        image_shape=prepared.preprocessing.image_shape,
+        strength=config.augment_strength,
+        augmenter_path=config.augmenter_path,
+        genes=prepared.genes,
+        transform=prepared.preprocessing.transform,
+        likelihood=likelihood,
+    )

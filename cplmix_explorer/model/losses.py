@@ -3,10 +3,17 @@
     L = (A-1) * sum_a [rec_a + beta * KL_a] + sum_{a<b} [lam * d2_sigma(c_a, c_b) - H_a - H_b]
 
 with A = 1 reducing to rec + beta * KL (a single mixture VAE). Every term is a mean over the batch.
+
+The JointVAE baseline (Dupont 2018) replaces it, per arm and without coupling, by
+
+    L = sum_a [rec_a + gamma * |KL(q(s|x_a) || N(0, I)) - C_s(t)| + gamma * |KL(q(c|x_a) || U(K)) - C_c(t)|]
+
+with capacities C(t) = C_max * min(t / T, 1) growing linearly over the first T steps (C_c capped at log K).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +135,54 @@ def metric_names(n_arms: int) -> list[str]:
     return ["loss", "coupling", *per_arm]
 
 
+@dataclass(frozen=True)
+class CapacitySchedule:
+    """JointVAE's capacities: each KL is pushed toward C(t) = C_max * min(t / steps, 1) with weight gamma."""
+
+    gamma: float
+    state_capacity: float  # nats, final capacity of the continuous state KL
+    type_capacity: float  # nats, final capacity of the type KL (capped at log K when applied)
+    steps: int  # steps over which the capacities grow from 0
+
+    @classmethod
+    def from_config(cls, config) -> CapacitySchedule | None:
+        """The schedule of a :class:`~cplmix_explorer.config.CplMixConfig`; None for the cpl-mix objective."""
+        if config.objective != "jointvae":
+            return None
+        return cls(config.capacity_gamma, config.state_capacity, config.type_capacity, config.capacity_steps)
+
+    def fraction(self, step: torch.Tensor | int) -> torch.Tensor | float:
+        """min(step / steps, 1); ``step`` (the number of steps done) may be a device tensor (CUDA-graph safe)."""
+        if torch.is_tensor(step):
+            return (step.to(torch.float32) / self.steps).clamp(max=1.0)
+        return min(float(step) / self.steps, 1.0)
+
+
+def type_kl_to_uniform(entropy: torch.Tensor, n_types: int) -> torch.Tensor:
+    """KL(q(c|x) || Uniform(K)) = log K - H(c|x), per arm (A,) from the batch-mean entropy (A,)."""
+    return math.log(n_types) - entropy
+
+
+def jointvae_total(
+    reconstruction: torch.Tensor,
+    kl: torch.Tensor,
+    entropy: torch.Tensor,
+    n_types: int,
+    schedule: CapacitySchedule,
+    step: torch.Tensor | int,
+) -> torch.Tensor:
+    """JointVAE's objective summed over arms: rec + gamma |KL_s - C_s(t)| + gamma |KL_c - C_c(t)|."""
+    fraction = schedule.fraction(step)
+    state_capacity = schedule.state_capacity * fraction
+    type_capacity = min(schedule.type_capacity, math.log(n_types)) * fraction
+    type_kl = type_kl_to_uniform(entropy, n_types)
+    return (
+        reconstruction
+        + schedule.gamma * (kl - state_capacity).abs()
+        + schedule.gamma * (type_kl - type_capacity).abs()
+    ).sum()
+
+
 def cplmix_loss(
     outputs: ArmOutputs,
     target: torch.Tensor,
@@ -139,13 +194,16 @@ def cplmix_loss(
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
     reducer=None,
+    capacity: CapacitySchedule | None = None,
+    step: torch.Tensor | int = 0,
 ) -> LossTerms:
     """The objective of method.md for all arms at once.
 
     target: (A, B, G) what each arm reconstructs (log-expression for Gaussian, counts for NB);
     library: (A, B, 1) counts per cell (NB only). ``coupled=False`` drops the pair terms and weights the
     arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation). ``reducer``
-    (distributed training) makes the coupling's batch variance that of the global batch.
+    (distributed training) makes the coupling's batch variance that of the global batch. With a JointVAE
+    ``capacity`` schedule the total is JointVAE's objective at ``step`` (steps done so far) instead.
     """
     if likelihood == GAUSSIAN:
         reconstruction = gaussian_reconstruction(target, outputs.decoded)
@@ -154,7 +212,10 @@ def cplmix_loss(
     kl = state_kl(outputs.mu, outputs.logvar)
     entropy = categorical_entropy(outputs.q, outputs.log_q)
     n_arms = outputs.q.shape[0]
-    if n_arms == 1 or not coupled:
+    if capacity is not None:
+        coupling = outputs.q.new_zeros(0)
+        total = jointvae_total(reconstruction, kl, entropy, outputs.q.shape[-1], capacity, step)
+    elif n_arms == 1 or not coupled:
         coupling = outputs.q.new_zeros(0)
         total = (reconstruction + beta * kl).sum()
     else:

@@ -27,8 +27,8 @@ from ..analysis.inference import infer
 from ..config import CplMixConfig
 from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
-from ..model.augment import make_augmenter
-from ..model.losses import cplmix_loss, metric_names
+from ..model.augment import augmenter_for
+from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.network import GAUSSIAN, CoupledMixtureVAE
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
@@ -153,13 +153,7 @@ class Trainer:
         self.control = control or TrainingControl()
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_extra = checkpoint_extra or {}
-        self.augmenter, self.augment_name = make_augmenter(
-            config.augment,
-            is_counts=prepared.preprocessing.transform == "log1p_normalize",
-            image_shape=prepared.preprocessing.image_shape,
-            strength=config.augment_strength,
-            augmenter_path=config.augmenter_path,
-        )
+        self.augmenter, self.augment_name = augmenter_for(config, prepared, model.likelihood)
         self.augmenter = self.augmenter.to(self.device)
         keep_counts = self.augmenter.needs_counts or model.likelihood != GAUSSIAN
         self.data = DeviceData(prepared, self.device, keep_counts=keep_counts)
@@ -188,6 +182,7 @@ class Trainer:
         if distributed is not None and self.fast_path != "eager":
             self.fast_path = "eager"  # collectives inside the step: no CUDA-graph capture
         self.optimizer = self._make_optimizer()
+        self._capacity = CapacitySchedule.from_config(config)  # JointVAE baseline only
         self.metric_names = metric_names(model.n_arms)
         self.log_every = config.log_every
         n_metrics = len(self.metric_names)
@@ -287,6 +282,8 @@ class Trainer:
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
             reducer=self._reducer,
+            capacity=self._capacity,
+            step=self._step_counter,
         )
         return terms.total, terms.metric_vector()
 
@@ -395,7 +392,7 @@ class Trainer:
                     terms = cplmix_loss(
                         self.model(x), target, likelihood=self.model.likelihood, lam=self.config.lam,
                         beta=self.config.beta, coupled=self.config.coupled, library=nb_library,
-                        log_theta=getattr(self.model, "log_theta", None),
+                        log_theta=getattr(self.model, "log_theta", None), capacity=self._capacity, step=self.step,
                     )
                     losses.append(float(terms.total))
                     weights.append(len(rows))

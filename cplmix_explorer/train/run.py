@@ -26,6 +26,7 @@ from anndata import AnnData
 from ..config import CplMixConfig
 from ..data.io import read_data
 from ..errors import CplmixError
+from ..model.augment import augmenter_for
 from .checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, atomic_write_bytes, load_run_checkpoint
 from .engine import TrainingResult, planned_steps, resolve_device
 from .events import TrainingControl
@@ -134,6 +135,7 @@ def train_run(
         if distributed is None:
             resolve_device(config.device)
         model = CplMixVAE(adata, config=config)
+        augmenter_for(config, model.prepared, model.module.likelihood)  # a mismatched augmenter: refuse now
         run_info = {
             "data": data_source_text(source),
             "config": config.to_dict(),
