@@ -109,7 +109,11 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
         for index, values in saved["state"].items()
     ):
         raise CplmixError("the saved optimizer state does not match the model's parameters")
-    current["state"] = saved["state"]
+    # copies: torch's load_state_dict keeps same-device tensors as they are, and Adam updates them in place
+    current["state"] = {
+        index: {k: v.clone() if torch.is_tensor(v) else v for k, v in values.items()}
+        for index, values in saved["state"].items()
+    }
     for group, saved_group in zip(current["param_groups"], saved["param_groups"]):
         group.update({k: saved_group[k] for k in _OPTIMIZER_HYPERPARAMETERS if k in saved_group})
         if "betas" in group:

@@ -362,6 +362,7 @@ class Trainer:
         if first_bad >= 0:
             bad = self._bad_terms.cpu().numpy()
             names = [n for n, b in zip(self.metric_names, bad) if b]
+            names = [n for n in names if n != "loss"] or names  # the total fails with its terms: name those
             index = self._batch_for_step(first_bad - 1)
             if not bool(torch.isfinite(self.data.gather(index)).all() & torch.isfinite(self.data.model_input(index)).all()):
                 names.insert(0, "input batch")
@@ -474,9 +475,10 @@ class Trainer:
 
     def _restart_from(self, good: Checkpoint, error: NonFiniteLossError, restarts_left: int) -> TrainingRestarted:
         """Return to the state ``good`` with the learning rate times ``nan_restart_lr_factor``."""
+        rates = [group["lr"] for group in self.optimizer.param_groups]  # already lowered by earlier restarts
         self.restore(good)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["lr"] * self.config.nan_restart_lr_factor
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate * self.config.nan_restart_lr_factor
         self._first_bad_step.fill_(-1)
         self._bad_terms.zero_()
         self._graph = None  # the optimizer's state tensors were replaced: capture again
