@@ -9,6 +9,7 @@ UI toolkit.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import param
@@ -117,6 +118,8 @@ class CplMixConfig(param.Parameterized):
         if unknown:
             raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
         for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value) and isinstance(self.param[key], param.Number):
+                raise CplmixError(f"invalid value for {key}: {value} is not a finite number")
             try:
                 setattr(self, key, value)
             except (ValueError, TypeError) as error:

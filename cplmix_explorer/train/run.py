@@ -119,6 +119,16 @@ class RunOutcome:
     run_dir: Path
 
 
+def _remove_unstarted_run(run_dir: Path, created_folder: bool) -> None:
+    """A new run that failed before its first checkpoint (a bad option found when training starts, an early
+    non-finite loss) leaves nothing behind, so the same command can be run again once corrected."""
+    if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists():
+        return
+    (run_dir / RUN_FILE).unlink(missing_ok=True)
+    if created_folder and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def check_run_dir_free(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists() or (run_dir / RUN_FILE).exists():
         raise CplmixError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out")
@@ -179,12 +189,18 @@ def train_run(
             run_info["processes"] = distributed.world_size
             distributed.barrier()  # every process has checked the folder before rank 0 creates it
         if distributed is None or distributed.is_main:
+            created_folder = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_FILE, run_info)
     if on_model is not None:
         on_model(model)
     planned = planned_steps(config, model.prepared.n_cells)
-    result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
+    try:
+        result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
+    except BaseException:
+        if not resume and (distributed is None or distributed.is_main):
+            _remove_unstarted_run(run_dir, created_folder)
+        raise
     if distributed is not None and not distributed.is_main:
         return RunOutcome(model=model, result=result, metrics={"status": result.status}, run_dir=run_dir)
     if result.status != "completed" and not write_outputs_when_stopped:
