@@ -11,18 +11,23 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from .analysis.inference import DEFAULT_CHUNK, infer
 from .config import CplMixConfig
 from .data.preprocess import prepare
 from .train.engine import Trainer, build_model, resolve_device
 
 
-def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000) -> AnnData:
-    """Poisson counts (CSR) with log-normal gene rates, about 10-20 % non-zero, for timing."""
+def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000, distinct_cells: int | None = None) -> AnnData:
+    """Poisson counts (CSR) with log-normal gene rates, about 10-20 % non-zero, for timing.
+
+    With ``distinct_cells`` only that many cells are drawn and the others are copies of randomly chosen
+    ones: the same sparsity at a fraction of the generation time (10^6 cells in seconds)."""
     rng = np.random.default_rng(seed)
     rates = np.exp(rng.normal(-2.0, 1.0, n_genes))
+    n_drawn = n_cells if distinct_cells is None else min(distinct_cells, n_cells)
     blocks = []
-    for start in range(0, n_cells, chunk):
-        rows = min(chunk, n_cells - start)
+    for start in range(0, n_drawn, chunk):
+        rows = min(chunk, n_drawn - start)
         depth = rng.lognormal(0.0, 0.3, (rows, 1))
         blocks.append(sp.csr_matrix(rng.poisson(rates[None, :] * depth).astype(np.float32)))
     matrix = sp.vstack(blocks, format="csr")
@@ -31,7 +36,17 @@ def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 200
         matrix = matrix.tolil()
         matrix[np.flatnonzero(empty), 0] = 1.0
         matrix = matrix.tocsr()
+    if n_drawn < n_cells:
+        rows = np.concatenate([np.arange(n_drawn), rng.integers(0, n_drawn, n_cells - n_drawn)])
+        matrix = matrix[rows]
     return AnnData(X=matrix)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory (CUDA) or peak resident set size of this process (CPU), MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def device_description(device: torch.device) -> str:
@@ -54,14 +69,20 @@ def run_benchmark(
     augment: str = "none",
     dense: bool = False,
     seed: int = 0,
+    distinct_cells: int | None = None,
+    inference: bool = False,
+    inference_chunk: int = DEFAULT_CHUNK,
 ) -> dict:
     """Train the real model on generated data and report throughput after ``warmup`` steps.
 
-    Returns a JSON-ready dict with it_per_s, cells_per_s, the shape, the device and peak memory.
+    Returns a JSON-ready dict with it_per_s, cells_per_s, the shape, the device and peak memory (training).
+    With ``inference`` it then assigns every cell in chunks and adds inference_seconds, inference_cells_per_s
+    and inference_peak_memory_mb.
     """
     resolved = resolve_device(device)
     cells = cells or max(4 * batch_size, 10000)
-    adata = generated_counts(cells, genes, seed)
+    adata = generated_counts(cells, genes, seed, distinct_cells=distinct_cells)
+    nnz = adata.X.nnz
     if dense:
         adata.X = adata.X.toarray()
     config = CplMixConfig().update(
@@ -83,11 +104,8 @@ def run_benchmark(
         torch.cuda.synchronize(resolved)
     seconds = time.perf_counter() - start
     it_per_s = steps / seconds
-    if resolved.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(resolved) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
+    peak_mb = peak_memory_mb(resolved)
+    result = {
         "it_per_s": it_per_s,
         "cells_per_s": it_per_s * trainer.batch_size,
         "seconds": seconds,
@@ -99,6 +117,7 @@ def run_benchmark(
         "arms": arms,
         "batch_size": trainer.batch_size,
         "cells": cells,
+        "non_zeros": int(nnz),
         "storage": "dense" if dense else "csr",
         "device": str(resolved),
         "device_name": device_description(resolved),
@@ -108,4 +127,26 @@ def run_benchmark(
         "data_on_device_mb": trainer.data.nbytes / 2**20,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
+    }
+    if inference:
+        result.update(time_inference(trainer, inference_chunk))
+    return result
+
+
+def time_inference(trainer: Trainer, chunk_size: int = DEFAULT_CHUNK) -> dict:
+    """Assign every cell of the trainer's data in chunks (eval mode) and time it."""
+    device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    result = infer(trainer.model, trainer.data, chunk_size=chunk_size)
+    seconds = time.perf_counter() - start  # infer ends with the results on the host (synchronised)
+    n_cells = len(result.consensus_type)
+    return {
+        "inference_cells": n_cells,
+        "inference_chunk": chunk_size,
+        "inference_seconds": seconds,
+        "inference_cells_per_s": n_cells / seconds,
+        "inference_peak_memory_mb": peak_memory_mb(device),
     }

@@ -68,7 +68,7 @@ class CplMixConfig(param.Parameterized):
     )
     augment = param.Selector(
         default="auto", objects=["auto", "none", "noise", "generative", "affine"],
-        doc="Type-preserving copy each arm sees: auto picks noise for counts, affine for images.",
+        doc="Type-preserving copy each arm sees: auto picks affine for images, none for expression data (generative needs a trained augmenter).",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")

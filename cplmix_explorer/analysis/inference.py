@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..model.network import CoupledMixtureVAE
 
@@ -36,7 +37,10 @@ class Inference:
 
 @torch.no_grad()
 def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_size: int = DEFAULT_CHUNK) -> Inference:
-    """Run the arms in eval mode (argmax types, state = mean) over ``rows`` of a DeviceData (all by default)."""
+    """Run the arms in eval mode (argmax types, state = mean) over ``rows`` of a DeviceData (all by default).
+
+    Works in chunks of ``chunk_size`` cells: memory is O(chunk x genes) on the device plus the (N, ...)
+    results on the host; the result does not depend on ``chunk_size``."""
     was_training = model.training
     model.eval()
     device = data.device
@@ -47,16 +51,21 @@ def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_
             stop = min(start + chunk_size, n)
             index = torch.arange(start, stop, device=device) if rows is None else torch.as_tensor(rows[start:stop], device=device)
             x = data.model_input(index).unsqueeze(0).expand(model.n_arms, -1, -1)
-            out = model(x)
-            confidence, assigned = out.q.max(dim=-1)
-            mean_q = out.q.mean(dim=0)
+            # the eval-mode forward pass without the decoder (not needed here; (A, chunk, G) of work and memory)
+            latent, logits = model.encode(x)
+            log_q = model.type_posterior(logits)
+            q = log_q.exp()
+            one_hot = F.one_hot(log_q.argmax(dim=-1), model.n_types).to(log_q.dtype)
+            state_mean, _ = model.state_posterior(latent, one_hot)
+            confidence, assigned = q.max(dim=-1)
+            mean_q = q.mean(dim=0)
             consensus_confidence, consensus_type = mean_q.max(dim=-1)
             parts["type"].append(assigned.cpu().numpy())
             parts["conf"].append(confidence.cpu().numpy())
             parts["ctype"].append(consensus_type.cpu().numpy())
             parts["cconf"].append(consensus_confidence.cpu().numpy())
-            parts["state"].append(out.mu.cpu().numpy())
-            parts["latent"].append(out.h.cpu().numpy())
+            parts["state"].append(state_mean.cpu().numpy())
+            parts["latent"].append(latent.cpu().numpy())
     finally:
         model.train(was_training)
     return Inference(

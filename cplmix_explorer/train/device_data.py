@@ -34,21 +34,26 @@ class DeviceData:
         self.target_sum = float(prepared.preprocessing.target_sum)
         #: stored values are raw counts that :meth:`transform` must turn into model input
         self.holds_counts = self.is_counts_transform and keep_counts
+        row_scale = None
         if self.is_counts_transform and not keep_counts:
-            matrix = _log_normalize_rows(matrix, self.target_sum / np.asarray(library, np.float64))
+            row_scale = self.target_sum / np.asarray(library, np.float64)
         self.library = None if library is None else torch.as_tensor(np.asarray(library, np.float32), device=self.device)
         self.sparse = sp.issparse(matrix)
         if self.sparse:
-            matrix = sp.csr_matrix(matrix, dtype=np.float32)
+            matrix = sp.csr_matrix(matrix)  # no copy when already CSR
+            # Each array is written once, with one trailing zero so padded positions past the last row stay in
+            # range; on the CPU the tensors share these arrays (no second copy of the data).
             self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64), device=self.device)
-            self.indices = torch.as_tensor(matrix.indices.astype(np.int32), device=self.device)
-            # one trailing zero so padded positions past the last row stay in range
-            self.values = torch.as_tensor(np.append(matrix.data, np.float32(0)), device=self.device)
-            self.indices = torch.cat([self.indices, self.indices.new_zeros(1)])
+            indices = np.empty(matrix.nnz + 1, np.int32)
+            indices[:-1], indices[-1] = matrix.indices, 0
+            self.indices = torch.as_tensor(indices, device=self.device)
+            self.values = torch.as_tensor(_stored_values(matrix, row_scale), device=self.device)
             row_nnz = np.diff(matrix.indptr)
             self.max_row_nnz = max(int(row_nnz.max()) if row_nnz.size else 0, 1)
             self._offsets = torch.arange(self.max_row_nnz, device=self.device)
         else:
+            if row_scale is not None:
+                matrix = _log_normalize_dense(matrix, row_scale)
             self.dense = torch.as_tensor(np.ascontiguousarray(matrix, dtype=np.float32), device=self.device)
 
     @property
@@ -62,14 +67,17 @@ class DeviceData:
         """Rows ``index`` (B,) as a dense float32 (B, G) tensor of stored values (counts or as-is values)."""
         if not self.sparse:
             return self.dense.index_select(0, index)
+        n_rows = index.shape[0]
         start = self.indptr.index_select(0, index)
         length = self.indptr.index_select(0, index + 1) - start
         position = start[:, None] + self._offsets[None, :]
         inside = self._offsets[None, :] < length[:, None]
-        position = torch.where(inside, position, torch.full_like(position, self.values.numel() - 1))
-        columns = self.indices[position].long()
-        values = self.values[position]
-        out = torch.zeros(index.shape[0], self.n_genes, device=self.device, dtype=torch.float32)
+        # padded positions read the trailing zero (and add it to column 0)
+        position = torch.where(inside, position, self.values.numel() - 1).view(-1)
+        # index_select on flat positions: about 3x faster on the CPU than advanced indexing
+        columns = self.indices.index_select(0, position).view(n_rows, -1).long()
+        values = self.values.index_select(0, position).view(n_rows, -1)
+        out = torch.zeros(n_rows, self.n_genes, device=self.device, dtype=torch.float32)
         return out.scatter_add_(1, columns, values)
 
     def library_of(self, index: torch.Tensor) -> torch.Tensor | None:
@@ -88,15 +96,33 @@ class DeviceData:
         return self.transform(self.gather(index), self.library_of(index))
 
 
-def _log_normalize_rows(matrix, scale: np.ndarray):
-    """log1p(matrix * scale[:, None]) as float32, CSR kept sparse, dense done in row chunks."""
-    if sp.issparse(matrix):
-        out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-        row_scale = np.repeat(scale, np.diff(out.indptr)).astype(np.float32)
-        out.data = np.log1p(out.data * row_scale)
-        return out
+#: Rows per chunk when transforming on the host (bounds the temporary memory).
+HOST_CHUNK_ROWS = 8192
+
+
+def _stored_values(matrix: sp.csr_matrix, row_scale: np.ndarray | None) -> np.ndarray:
+    """The CSR values as float32 (nnz + 1,) with a trailing zero: log1p(value * row_scale[row]) when
+    ``row_scale`` (N,) is given (zeros stay zeros, so the matrix stays sparse), else the values as they are."""
+    values = np.empty(matrix.nnz + 1, np.float32)
+    values[-1] = 0.0
+    if row_scale is None:
+        values[:-1] = matrix.data
+        return values
+    indptr = matrix.indptr
+    for start in range(0, matrix.shape[0], HOST_CHUNK_ROWS):
+        stop = min(start + HOST_CHUNK_ROWS, matrix.shape[0])
+        first, last = indptr[start], indptr[stop]
+        scale = np.repeat(row_scale[start:stop].astype(np.float32), np.diff(indptr[start : stop + 1]))
+        np.multiply(matrix.data[first:last], scale, out=values[first:last], casting="unsafe")
+        np.log1p(values[first:last], out=values[first:last])
+    return values
+
+
+def _log_normalize_dense(matrix, row_scale: np.ndarray) -> np.ndarray:
+    """log1p(matrix * row_scale[:, None]) as float32 (N, G), in row chunks."""
     out = np.empty(matrix.shape, dtype=np.float32)
-    for start in range(0, matrix.shape[0], 8192):
-        stop = min(start + 8192, matrix.shape[0])
-        out[start:stop] = np.log1p(np.asarray(matrix[start:stop], np.float32) * scale[start:stop, None].astype(np.float32))
+    for start in range(0, matrix.shape[0], HOST_CHUNK_ROWS):
+        stop = min(start + HOST_CHUNK_ROWS, matrix.shape[0])
+        block = np.asarray(matrix[start:stop], np.float32) * row_scale[start:stop, None].astype(np.float32)
+        out[start:stop] = np.log1p(block)
     return out
