@@ -399,10 +399,18 @@ def test_restarts_give_up_on_a_fault_that_repeats(tmp_path):
     assert [e.learning_rate for e in restarts] == pytest.approx([5e-4, 2.5e-4])
 
 
-def test_diverged_weights_restart_from_the_last_good_checkpoint_with_a_lower_learning_rate(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "device, fast_path",
+    [
+        ("cpu", "eager"),
+        pytest.param("cuda", "graph", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    ],
+)
+def test_diverged_weights_restart_from_the_last_good_checkpoint_with_a_lower_learning_rate(tmp_path, device, fast_path):
     """Weights turned NaN mid-run (what a diverged update leaves): the run goes back to its last checkpoint,
-    halves the learning rate, says so, and completes."""
-    config = small_config(steps=30, checkpoint_every=5, log_every=1, nan_restarts=1, lr=2e-3, seed=2)
+    halves the learning rate, says so, and completes (on CUDA the step graph is captured again)."""
+    config = small_config(steps=30, checkpoint_every=5, log_every=1, nan_restarts=1, lr=2e-3, seed=2,
+                          device=device, fast_path=fast_path)
     seen = []
 
     def break_weights_once(model):
