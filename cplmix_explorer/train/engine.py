@@ -498,7 +498,8 @@ class Trainer:
         """Train until step ``total_steps`` (counted from 0, so a resumed run continues to the same end).
 
         Stops early, keeping a checkpoint, when the control object asks; raises :class:`NonFiniteLossError`
-        naming the first bad step (the last good checkpoint stays on disk).
+        naming the first bad step (the last good checkpoint stays on disk), unless ``config.nan_restarts``
+        allows going back to the last good state with the learning rate times ``nan_restart_lr_factor``.
         """
         self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
         self.model.train()
