@@ -269,8 +269,16 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     add_config_arguments(train)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``cplmix: error:`` line (exit 2) like every other user mistake,
+    instead of the usage text followed by the error."""
+
+    def error(self, message: str):
+        raise CplmixError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cplmix", description="Cell types and their continuous states with coupled mixture VAEs (cpl-mixVAE)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -374,9 +382,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
+        args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except CplmixError as error:
         print(f"cplmix: error: {error}", file=sys.stderr)

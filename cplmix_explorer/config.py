@@ -9,6 +9,7 @@ UI toolkit.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import param
@@ -45,6 +46,8 @@ class OptionSet(param.Parameterized):
         if unknown:
             raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
         for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value) and isinstance(self.param[key], param.Number):
+                raise CplmixError(f"invalid value for {key}: {value} is not a finite number")
             try:
                 setattr(self, key, value)
             except (ValueError, TypeError) as error:
@@ -130,6 +133,14 @@ class CplMixConfig(OptionSet):
     log_every = param.Integer(25, bounds=(1, None), doc="Steps between reads of the loss metrics (one host sync).")
     eval_every = param.Integer(250, bounds=(1, None), doc="Steps between arm-agreement and validation evaluations.")
     checkpoint_every = param.Integer(1000, bounds=(1, None), doc="Steps between periodic checkpoints of a run.")
+    nan_restarts = param.Integer(
+        0, bounds=(0, 100),
+        doc="After a non-finite loss, restart this many times from the last good checkpoint with a lower learning rate.",
+    )
+    nan_restart_lr_factor = param.Number(
+        0.5, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
+        doc="Factor applied to the learning rate at each automatic restart after a non-finite loss.",
+    )
 
     # -- data ----------------------------------------------------------------------------------------------
     n_genes = param.Integer(5000, bounds=(1, None), doc="Keep at most this many highly variable genes.")

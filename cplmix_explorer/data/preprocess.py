@@ -9,7 +9,7 @@ otherwise), in their original order. Anything else is used as it is.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -40,9 +40,32 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
+        """The recipe from its JSON form (a checkpoint header); entries of the wrong type raise
+        :class:`CplmixError` naming the entry."""
+        if not isinstance(values, dict):
+            raise CplmixError("preprocessing is not a mapping")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CplmixError(f"unknown preprocessing entries: {', '.join(map(str, unknown))}")
         values = dict(values)
-        if values.get("image_shape") is not None:
-            values["image_shape"] = tuple(values["image_shape"])
+        if values.get("transform") not in (LOG1P_NORMALIZE, AS_IS):
+            raise CplmixError(f"unknown preprocessing transform {values.get('transform')!r}")
+        genes = values.get("genes")
+        if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+            raise CplmixError("the preprocessing gene list is not a non-empty list of names")
+        target_sum = values.get("target_sum", TARGET_SUM)
+        if isinstance(target_sum, bool) or not isinstance(target_sum, (int, float)) or not 0 < target_sum < float("inf"):
+            raise CplmixError(f"preprocessing target_sum {target_sum!r} is not a positive number")
+        for key in ("gene_selection", "layer"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise CplmixError(f"preprocessing {key} is not a string")
+        shape = values.get("image_shape")
+        if shape is not None:
+            if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape
+            ):
+                raise CplmixError("preprocessing image_shape is not two positive integers")
+            values["image_shape"] = tuple(shape)
         return cls(**values)
 
 

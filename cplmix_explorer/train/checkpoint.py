@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..config import CplMixConfig
 from ..errors import CplmixError
 
 FORMAT = "cplmix-checkpoint"
@@ -30,6 +32,9 @@ FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
 PREVIOUS_NAME = "checkpoint.prev.safetensors"
 _OPTIMIZER_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+#: safetensors' own limit on the JSON header; a longer declared header is refused before it is parsed.
+MAX_HEADER_BYTES = 100_000_000
+_DIGEST_KEYS = ("sha256", "metadata_sha256")
 
 
 @dataclass
@@ -55,6 +60,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         sha.update(str(tuple(tensor.shape)).encode())
         sha.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return sha.hexdigest()
+
+
+def _metadata_digest(metadata: dict[str, str]) -> str:
+    """SHA-256 of the header entries (except the digests), so a flipped byte in the JSON is detected too."""
+    kept = {k: v for k, v in metadata.items() if k not in _DIGEST_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
@@ -91,7 +102,18 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Load saved Adam moments and hyperparameters into ``optimizer``, keeping its own execution flags
     (fused / capturable / foreach), so a CPU checkpoint resumes on a CUDA fast path and back."""
     current = optimizer.state_dict()
-    current["state"] = saved["state"]
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(saved["param_groups"]) != len(current["param_groups"]) or any(
+        not 0 <= int(index) < len(parameters)
+        or any(v.dim() and v.shape != parameters[int(index)].shape for v in values.values())
+        for index, values in saved["state"].items()
+    ):
+        raise CplmixError("the saved optimizer state does not match the model's parameters")
+    # copies: torch's load_state_dict keeps same-device tensors as they are, and Adam updates them in place
+    current["state"] = {
+        index: {k: v.clone() if torch.is_tensor(v) else v for k, v in values.items()}
+        for index, values in saved["state"].items()
+    }
     for group, saved_group in zip(current["param_groups"], saved["param_groups"]):
         group.update({k: saved_group[k] for k in _OPTIMIZER_HYPERPARAMETERS if k in saved_group})
         if "betas" in group:
@@ -130,63 +152,154 @@ def save_checkpoint(
         "extra": json.dumps(extra or {}),
         "sha256": _digest(tensors),
     }
+    metadata["metadata_sha256"] = _metadata_digest(metadata)
     payload = save_safetensors(tensors, metadata=metadata)
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name(PREVIOUS_NAME))
-    atomic_write_bytes(path, payload)
+    if not (keep_previous and path.exists()):
+        atomic_write_bytes(path, payload)
+        return path
+    # the new file is complete on disk before the current one becomes the previous one; a kill between the
+    # two renames leaves only the previous file, which load_run_checkpoint falls back to
+    temporary = path.with_name(f".{path.name}.new")
+    atomic_write_bytes(temporary, payload)
+    os.replace(path, path.with_name(PREVIOUS_NAME))
+    os.replace(temporary, path)
     return path
 
 
 def _header_metadata(payload: bytes) -> dict[str, str]:
+    """The ``__metadata__`` string map of a safetensors header, checked before anything else is parsed."""
     if len(payload) < 8:
         raise ValueError("file too short")
     header_size = int.from_bytes(payload[:8], "little")
-    if header_size <= 0 or 8 + header_size > len(payload):
+    if header_size <= 0 or header_size > MAX_HEADER_BYTES or 8 + header_size > len(payload):
         raise ValueError("header length out of range")
     header = json.loads(payload[8 : 8 + header_size])
-    return header.get("__metadata__") or {}
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError("header metadata is not a map of strings")
+    return metadata
+
+
+class _Invalid(ValueError):
+    """A header entry of the wrong shape (turned into a one-line error naming the file)."""
+
+
+def _json_entry(metadata: dict[str, str], key: str, kind: type | tuple, default: str | None = None):
+    text = metadata.get(key, default)
+    if text is None:
+        raise _Invalid(f"no '{key}' entry")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Invalid(f"'{key}' is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise _Invalid(f"'{key}' is not a JSON object")
+    return value
+
+
+def _count_entry(metadata: dict[str, str], key: str, default: str | None = None) -> int:
+    text = metadata.get(key, default)
+    if text is None or not re.fullmatch(r"[0-9]{1,18}", text):
+        raise _Invalid(f"'{key}' is not a non-negative integer")
+    return int(text)
+
+
+def _check_rng_state(rng_state: dict[str, torch.Tensor]) -> None:
+    expected = {"cpu": torch.get_rng_state().numel()}
+    for key, tensor in rng_state.items():
+        if key not in ("cpu", "cuda") or tensor.dtype != torch.uint8 or tensor.dim() != 1:
+            raise _Invalid(f"random state '{key}' is not a byte vector")
+        if key in expected and tensor.numel() != expected[key]:
+            raise _Invalid(f"random state '{key}' has {tensor.numel()} bytes, not {expected[key]}")
+
+
+def _optimizer_state(optimizer_meta: dict | None, tensors: dict[str, torch.Tensor]) -> dict | None:
+    if optimizer_meta is None:
+        return None
+    groups = optimizer_meta.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise _Invalid("'optimizer' has no list of parameter groups")
+    for group in groups:
+        params = group.get("params")
+        if not isinstance(params, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in params):
+            raise _Invalid("an optimizer parameter group has no list of parameter indices")
+        for key in _OPTIMIZER_HYPERPARAMETERS:
+            value = group.get(key)
+            numbers = value if key == "betas" and isinstance(value, list) else [value]
+            if key in group and not all(isinstance(v, (int, float)) for v in numbers):
+                raise _Invalid(f"optimizer hyperparameter '{key}' is not a number")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            match = re.fullmatch(r"optimizer\.([0-9]{1,9})\.(\w+)", key)
+            if match is None:
+                raise _Invalid(f"unexpected tensor '{key}'")
+            state.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    return {"state": state, "param_groups": groups}
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and verify one checkpoint file; anything that is not an intact cplmix checkpoint raises
-    :class:`CplmixError` (nothing in it is executed)."""
+    :class:`CplmixError` (nothing in it is executed: the tensors are raw bytes, the header plain JSON whose
+    every entry is type-checked)."""
+    from ..data.preprocess import Preprocessing
+
     path = Path(path)
     if not path.is_file():
         raise CplmixError(f"no checkpoint at '{path}'")
-    payload = path.read_bytes()
+    try:
+        payload = path.read_bytes()
+    except OSError as error:
+        raise CplmixError(f"cannot read checkpoint '{path}': {error.strerror or error}") from None
     try:
         metadata = _header_metadata(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise CplmixError(f"'{path}' is not a cplmix checkpoint (not a safetensors file; refusing to load it)") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise CplmixError(f"'{path}' is not a cplmix checkpoint ({error}; refusing to load it)") from None
     if metadata.get("format") != FORMAT:
-        raise CplmixError(f"'{path}' is not a cplmix checkpoint (format {metadata.get('format')!r})")
-    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-        raise CplmixError(f"'{path}' was written by a newer cplmix-explorer (format {metadata['format_version']})")
+        raise CplmixError(f"'{path}' is not a cplmix checkpoint (format {metadata.get('format')!r}; refusing to load it)")
+    if "metadata_sha256" in metadata and _metadata_digest(metadata) != metadata["metadata_sha256"]:
+        raise CplmixError(f"checkpoint '{path}' is damaged (header checksum mismatch)")
+    try:
+        if _count_entry(metadata, "format_version", "0") > FORMAT_VERSION:
+            raise CplmixError(f"'{path}' was written by a newer cplmix-explorer (format {metadata['format_version']})")
+    except _Invalid as error:
+        raise CplmixError(f"checkpoint '{path}' has an invalid header: {error}") from None
     try:
         tensors = load_safetensors(payload)
-    except (SafetensorError, ValueError, RuntimeError) as error:
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
         raise CplmixError(f"checkpoint '{path}' is damaged: {str(error).splitlines()[0]}") from None
     if _digest(tensors) != metadata.get("sha256"):
         raise CplmixError(f"checkpoint '{path}' is damaged (checksum mismatch)")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     rng_state = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
-    optimizer_meta = json.loads(metadata.get("optimizer", "null"))
-    optimizer_state = None
-    if optimizer_meta is not None:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        optimizer_state = {"state": state, "param_groups": optimizer_meta["param_groups"]}
+    try:
+        step = _count_entry(metadata, "step")
+        config = _json_entry(metadata, "config", dict)
+        preprocessing = _json_entry(metadata, "preprocessing", dict)
+        extra = _json_entry(metadata, "extra", dict, "{}")
+        optimizer_meta = _json_entry(metadata, "optimizer", (dict, type(None)), "null")
+        optimizer_state = _optimizer_state(optimizer_meta, tensors)
+        _check_rng_state(rng_state)
+        category_ids = model_state.get("category_ids")
+        if category_ids is None or category_ids.dim() != 1 or category_ids.numel() < 1:
+            raise _Invalid("the model has no type categories")
+    except _Invalid as error:
+        raise CplmixError(f"checkpoint '{path}' has an invalid header: {error}") from None
+    try:
+        CplMixConfig.from_dict(config)
+        Preprocessing.from_dict(preprocessing)
+    except CplmixError as error:
+        raise CplmixError(f"checkpoint '{path}' has an invalid configuration: {error}") from None
     return Checkpoint(
         model_state=model_state,
-        config=json.loads(metadata["config"]),
-        preprocessing=json.loads(metadata["preprocessing"]),
-        step=int(metadata["step"]),
+        config=config,
+        preprocessing=preprocessing,
+        step=step,
         optimizer_state=optimizer_state,
         rng_state=rng_state,
-        extra=json.loads(metadata.get("extra", "{}")),
+        extra=extra,
         path=str(path),
     )
 
@@ -205,5 +318,10 @@ def load_run_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     except CplmixError as error:
         if not previous.exists():
             raise
-        warnings.warn(f"{error}; using the previous checkpoint", stacklevel=2)
-        return read_checkpoint(previous)
+        latest_error = error
+    try:
+        checkpoint = read_checkpoint(previous)
+    except CplmixError as error:
+        raise CplmixError(f"no intact checkpoint in '{run_dir}': {latest_error}; {error}") from None
+    warnings.warn(f"{latest_error}; using the previous checkpoint (step {checkpoint.step})", stacklevel=2)
+    return checkpoint

@@ -33,7 +33,16 @@ from ..model.network import GAUSSIAN, CoupledMixtureVAE
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
-from .events import CheckpointSaved, Evaluation, EventBus, StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
+from .events import (
+    CheckpointSaved,
+    Evaluation,
+    EventBus,
+    StepMetrics,
+    TrainingControl,
+    TrainingFinished,
+    TrainingRestarted,
+    TrainingStarted,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +131,7 @@ class TrainingResult:
     history_values: np.ndarray
     metric_names: list[str]
     evaluations: list[Evaluation] = field(default_factory=list)
+    restarts: list[dict] = field(default_factory=list)  # automatic restarts after non-finite losses
 
 
 class Trainer:
@@ -349,8 +359,9 @@ class Trainer:
         if first_bad >= 0:
             bad = self._bad_terms.cpu().numpy()
             names = [n for n, b in zip(self.metric_names, bad) if b]
-            batch = self.data.gather(self._batch_for_step(first_bad - 1))
-            if not bool(torch.isfinite(batch).all()):
+            names = [n for n in names if n != "loss"] or names  # the total fails with its terms: name those
+            index = self._batch_for_step(first_bad - 1)
+            if not bool(torch.isfinite(self.data.gather(index)).all() & torch.isfinite(self.data.model_input(index)).all()):
                 names.insert(0, "input batch")
             raise NonFiniteLossError(first_bad, names)
         steps = np.arange(last_read_step + 1, self.step + 1)
@@ -414,7 +425,35 @@ class Trainer:
     def is_main(self) -> bool:
         return self.distributed is None or self.distributed.is_main
 
+    def check_parameters_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` when an update left a NaN/Inf weight (one host sync); run before
+        a state is kept, so a checkpoint never holds one."""
+        parameters = [p.detach() for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in parameters]).cpu().numpy()
+        if not finite.all():
+            names = [name for (name, _), ok in zip(self.model.named_parameters(), finite) if not ok]
+            raise NonFiniteLossError(self.step, [f"weights ({', '.join(names[:3])})"])
+
+    def snapshot(self) -> Checkpoint:
+        """A copy on the host of what a checkpoint holds (weights, Adam state, step, random streams)."""
+        optimizer = self.optimizer.state_dict()
+        return Checkpoint(
+            model_state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            config=self.config.to_dict(),
+            preprocessing=self.prepared.preprocessing.to_dict(),
+            step=self.step,
+            optimizer_state={
+                "state": {
+                    index: {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in values.items()}
+                    for index, values in optimizer["state"].items()
+                },
+                "param_groups": [dict(group) for group in optimizer["param_groups"]],
+            },
+            rng_state={k: v.clone() for k, v in self.rng_state().items()},
+        )
+
     def save(self, path: str | Path | None = None) -> Path | None:
+        self.check_parameters_finite()  # on every process (the weights are the same on all)
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None or not self.is_main:
             return None
@@ -431,12 +470,33 @@ class Trainer:
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path
 
+    def _restart_from(self, good: Checkpoint, error: NonFiniteLossError, restarts_left: int) -> TrainingRestarted:
+        """Return to the state ``good`` with the learning rate times ``nan_restart_lr_factor``."""
+        rates = [group["lr"] for group in self.optimizer.param_groups]  # already lowered by earlier restarts
+        self.restore(good)
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate * self.config.nan_restart_lr_factor
+        self._first_bad_step.fill_(-1)
+        self._bad_terms.zero_()
+        self._graph = None  # the optimizer's state tensors were replaced: capture again
+        kept = [steps <= self.step for steps in self._history_steps]
+        self._history_values = [values[keep] for values, keep in zip(self._history_values, kept) if keep.any()]
+        self._history_steps = [steps[keep] for steps, keep in zip(self._history_steps, kept) if keep.any()]
+        self.evaluations = [e for e in self.evaluations if e.step <= self.step]
+        return TrainingRestarted(
+            start_step=self.step, total_steps=self._total_steps, device=str(self.device), fast_path=self.fast_path,
+            n_cells=self.data.n_cells, n_types=self.model.n_types, n_arms=self.model.n_arms,
+            metric_names=self.metric_names, failed_step=error.step, terms=list(error.terms),
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]), restarts_left=restarts_left,
+        )
+
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, total_steps: int | None = None) -> TrainingResult:
         """Train until step ``total_steps`` (counted from 0, so a resumed run continues to the same end).
 
         Stops early, keeping a checkpoint, when the control object asks; raises :class:`NonFiniteLossError`
-        naming the first bad step (the last good checkpoint stays on disk).
+        naming the first bad step (the last good checkpoint stays on disk), unless ``config.nan_restarts``
+        allows going back to the last good state with the learning rate times ``nan_restart_lr_factor``.
         """
         self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
         self.model.train()
@@ -453,46 +513,63 @@ class Trainer:
         first_step = last_read = self.step
         last_checkpoint = self.step
         status, message = "completed", f"trained to step {total_steps}"
-        try:
-            if self.fast_path == "graph" and self._graph is None and self.step < total_steps:
-                self._capture_graph(warmup_steps=3, last_step=total_steps)
-            while self.step < total_steps:
-                if self.control.stop_requested:
-                    status, message = "stopped", self.control.stop_reason or "stopped by request"
-                    break
-                if self.control.paused:
-                    self.control.wait_while_paused()
-                    continue
-                self._run_step()
-                evaluation_due = self.step % self.config.eval_every == 0 or (
-                    self.step == total_steps and self.evaluate_at_end
-                )
-                checkpoint_due = (
-                    self.checkpoint_path is not None and self.step - last_checkpoint >= self.config.checkpoint_every
-                )
-                # metrics are read (and checked for non-finite values) before any evaluation or checkpoint
-                if self.step - last_read >= self.log_every or evaluation_due or checkpoint_due:
-                    event = self._read_metrics(last_read, started, last_time)
-                    last_read, last_time = self.step, time.perf_counter()
-                    if event is not None:
-                        self.events.publish(event)
-                if evaluation_due and self.is_main:
-                    self.events.publish(self.evaluate())
-                if checkpoint_due:
+        restarts_left, restarts = self.config.nan_restarts, []
+        last_good = self.snapshot() if restarts_left > 0 else None
+        while True:
+            try:
+                while self.step < total_steps:
+                    if self.fast_path == "graph" and self._graph is None:
+                        self._capture_graph(warmup_steps=3, last_step=total_steps)
+                        continue
+                    if self.control.stop_requested:
+                        status, message = "stopped", self.control.stop_reason or "stopped by request"
+                        break
+                    if self.control.paused:
+                        self.control.wait_while_paused()
+                        continue
+                    self._run_step()
+                    evaluation_due = self.step % self.config.eval_every == 0 or (
+                        self.step == total_steps and self.evaluate_at_end
+                    )
+                    checkpoint_due = self.step - last_checkpoint >= self.config.checkpoint_every and (
+                        self.checkpoint_path is not None or last_good is not None
+                    )
+                    # metrics are read (and checked for non-finite values) before any evaluation or checkpoint
+                    if self.step - last_read >= self.log_every or evaluation_due or checkpoint_due:
+                        event = self._read_metrics(last_read, started, last_time)
+                        last_read, last_time = self.step, time.perf_counter()
+                        if event is not None:
+                            self.events.publish(event)
+                    if evaluation_due and self.is_main:
+                        self.events.publish(self.evaluate())
+                    if checkpoint_due:
+                        self.save()  # checks the weights first, with or without a checkpoint path
+                        if last_good is not None:
+                            last_good = self.snapshot()
+                        last_checkpoint = self.step
+                event = self._read_metrics(last_read, started, last_time)
+                if event is not None:
+                    self.events.publish(event)
+                if self.checkpoint_path is not None and (self.step > last_checkpoint or status == "stopped"):
                     self.save()
-                    last_checkpoint = self.step
-            event = self._read_metrics(last_read, started, last_time)
-            if event is not None:
-                self.events.publish(event)
-        except NonFiniteLossError as error:
-            self.events.publish(TrainingFinished(self.step, "failed", str(error), time.perf_counter() - started))
-            raise
-        except BaseException as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.events.publish(TrainingFinished(self.step, "failed", message, time.perf_counter() - started))
-            raise
-        if self.checkpoint_path is not None and (self.step > last_checkpoint or status == "stopped"):
-            self.save()
+                break
+            except NonFiniteLossError as error:
+                # a fault in the data repeats on every restart; only a diverged update is worth restarting
+                if restarts_left <= 0 or last_good is None or "input batch" in error.terms:
+                    self.events.publish(TrainingFinished(self.step, "failed", str(error), time.perf_counter() - started))
+                    raise
+                restarts_left -= 1
+                restarted = self._restart_from(last_good, error, restarts_left)
+                restarts.append({"failed_step": error.step, "terms": list(error.terms), "restarted_from": self.step,
+                                 "learning_rate": restarted.learning_rate})
+                warnings.warn(restarted.message, stacklevel=2)
+                self.events.publish(restarted)
+                last_read = last_checkpoint = self.step
+                last_time = time.perf_counter()
+            except BaseException as error:
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                self.events.publish(TrainingFinished(self.step, "failed", message, time.perf_counter() - started))
+                raise
         elapsed = time.perf_counter() - started
         self.events.publish(TrainingFinished(self.step, status, message, elapsed))
         return TrainingResult(
@@ -504,4 +581,5 @@ class Trainer:
             history_values=np.concatenate(self._history_values) if self._history_values else np.zeros((0, len(self.metric_names))),
             metric_names=self.metric_names,
             evaluations=list(self.evaluations),
+            restarts=restarts,
         )

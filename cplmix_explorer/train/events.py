@@ -79,6 +79,29 @@ class CheckpointSaved:
 
 
 @dataclass
+class TrainingRestarted(TrainingStarted):
+    """Training goes on from the last good checkpoint after a non-finite loss, with a lower learning rate
+    (``nan_restarts``); as a :class:`TrainingStarted` it resets progress displays to ``start_step``.
+
+    failed_step: the step whose loss was not finite; terms: the loss terms that failed; learning_rate: the
+    new rate; restarts_left: automatic restarts still allowed.
+    """
+
+    failed_step: int = 0
+    terms: list[str] = field(default_factory=list)
+    learning_rate: float = 0.0
+    restarts_left: int = 0
+
+    @property
+    def message(self) -> str:
+        return (
+            f"non-finite loss at step {self.failed_step} (term: {', '.join(self.terms)}); restarting from the "
+            f"checkpoint at step {self.start_step} with learning rate {self.learning_rate:.3g} "
+            f"({self.restarts_left} restart(s) left)"
+        )
+
+
+@dataclass
 class TrainingFinished:
     """status: 'completed', 'stopped' (by request or signal) or 'failed' (message says why)."""
 
@@ -88,7 +111,7 @@ class TrainingFinished:
     elapsed_seconds: float
 
 
-Event = TrainingStarted | StepMetrics | Evaluation | CheckpointSaved | TrainingFinished
+Event = TrainingStarted | TrainingRestarted | StepMetrics | Evaluation | CheckpointSaved | TrainingFinished
 
 
 class EventBus:

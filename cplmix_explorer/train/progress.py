@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from .events import Evaluation, EventBus, StepMetrics, TrainingFinished, TrainingStarted
+from .events import Evaluation, EventBus, StepMetrics, TrainingFinished, TrainingRestarted, TrainingStarted
 
 
 class ProgressBar:
@@ -17,7 +17,10 @@ class ProgressBar:
         self._unsubscribe = events.subscribe(self._on_event)
 
     def _on_event(self, event) -> None:
-        if isinstance(event, TrainingStarted):
+        if isinstance(event, TrainingRestarted) and self._bar is not None:
+            self._bar.n = event.start_step
+            self._bar.refresh()
+        elif isinstance(event, TrainingStarted):
             self._bar = tqdm(total=event.total_steps, initial=event.start_step, desc=f"cplmix [{event.device}]", **self._options)
         elif self._bar is None:
             return

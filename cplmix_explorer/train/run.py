@@ -34,6 +34,37 @@ from .events import TrainingControl
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 RESULT_FILE = "result.h5ad"
+#: Where a resumed run moves a damaged newest checkpoint (the previous one was used instead).
+DAMAGED_NAME = "checkpoint.damaged.safetensors"
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """RUN_DIR/run.json, checked: a JSON object whose ``data`` is a string and whose ``config`` holds known
+    options of valid types; anything else raises :class:`CplmixError` naming the problem."""
+    path = run_dir / RUN_FILE
+    try:
+        info = json.loads(path.read_bytes())
+    except OSError as error:
+        raise CplmixError(f"cannot read '{path}': {error.strerror or error}") from None
+    except (ValueError, RecursionError) as error:  # includes bad UTF-8 and bad JSON
+        raise CplmixError(f"'{path}' is not valid JSON ({_first_line(error)})") from None
+    if not isinstance(info, dict):
+        raise CplmixError(f"'{path}' is not a JSON object")
+    if "data" in info and not isinstance(info["data"], str):
+        raise CplmixError(f"'{path}': 'data' is not a path or dataset name")
+    if "config" in info:
+        if not isinstance(info["config"], dict):
+            raise CplmixError(f"'{path}': 'config' is not a JSON object")
+        try:
+            CplMixConfig.from_dict(info["config"])
+        except CplmixError as error:
+            raise CplmixError(f"'{path}' has an invalid configuration: {error}") from None
+    return info
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -89,6 +120,16 @@ class RunOutcome:
     run_dir: Path
 
 
+def _remove_unstarted_run(run_dir: Path, created_folder: bool) -> None:
+    """A new run that failed before its first checkpoint (a bad option found when training starts, an early
+    non-finite loss) leaves nothing behind, so the same command can be run again once corrected."""
+    if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists():
+        return
+    (run_dir / RUN_FILE).unlink(missing_ok=True)
+    if created_folder and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def check_run_dir_free(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists() or (run_dir / RUN_FILE).exists():
         raise CplmixError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out")
@@ -120,14 +161,17 @@ def train_run(
     run_dir = Path(run_dir)
     adata = read_data(source)
     if resume:
+        run_info = read_run_info(run_dir) if (run_dir / RUN_FILE).exists() else {}
         checkpoint = load_run_checkpoint(run_dir)
+        if Path(checkpoint.path).name == PREVIOUS_NAME and (run_dir / CHECKPOINT_NAME).exists():
+            # keep the damaged file for inspection, out of the way of the next checkpoint rotation
+            os.replace(run_dir / CHECKPOINT_NAME, run_dir / DAMAGED_NAME)
         saved = CplMixConfig.from_dict(checkpoint.config)
         if config is not None and config.device != saved.device:
             saved.update(device=config.device)
         config = saved
         resolve_device(config.device)
         model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
-        run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
     else:
         config = config.copy() if config is not None else CplMixConfig()
         if distributed is None or distributed.is_main:
@@ -147,12 +191,18 @@ def train_run(
             run_info["processes"] = distributed.world_size
             distributed.barrier()  # every process has checked the folder before rank 0 creates it
         if distributed is None or distributed.is_main:
+            created_folder = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_FILE, run_info)
     if on_model is not None:
         on_model(model)
     planned = planned_steps(config, model.prepared.n_cells)
-    result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
+    try:
+        result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
+    except BaseException:
+        if not resume and (distributed is None or distributed.is_main):
+            _remove_unstarted_run(run_dir, created_folder)
+        raise
     if distributed is not None and not distributed.is_main:
         return RunOutcome(model=model, result=result, metrics={"status": result.status}, run_dir=run_dir)
     if result.status != "completed" and not write_outputs_when_stopped:
@@ -162,6 +212,8 @@ def train_run(
     metrics["steps_per_second"] = result.steps_per_second
     metrics["device"] = str(model.device)
     metrics["augment"] = model.augment_used
+    if result.restarts:
+        metrics["nan_restarts"] = result.restarts
     metrics["history"] = history_summary(result, config.log_every)
     metrics["evaluations"] = [
         {"step": e.step, "mean_agreement": e.mean_agreement, "min_agreement": e.min_agreement, "validation_loss": e.validation_loss}
@@ -195,7 +247,9 @@ def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None)
         info_path = run_dir / RUN_FILE
         if not info_path.exists():
             raise CplmixError(f"'{run_dir}' has no {RUN_FILE}; pass the data explicitly")
-        source = json.loads(info_path.read_text())["data"]
+        source = read_run_info(run_dir).get("data")
+        if source is None:
+            raise CplmixError(f"'{info_path}' does not name the data; pass the data explicitly")
         if source == "in-memory":
             raise CplmixError(f"the run in '{run_dir}' was trained on in-memory data; pass the data explicitly")
     return CplMixVAE.from_checkpoint(checkpoint, source, device=device or "cpu")
