@@ -40,6 +40,7 @@ METHODS = {
     "2 arms": {"n_arms": 2},
     "3 arms": {"n_arms": 3},
     "5 arms": {"n_arms": 5},
+    "2 arms, no entropy term": {"n_arms": 2, "entropy_weight": 0.0},
     "2 arms, shared parameters": {"n_arms": 2, "share_arm_parameters": True},
     "2 arms, state independent of type": {"n_arms": 2, "state_depends_on_type": False},
     "2 arms, augmentation without coupling": {"n_arms": 2, "coupled": False, "augment": "noise"},

@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=None, help="most variable genes kept (default: the config default)")
     parser.add_argument("--prune-factor", type=float, default=1.0, help="multi-arm: start with this many times the labels, prune down")
     parser.add_argument("--fine-tune-steps", type=int, default=200, help="steps between pruning rounds")
+    parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
+                        help="other CplMixVAE options for every run, e.g. entropy_weight=0 (values parsed as JSON)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -66,6 +68,9 @@ def main() -> None:
     options = {} if args.steps is None else {"steps": args.steps}
     if args.genes is not None:
         options["n_genes"] = args.genes
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        options[key] = json.loads(value)
     adata = datasets.load("zeisel2015")
     leiden_path = RESULTS / "leiden_zeisel2015.json"
     leiden = json.loads(leiden_path.read_text()) if leiden_path.exists() else None
@@ -97,6 +102,7 @@ def main() -> None:
         report["levels"][level] = level_report
     RESULTS.mkdir(exist_ok=True)
     stem = "zeisel_quality" + ("" if set(args.levels) == {"class", "subclass"} else "_" + "_".join(args.levels))
+    stem += "".join("_" + a.replace("=", "") for a in args.set)
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -88,6 +88,10 @@ class CplMixConfig(OptionSet):
     # -- objective -----------------------------------------------------------------------------------------
     lam = param.Number(1.0, bounds=(0.0, None), doc="Coupling weight lambda of the arm-to-arm distance.")
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
+    entropy_weight = param.Number(
+        1.0, bounds=(0.0, None),
+        doc="Weight of the arms' type entropy terms -H(c|x) (1 in the paper; 0 drops this confidence penalty).",
+    )
     coupled = param.Boolean(
         True, doc="Couple the arms (distance + entropy terms); False trains independent arms (ablation)."
     )

@@ -106,6 +106,17 @@ def test_total_objective_weights_the_terms_as_eq7():
     assert terms.coupling.shape == (3,)
 
 
+def test_entropy_weight_scales_only_the_entropy_terms():
+    out = _outputs(n_arms=3)
+    target = torch.rand(3, 4, 5)
+    paper = cplmix_loss(out, target, likelihood="gaussian", lam=0.7, beta=0.3)
+    without = cplmix_loss(out, target, likelihood="gaussian", lam=0.7, beta=0.3, entropy_weight=0.0)
+    halved = cplmix_loss(out, target, likelihood="gaussian", lam=0.7, beta=0.3, entropy_weight=0.5)
+    entropy_sum = 2 * categorical_entropy(out.q, out.log_q).sum()  # each arm is in A - 1 = 2 pairs
+    assert without.total.item() == pytest.approx((paper.total + entropy_sum).item(), rel=1e-6)
+    assert halved.total.item() == pytest.approx((paper.total + 0.5 * entropy_sum).item(), rel=1e-6)
+
+
 def test_one_arm_is_a_plain_mixture_vae():
     out = _outputs(n_arms=1)
     target = torch.rand(1, 4, 5)

@@ -190,6 +190,7 @@ def cplmix_loss(
     likelihood: str,
     lam: float,
     beta: float,
+    entropy_weight: float = 1.0,
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
@@ -220,5 +221,5 @@ def cplmix_loss(
         total = (reconstruction + beta * kl).sum()
     else:
         coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer))
-        total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - (n_arms - 1) * entropy.sum()
+        total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - entropy_weight * (n_arms - 1) * entropy.sum()
     return LossTerms(total=total, reconstruction=reconstruction, kl=kl, entropy=entropy, coupling=coupling)
