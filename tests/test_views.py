@@ -549,6 +549,8 @@ def test_explorer_opens_with_the_demo_and_every_view_populated(tmp_path):
     explorer = Explorer(demo=DEMO, runs_dir=tmp_path)
     state = explorer.state
     assert state.data_name == "zeisel2015" and state.model is not None and state.inference is not None
+    assert explorer.traversal_view.result is None, "the sweep waits until its tab is shown (page load time)"
+    explorer.tabs.active = 3
     assert explorer.traversal_view.result is not None
     assert explorer.cells_view.cell_table() is not None
     assert "demo model" in explorer.data_view.summary.object

@@ -44,14 +44,19 @@ class Explorer(pn.viewable.Viewer):
         self.monitor = TrainingMonitor(state, show_errors=False)
         self.consensus_view = ConsensusView(state)
         self.cells_view = CellsView(state)
-        self.traversal_view = TraversalView(state)
+        self.traversal_view = TraversalView(state, defer=True)  # swept when its tab is first shown: faster page load
         self.error = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.tabs = pn.Tabs(
             ("Training", self.monitor), ("Consensus", self.consensus_view), ("Cells", self.cells_view),
             ("Traversal", self.traversal_view), dynamic=True, sizing_mode="stretch_width",
         )
+        self.tabs.param.watch(self._on_tab, "active")
         state.param.watch(self._show_error, "error")
         self._show_error()
+
+    def _on_tab(self, event) -> None:
+        if event.new == TRAVERSAL_TAB:
+            self.traversal_view.activate()
 
     def _show_error(self, *_events) -> None:
         self.error.object = self.state.error
@@ -73,6 +78,9 @@ class Explorer(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Row(pn.Column(self.data_view, width=380), self.main(), sizing_mode="stretch_width")
+
+
+TRAVERSAL_TAB = 3  # position of the Traversal tab in Explorer.tabs
 
 
 # -- serving ------------------------------------------------------------------------------------------------------

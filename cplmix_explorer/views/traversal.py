@@ -133,8 +133,10 @@ class TraversalView(pn.viewable.Viewer):
     state = param.ClassSelector(class_=ExplorerState)
     result = param.Parameter(default=None, doc="The current Traversal or TypeComparison.")
 
-    def __init__(self, state=None, **params):
+    def __init__(self, state=None, *, defer: bool = False, **params):
+        """``defer=True`` (the app's tab): sweep only once :meth:`activate` is called, when the tab is shown."""
         super().__init__(state=ExplorerState.of(state), **params)
+        self._deferred = bool(defer)
         self.type = pn.widgets.Select(label="Type", options={}, width=220)
         self.compare = pn.widgets.Select(label="Compare with", options={"(none)": NO_COMPARISON}, value=NO_COMPARISON, width=220)
         self.dim = pn.widgets.Select(label="State dimension", options={"0": 0}, width=140)
@@ -238,8 +240,14 @@ class TraversalView(pn.viewable.Viewer):
             return state.config.labels
         return state.label_columns[0] if state.label_columns else None
 
+    def activate(self) -> None:
+        """Compute the sweep a deferred view has held back (called when its tab is first shown)."""
+        if self._deferred:
+            self._deferred = False
+            self._recompute()
+
     def _recompute(self, *_events) -> None:
-        if self._updating or self.state.model is None or self.type.value is None:
+        if self._deferred or self._updating or self.state.model is None or self.type.value is None:
             return
         try:
             self.result = self.compute()
@@ -309,6 +317,7 @@ class TraversalView(pn.viewable.Viewer):
     # -- exports ------------------------------------------------------------------------------------------
     def export_bytes(self, file_format: str) -> io.BytesIO:
         """The current heatmap as PNG / SVG / PDF (with the slider's value marked) or its matrix as CSV."""
+        self.activate()
         if self.result is None:
             raise CplmixError("nothing to export: choose a type first")
         if file_format == "csv":
