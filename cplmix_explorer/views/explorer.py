@@ -17,7 +17,7 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, live_model_count, live_state_count
+from .state import ExplorerState, live_model_count, live_state_count, return_free_memory
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
@@ -163,6 +163,7 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
 
     def on_session_destroyed(_session_context) -> None:
         state.close()
+        return_free_memory()
         logger.info("session %s closed; explorer sessions alive: %d; models alive: %d", state.session_id,
                     live_state_count(), live_model_count())
 
