@@ -354,10 +354,10 @@ def test_training_in_the_background_updates_the_monitor_and_replaces_the_model(t
     assert state.status == "completed", state.error
     assert state.model is not None and state.model.step == 60 and state.run_dir.parent == tmp_path / "runs"
     assert (state.run_dir / "checkpoint.safetensors").exists() and (state.run_dir / "result.h5ad").exists()
-    shown = monitor.metrics_buffer.data
+    shown = monitor.metrics_shown()
     assert len(shown) == 12 and shown["step"].tolist() == list(range(5, 61, 5))
     assert np.isfinite(shown[["loss", "coupling", "reconstruction_arm0", "entropy_arm1"]].to_numpy()).all()
-    assert len(monitor.agreement_buffer.data) == 3  # evaluations at steps 20, 40, 60
+    assert len(monitor.agreement_shown()) == 3  # evaluations at steps 20, 40, 60
     assert monitor.progress.value == 1000 and "step 60 / 60" in monitor.summary.object
     assert monitor.train_button.disabled is False and monitor.stop_button.disabled is True
     assert state.inference.consensus_type.shape == (600,)
@@ -556,7 +556,7 @@ def test_explorer_opens_with_the_demo_and_every_view_populated(tmp_path):
     assert "demo model" in explorer.data_view.summary.object
     history = __import__("json").loads((DEMO / "metrics.json").read_text())["history"]
     assert explorer.monitor.points_shown == len(history["step"]), "the demo's training record is shown"
-    assert len(explorer.monitor.agreement_buffer.data) > 0
+    assert len(explorer.monitor.agreement_shown()) > 0
     assert [name for name in explorer.tabs._names] == ["Training", "Consensus", "Cells", "Traversal"]
     render(explorer)
     explorer.close()

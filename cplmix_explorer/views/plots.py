@@ -19,7 +19,6 @@ from holoviews.operation.datashader import datashade, dynspread, rasterize
 
 from ..analysis.consensus import Consensus
 from ..analysis.metrics import compare_to_labels, contingency_table, match_categories
-from .live import AGREEMENT_COLUMNS, STEP
 
 # Options below are Bokeh options; load the backend without notebook output (pn.extension does the rest).
 import holoviews.plotting.bokeh  # noqa: E402,F401  isort: skip
@@ -52,33 +51,6 @@ def pretty(name: str) -> str:
 def metric_columns(names: list[str], term: str) -> list[str]:
     """The columns of one term: 'loss' -> ['loss']; 'reconstruction' -> ['reconstruction_arm0', ...]."""
     return [n for n in names if n == term or n.startswith(f"{term}_arm")]
-
-
-def metric_curves(data: pd.DataFrame, columns: list[str], title: str, ylabel: str | None = None) -> hv.Overlay:
-    """One curve per column of ``data`` against its ``step`` column (per-arm terms overlaid)."""
-    curves = [
-        hv.Curve(data, STEP, hv.Dimension(column, label=ylabel or pretty(column)), label=pretty(column)).opts(
-            color=PALETTE[i % len(PALETTE)]
-        )
-        for i, column in enumerate(columns)
-    ]
-    if not curves:
-        curves = [hv.Curve([], STEP, ylabel or title)]
-    return hv.Overlay(curves).opts(
-        title=title, show_legend=len(curves) > 1, legend_position="top_right", responsive=True, min_height=220,
-        xlabel="step", framewise=True,
-    )
-
-
-def agreement_curves(data: pd.DataFrame) -> hv.Overlay:
-    """Mean and minimum per-category arm agreement against the step (from evaluation events)."""
-    data = data if len(data.columns) else pd.DataFrame(columns=AGREEMENT_COLUMNS)
-    mean = hv.Curve(data, STEP, hv.Dimension("mean_agreement", label="arm agreement", range=(0, 1)), label="mean")
-    minimum = hv.Curve(data, STEP, hv.Dimension("min_agreement", label="arm agreement", range=(0, 1)), label="minimum")
-    points = hv.Scatter(data, STEP, hv.Dimension("mean_agreement", label="arm agreement", range=(0, 1)))
-    return (mean.opts(color=PALETTE[0]) * minimum.opts(color=PALETTE[1], line_dash="dashed") * points.opts(
-        color=PALETTE[0], size=5
-    )).opts(title="Arm agreement", responsive=True, min_height=220, legend_position="bottom_right", ylim=(0, 1.02))
 
 
 def agreement_bars(agreement: np.ndarray, used: np.ndarray | None = None, threshold: float | None = None,

@@ -1,30 +1,21 @@
 """Training monitor: start / stop training in the background and watch it live.
 
 The training thread only publishes engine events; the session's periodic callback (about once a second)
-drains them into :class:`~cplmix_explorer.views.live.LiveTraining` and this view pushes the new rows into
-``hv.streams.Buffer`` / ``Pipe`` objects with one ``send`` per refresh, so Bokeh streams the increments.
+drains them into :class:`~cplmix_explorer.views.live.LiveTraining` and this view appends the new rows to the
+figures' data sources with one ``stream`` per refresh (:mod:`~cplmix_explorer.views.live_plots`), so Bokeh
+sends only the increments.
 """
 
 from __future__ import annotations
 
-import holoviews as hv
-import numpy as np
 import pandas as pd
 import panel as pn
 import param
 
-from . import plots
-from .live import AGREEMENT_COLUMNS, STEP
+from .live import STEP
+from .live_plots import LiveFigures
 from .state import ExplorerState, format_exception
 
-#: The loss panels: (title, term); per-arm terms get one curve per arm.
-METRIC_PANELS = [
-    ("Total loss", "loss"),
-    ("Coupling distance (arms' type posteriors)", "coupling"),
-    ("Reconstruction per arm", "reconstruction"),
-    ("State KL per arm", "kl"),
-    ("Type entropy per arm", "entropy"),
-]
 STATUS_COLORS = {
     "idle": "secondary", "queued": "warning", "training": "primary", "pruning": "primary",
     "completed": "success", "stopped": "warning", "failed": "danger",
@@ -51,10 +42,7 @@ class TrainingMonitor(pn.viewable.Viewer):
         self.summary = pn.pane.Markdown("no training yet", sizing_mode="stretch_width")
         self.train_button.on_click(self._on_train)
         self.stop_button.on_click(lambda _event: self.state.stop())
-        self._names: list[str] = []
-        self.metrics_buffer: hv.streams.Buffer | None = None
-        self.agreement_buffer: hv.streams.Buffer | None = None
-        self.category_pipe: hv.streams.Pipe | None = None
+        self.figures: LiveFigures | None = None
         self._plots = pn.GridBox(ncols=2, sizing_mode="stretch_width")
         self._build_plots([])
         self.state.param.watch(self._on_metrics, "metrics_tick")
@@ -80,49 +68,27 @@ class TrainingMonitor(pn.viewable.Viewer):
 
     # -- plots --------------------------------------------------------------------------------------------
     def _build_plots(self, names: list[str]) -> None:
-        """(Re)create the streams and plots for a run's metric columns (they depend on the number of arms);
-        every run gets fresh streams, so nothing of the previous run lingers in the plots."""
-        self._names = list(names)
-        template = pd.DataFrame(np.zeros((0, 1 + len(names))), columns=[STEP, *names])
-        self.metrics_buffer = hv.streams.Buffer(template, length=4 * self.state.live.max_points + 16, index=False)
-        agreement_template = pd.DataFrame(np.zeros((0, len(AGREEMENT_COLUMNS))), columns=AGREEMENT_COLUMNS)
-        self.agreement_buffer = hv.streams.Buffer(agreement_template, length=100_000, index=False)
-        self.category_pipe = hv.streams.Pipe(data=np.zeros(0))
-        panels = []
-        for title, term in METRIC_PANELS:
-            columns = plots.metric_columns(names, term)
-            if not columns and names:
-                continue
-
-            def curves(data, columns=columns, title=title):
-                return plots.metric_curves(data, columns, title)
-
-            panels.append(hv.DynamicMap(curves, streams=[self.metrics_buffer]))
-        panels.append(hv.DynamicMap(plots.agreement_curves, streams=[self.agreement_buffer]))
-
-        def bars(data):
-            return plots.agreement_bars(data, title="Agreement per category (latest evaluation)")
-
-        panels.append(hv.DynamicMap(bars, streams=[self.category_pipe]))
-        self._plots.objects = [pn.pane.HoloViews(p, sizing_mode="stretch_width", min_height=260) for p in panels]
+        """Create the figures for a run's metric columns (they depend on the number of arms)."""
+        self.figures = LiveFigures(names)
+        self._plots.objects = [pn.pane.Bokeh(plot, sizing_mode="stretch_width", min_height=260) for plot in self.figures.figures]
 
     def _on_metrics(self, *_events) -> None:
         live = self.state.live
         finished = live.finished_status is not None
-        if live.names != self._names or live.take_restart():
-            self._build_plots(live.names)
+        if live.take_restart() or live.names != self.figures.names:
+            # a new run: same arms, same figures emptied (cheap); other arms, new figures
+            if live.names == self.figures.names:
+                self.figures.clear()
+            else:
+                self._build_plots(live.names)
             live.rewind()
-        frame, reset = live.take_rows(flush=finished)
-        if reset:
-            self.metrics_buffer.clear()
-        if len(frame):
-            self.metrics_buffer.send(frame)
-        agreement = live.take_agreement_rows()
-        if len(agreement):
-            self.agreement_buffer.send(agreement)
+        frame, replace = live.take_rows(flush=finished)
+        self.figures.show_metrics(frame, replace)
+        self.figures.show_agreement(live.take_agreement_rows())
         if live.category_agreement_changed:
-            self.category_pipe.send(live.category_agreement)
+            self.figures.show_categories(live.category_agreement)
             live.category_agreement_changed = False
+        pn.io.push_notebook(self._plots)  # in a notebook, send the sources' changes (no-op on a server)
         self.progress.value = int(round(live.fraction_done * 1000))
         self.summary.object = live.summary()
 
@@ -141,7 +107,15 @@ class TrainingMonitor(pn.viewable.Viewer):
     @property
     def points_shown(self) -> int:
         """Rows the loss plots hold (tests and benchmarks)."""
-        return 0 if self.metrics_buffer is None else len(self.metrics_buffer.data)
+        return len(self.figures.metrics.data[STEP])
+
+    def metrics_shown(self) -> pd.DataFrame:
+        """What the loss plots show: step and one column per metric, one row per point."""
+        return self.figures.metrics_frame()
+
+    def agreement_shown(self) -> pd.DataFrame:
+        """What the agreement plot shows: one row per evaluation."""
+        return self.figures.agreement_frame()
 
     def __panel__(self):
         controls = pn.Row(self.train_button, self.stop_button, self.status, sizing_mode="stretch_width")
