@@ -98,8 +98,8 @@ def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server
 
     open_tab(page, "Consensus")
     wait_for_text(page, "types used")
-    page.wait_for_function("(c) => { for (const d of Bokeh.documents) for (const m of d.all_models) "
-                           "if (m.data && m.data.agreement !== undefined) return true; return false }", arg=None)
+    page.wait_for_function("() => { for (const d of Bokeh.documents) for (const m of d.all_models) "
+                           "if (m.type == 'Title' && String(m.text).includes('consensus matrix')) return true; return false }")
     page.screenshot(path=ARTIFACTS / "02_consensus.png")
 
     open_tab(page, "Cells")

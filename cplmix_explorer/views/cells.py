@@ -107,4 +107,5 @@ class CellsView(pn.viewable.Viewer):
         cell_map = pn.bind(self.map_element, self.embedding, self.color_by, self.highlight, inference=inference)
         confusion = pn.bind(self.confusion_element, self.labels, inference=inference)
         controls = pn.Row(self.embedding, self.color_by, self.highlight, self.labels)
-        return pn.Column(controls, cell_map, confusion, sizing_mode="stretch_width")
+        # lazy: computed when the tab is first drawn, not while the page loads
+        return pn.Column(controls, pn.panel(cell_map, lazy=True), pn.panel(confusion, lazy=True), sizing_mode="stretch_width")

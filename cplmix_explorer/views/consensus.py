@@ -123,7 +123,7 @@ class ConsensusView(pn.viewable.Viewer):
         )
         trajectory = pn.pane.HoloViews(self._trajectory, sizing_mode="stretch_width", min_height=280)
         matrices = pn.bind(self._matrices, inference=self.state.param.inference, threshold=self.min_consensus.param.value_throttled)
-        return pn.Column(matrices, pn.Row(controls, trajectory, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        return pn.Column(pn.panel(matrices, lazy=True), pn.Row(controls, trajectory, sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
 
 __all__ = ["ConsensusView", "pruning_available", "trajectory_plot"]

@@ -95,7 +95,7 @@ class LiveFigures:
         return plot
 
     def _metric_figure(self, title: str, columns: list[str], steps: DataRange1d):
-        plot = self._figure(title, pretty(columns[0]) if len(columns) == 1 else title.split(" per ")[0].lower(), steps)
+        plot = self._figure(title, pretty(columns[0]) if len(columns) == 1 else title.split(" per ")[0], steps)
         plot.xaxis.axis_label = "step"
         renderers = []
         for i, column in enumerate(columns):

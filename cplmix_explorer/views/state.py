@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
+from panel.io.callbacks import PeriodicCallback
 import param
 from anndata import AnnData
 
@@ -368,8 +369,11 @@ class ExplorerState(param.Parameterized):
         tests) the caller drives :meth:`poll` itself."""
         if self._callback is not None and self._callback.running:
             return
+        # background: the refresh does not flash the page's busy indicator every second (Panel counts busy
+        # events process-wide, so every open page's spinner would redraw for every training session)
+        self._callback = PeriodicCallback(callback=self._poll_on_event_loop, period=POLL_PERIOD_MS, background=True)
         try:
-            self._callback = pn.state.add_periodic_callback(self._poll_on_event_loop, period=POLL_PERIOD_MS)
+            self._callback.start()
         except Exception:  # no event loop: poll() is called explicitly
             self._callback = None
 

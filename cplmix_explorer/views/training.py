@@ -44,7 +44,7 @@ class TrainingMonitor(pn.viewable.Viewer):
         self.stop_button.on_click(lambda _event: self.state.stop())
         self.figures: LiveFigures | None = None
         self._plots = pn.GridBox(ncols=2, sizing_mode="stretch_width")
-        self._build_plots([])
+        self._build_plots(self.state.live.names)
         self.state.param.watch(self._on_metrics, "metrics_tick")
         self.state.param.watch(self._on_status, ["status", "status_message", "error"])
         self._on_status()
