@@ -85,7 +85,8 @@ def load_server_file(page, path: str) -> None:
     page.locator(".bk-btn", has_text="File on the server").first.click()
     field = page.locator(".bk-input-group", has_text="Path of an .h5ad file").locator("input").first
     field.fill(path)
-    field.press("Enter")
+    # Escape closes the suggestions (Enter would pick the highlighted one, e.g. mixture.h5ad for "h5ad")
+    field.press("Escape")
     page.get_by_role("button", name="Load", exact=True).first.click()
 
 
@@ -193,6 +194,12 @@ def two_sessions(first, second):
 
 def test_paths_outside_the_data_folder_and_bad_uploads_are_refused(server, browser, tmp_path):
     page = open_app(browser, server.url)
+    with screenshots_on_failure("refusals", page):
+        refusals(page, tmp_path)
+    page.close()
+
+
+def refusals(page, tmp_path):
     for path in ("../secret.h5ad", "escape.h5ad", str(Path("/etc/passwd"))):
         load_server_file(page, path)
         wait_for_text(page, "is outside the allowed data folder")
@@ -210,7 +217,6 @@ def test_paths_outside_the_data_folder_and_bad_uploads_are_refused(server, brows
     page.locator("input[type=file]").first.set_input_files(str(large))
     page.wait_for_selector("text=/too large|larger than the limit/", timeout=60_000)
     page.screenshot(path=ARTIFACTS / "07_refused_upload.png")
-    page.close()
 
 
 def test_a_crash_in_the_training_thread_is_shown_and_the_app_stays_usable(server, browser):

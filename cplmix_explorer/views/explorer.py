@@ -7,6 +7,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, live_model_count, live_state_count, return_free_memory
+from .state import ExplorerState, freeze_startup_objects, live_model_count, live_state_count, return_free_memory, shared_demo
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
@@ -149,6 +150,7 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
     """The page of one served session (what ``apps/explorer.py`` serves): the explorer, or a refusal for a
     client on another machine when remote access was not enabled. Closing the tab closes the session's
     state (its training stops, its memory is freed); both events are logged with the live session count."""
+    started = time.perf_counter()
     _log_to_server_console()
     warm_up_in_background()
     remote_ip = session_remote_ip()
@@ -158,19 +160,23 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
     demo = settings.demo if settings.demo is not None and settings.demo.exists() else None
     if settings.demo is not None and demo is None:
         logger.warning("demo model %s not found; starting without it", settings.demo)
+    if demo is not None:
+        shared_demo(demo)  # loaded once per process, before the start-up objects are frozen
+    freeze_startup_objects()
     explorer = Explorer(demo=demo, data_dir=settings.data_dir, runs_dir=settings.runs_dir, max_upload_mb=settings.max_upload_mb)
     state = explorer.state
 
     def on_session_destroyed(_session_context) -> None:
         state.close()
-        return_free_memory()
+        return_free_memory()  # one garbage collection, then the counts
         logger.info("session %s closed; explorer sessions alive: %d; models alive: %d", state.session_id,
-                    live_state_count(), live_model_count())
+                    live_state_count(collect=False), live_model_count(collect=False))
 
     pn.state.on_session_destroyed(on_session_destroyed)
-    logger.info("session %s opened; explorer sessions alive: %d; models alive: %d", state.session_id,
-                live_state_count(), live_model_count())
-    return explorer.template()
+    page = explorer.template()
+    logger.info("session %s opened in %.2f s; explorer sessions alive: %d; models alive: %d", state.session_id,
+                time.perf_counter() - started, live_state_count(), live_model_count(collect=False))
+    return page
 
 
 def _log_to_server_console() -> None:

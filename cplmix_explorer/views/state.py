@@ -531,13 +531,33 @@ def return_free_memory() -> None:
         pass
 
 
-def live_state_count() -> int:
+def freeze_startup_objects() -> None:
+    """Move everything alive now (imported modules, the shared demo model and data) out of the garbage
+    collector's reach, once per process (``gc.freeze``): full collections then scan only the sessions' own
+    objects, a few times faster, and every open or closed page waits less for them."""
+    global _startup_frozen
+    with _cache_lock:
+        if _startup_frozen:
+            return
+        _startup_frozen = True
     gc.collect()
+    gc.freeze()
+
+
+_startup_frozen = False
+
+
+def live_state_count(collect: bool = True) -> int:
+    """Explorer states alive (after a garbage collection unless ``collect=False``)."""
+    if collect:
+        gc.collect()
     return len(LIVE_STATES)
 
 
-def live_model_count() -> int:
-    gc.collect()
+def live_model_count(collect: bool = True) -> int:
+    """Models shown by some session alive (after a garbage collection unless ``collect=False``)."""
+    if collect:
+        gc.collect()
     return len(LIVE_MODELS)
 
 
@@ -550,4 +570,4 @@ def format_exception(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "live_model_count", "live_state_count", "return_free_memory", "shared_bundled", "shared_demo"]
+__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "live_model_count", "freeze_startup_objects", "live_state_count", "return_free_memory", "shared_bundled", "shared_demo"]
