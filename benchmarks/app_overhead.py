@@ -1,11 +1,17 @@
 """Training speed with the app's live monitor attached vs without (issue 5's bar: < 10 % slower).
 
     python benchmarks/app_overhead.py --steps 2000 --repeats 2 [--device cuda]
+    python benchmarks/app_overhead.py --server-only --steps 600 --repeats 3
+
 
 Without: ``cplmix train`` (no progress bar) in a subprocess. With: the same options typed into the served
 app (``panel serve apps/explorer.py``) in headless Chromium, Train clicked, the Training tab open so the
 monitor streams every refresh to the browser. Both read the run's own ``metrics.json`` (steps per second
 of the whole run, evaluations included) and run with the same thread count, alternating. Prints JSON.
+
+``--server-only`` isolates the app's own cost from the browser's: one process builds the served page's
+document (``Explorer.template().server_doc``), trains from the session state and runs the monitor's
+refresh every second (as the periodic callback does), against the same training with no refresh.
 """
 
 from __future__ import annotations
@@ -80,13 +86,70 @@ def with_app(page, server_runs: Path, steps: int, device: str) -> tuple[float, f
     return json.loads((finished[0] / "metrics.json").read_text())["steps_per_second"], browser_share
 
 
+def server_only(steps: int, device: str, repeats: int) -> dict:
+    """Training from an explorer session whose Training tab is rendered into a Bokeh document, refreshed
+    every second, vs the same session never refreshed; no browser, so only the server's work is measured."""
+    import panel as pn
+    from bokeh.document import Document
+
+    from cplmix_explorer.views.explorer import Explorer
+
+    pn.extension()
+    demo = REPOSITORY / "models" / "zeisel2015_demo"
+    folder = Path(tempfile.mkdtemp(prefix="cplmix-overhead-"))
+    rates: dict[str, list[float]] = {"without_refresh": [], "with_refresh": []}
+    refresh_ms: list[float] = []
+    for _ in range(repeats):
+        for mode in rates:
+            explorer = Explorer(demo=demo, runs_dir=folder / "runs")
+            explorer.template().server_doc(Document())
+            options = {flag.lstrip("-").replace("-", "_"): value for flag, value in OPTIONS.values()}
+            explorer.state.config.update(n_types=int(options["types"]), n_arms=int(options["arms"]),
+                                         state_dim=int(options["state_dim"]), n_genes=int(options["genes"]),
+                                         batch_size=int(options["batch_size"]), seed=int(options["seed"]),
+                                         steps=steps, device=device)
+            explorer.state.start_training()
+            while explorer.state.busy:
+                time.sleep(1.0)
+                if mode == "with_refresh":
+                    begin = time.perf_counter()
+                    explorer.state.poll()
+                    refresh_ms.append(1000 * (time.perf_counter() - begin))
+            explorer.state.poll(wait=True)
+            rates[mode].append(json.loads((explorer.state.run_dir / "metrics.json").read_text())["steps_per_second"])
+            explorer.close()
+    slowdown = 1.0 - statistics.mean(rates["with_refresh"]) / statistics.mean(rates["without_refresh"])
+    return {
+        "benchmark": "app_overhead_server_only", "steps": steps, "device": device, "threads": torch_threads(),
+        "steps_per_second_without_refresh": [round(v, 2) for v in rates["without_refresh"]],
+        "steps_per_second_with_refresh": [round(v, 2) for v in rates["with_refresh"]],
+        "refresh_ms_median": round(statistics.median(refresh_ms), 2),
+        "refresh_ms_max": round(max(refresh_ms), 2),
+        "slowdown_fraction": round(slowdown, 4), "bar_fraction": 0.10, "meets_bar": slowdown < 0.10,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--server-only", action="store_true", help="no browser: the app's own cost per refresh")
     args = parser.parse_args(argv)
+    if args.server_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(server_only(args.steps, args.device, args.repeats), indent=2))
+        return 0
     from playwright.sync_api import sync_playwright
 
     folder = Path(tempfile.mkdtemp(prefix="cplmix-overhead-"))
