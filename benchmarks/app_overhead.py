@@ -92,6 +92,7 @@ def server_only(steps: int, device: str, repeats: int) -> dict:
     import panel as pn
     from bokeh.document import Document
 
+    from cplmix_explorer.config import CLI_FLAGS
     from cplmix_explorer.views.explorer import Explorer
 
     pn.extension()
@@ -103,10 +104,8 @@ def server_only(steps: int, device: str, repeats: int) -> dict:
         for mode in rates:
             explorer = Explorer(demo=demo, runs_dir=folder / "runs")
             explorer.template().server_doc(Document())
-            options = {flag.lstrip("-").replace("-", "_"): value for flag, value in OPTIONS.values()}
-            explorer.state.config.update(n_types=int(options["types"]), n_arms=int(options["arms"]),
-                                         state_dim=int(options["state_dim"]), n_genes=int(options["genes"]),
-                                         batch_size=int(options["batch_size"]), seed=int(options["seed"]),
+            option_of_flag = {flag: name for name, flag in CLI_FLAGS.items()}
+            explorer.state.config.update(**{option_of_flag[flag]: int(value) for flag, value in OPTIONS.values()},
                                          steps=steps, device=device)
             explorer.state.start_training()
             while explorer.state.busy:

@@ -3,8 +3,8 @@
 Each refresh appends the new rows with ``ColumnDataSource.stream`` (a hinted event: Bokeh sends only the
 increment and does not recompute the document's model graph). HoloViews' ``DynamicMap`` + ``Buffer`` does
 the same streaming but also re-runs its plotting pipeline and a full-document model recomputation on every
-refresh: on the 2-core reference machine that took ~0.5 s of the server's time per second of training and
-slowed the training thread by ~40 % (``benchmarks/app_overhead.py``); these figures cost a few ms.
+refresh: on the 2-core reference machine that took ~0.5 s of the server's time per refresh and made training
+in the app 56 % slower (``benchmarks/app_overhead.py``); these figures cost ~6 ms per refresh.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LiveFigures:
         self.names = list(names)
         self.metrics = ColumnDataSource({column: [] for column in [STEP, *self.names]})
         self.agreement = ColumnDataSource({column: [] for column in AGREEMENT_COLUMNS})
-        self.categories = ColumnDataSource({"type": [], "agreement": [], "color": []})
+        self.categories = ColumnDataSource({"type": [], "agreement": []})
         steps = DataRange1d()  # shared: zooming one curve plot zooms them all along the step axis
         self.figures = [
             self._metric_figure(title, metric_columns(self.names, term), steps)
@@ -69,7 +69,7 @@ class LiveFigures:
         agreement = np.asarray(agreement, float)
         types = [str(k) for k in range(len(agreement))]
         self.category_figure.x_range.factors = types
-        self.categories.data = {"type": types, "agreement": agreement, "color": [PALETTE[0]] * len(types)}
+        self.categories.data = {"type": types, "agreement": agreement}
 
     def clear(self) -> None:
         self.metrics.data = {column: [] for column in self.metrics.data}
@@ -77,10 +77,10 @@ class LiveFigures:
         self.show_categories(np.zeros(0))
 
     def metrics_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({column: np.asarray(values, float) for column, values in self.metrics.data.items()})
+        return _frame(self.metrics)
 
     def agreement_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({column: np.asarray(values, float) for column, values in self.agreement.data.items()})
+        return _frame(self.agreement)
 
     @property
     def category_figure(self):
@@ -126,7 +126,12 @@ class LiveFigures:
         plot = self._figure("Agreement per category (latest evaluation)", "arm agreement", FactorRange(),
                             y_range=Range1d(0, 1.02))
         plot.xaxis.axis_label = "type"
-        plot.vbar(x="type", top="agreement", width=0.8, source=self.categories, color="color")
+        plot.vbar(x="type", top="agreement", width=0.8, source=self.categories, color=PALETTE[0])
         plot.add_tools(HoverTool(tooltips=[("type", "@type"), ("agreement", "@agreement{0.000}")]))
         plot.xgrid.grid_line_color = None
         return plot
+
+
+def _frame(source: ColumnDataSource) -> pd.DataFrame:
+    """What a source holds, as a frame of floats (one column per data column)."""
+    return pd.DataFrame({column: np.asarray(values, float) for column, values in source.data.items()})
