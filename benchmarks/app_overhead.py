@@ -100,13 +100,13 @@ def server_only(steps: int, device: str, repeats: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="cplmix-overhead-"))
     rates: dict[str, list[float]] = {"without_refresh": [], "with_refresh": []}
     refresh_ms: list[float] = []
+    option_of_flag = {flag: name for name, flag in CLI_FLAGS.items()}
+    options = {option_of_flag[flag]: int(value) for flag, value in OPTIONS.values()}
     for _ in range(repeats):
         for mode in rates:
             explorer = Explorer(demo=demo, runs_dir=folder / "runs")
             explorer.template().server_doc(Document())
-            option_of_flag = {flag: name for name, flag in CLI_FLAGS.items()}
-            explorer.state.config.update(**{option_of_flag[flag]: int(value) for flag, value in OPTIONS.values()},
-                                         steps=steps, device=device)
+            explorer.state.config.update(**options, steps=steps, device=device)
             explorer.state.start_training()
             while explorer.state.busy:
                 time.sleep(1.0)

@@ -18,7 +18,7 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, freeze_startup_objects, live_model_count, live_state_count, return_free_memory, shared_demo
+from .state import ExplorerState, freeze_startup_objects, live_counts, return_free_memory, shared_demo
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
@@ -170,12 +170,12 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
         state.close()
         return_free_memory()  # one garbage collection, then the counts
         logger.info("session %s closed; explorer sessions alive: %d; models alive: %d", state.session_id,
-                    live_state_count(collect=False), live_model_count(collect=False))
+                    *live_counts(collect=False))
 
     pn.state.on_session_destroyed(on_session_destroyed)
     page = explorer.template()
     logger.info("session %s opened in %.2f s; explorer sessions alive: %d; models alive: %d", state.session_id,
-                time.perf_counter() - started, live_state_count(), live_model_count(collect=False))
+                time.perf_counter() - started, *live_counts())
     return page
 
 

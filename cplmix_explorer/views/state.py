@@ -531,6 +531,9 @@ def return_free_memory() -> None:
         pass
 
 
+_startup_frozen = False
+
+
 def freeze_startup_objects() -> None:
     """Move everything alive now (imported modules, the shared demo model and data) out of the garbage
     collector's reach, once per process (``gc.freeze``): full collections then scan only the sessions' own
@@ -544,21 +547,12 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-_startup_frozen = False
-
-
-def live_state_count(collect: bool = True) -> int:
-    """Explorer states alive (after a garbage collection unless ``collect=False``)."""
+def live_counts(collect: bool = True) -> tuple[int, int]:
+    """(explorer states, models shown by some session) alive, after one garbage collection unless
+    ``collect=False`` (the caller has just collected)."""
     if collect:
         gc.collect()
-    return len(LIVE_STATES)
-
-
-def live_model_count(collect: bool = True) -> int:
-    """Models shown by some session alive (after a garbage collection unless ``collect=False``)."""
-    if collect:
-        gc.collect()
-    return len(LIVE_MODELS)
+    return len(LIVE_STATES), len(LIVE_MODELS)
 
 
 def format_exception(error: BaseException) -> str:
@@ -570,4 +564,4 @@ def format_exception(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "live_model_count", "freeze_startup_objects", "live_state_count", "return_free_memory", "shared_bundled", "shared_demo"]
+__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "freeze_startup_objects", "live_counts", "return_free_memory", "shared_bundled", "shared_demo"]
