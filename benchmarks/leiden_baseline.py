@@ -6,10 +6,16 @@ Needs scanpy and leidenalg (not dependencies of cplmix-explorer):
     /tmp/scanpy-env/bin/python benchmarks/leiden_baseline.py
 Writes benchmarks/results/leiden_zeisel2015.json (read by benchmarks/zeisel_quality.py). Metrics are
 computed with scikit-learn (installed with scanpy) and agree with cplmix_explorer.analysis.metrics.
+
+The same pipeline on the simulator (written to a file first, by the project's environment):
+    python -c "from cplmix_explorer import datasets; datasets.load('synthetic').write_h5ad('/tmp/synthetic.h5ad')"
+    /tmp/scanpy-env/bin/python benchmarks/leiden_baseline.py --data /tmp/synthetic.h5ad --labels true_type \
+        --out benchmarks/results/leiden_synthetic.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -54,7 +60,12 @@ def leiden_at(adata, n_target: int, seed: int) -> tuple[np.ndarray, float]:
 
 
 def main() -> None:
-    adata = anndata.read_h5ad(DATA)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help=".h5ad of raw counts (default: Zeisel 2015)")
+    parser.add_argument("--labels", nargs="+", default=["class", "subclass"], help="obs columns to compare with")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    adata = anndata.read_h5ad(args.data)
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat")
@@ -64,7 +75,8 @@ def main() -> None:
     sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
     results = {"pipeline": "normalize_total 1e4, log1p, 2000 HVG (seurat), scale, PCA 50, kNN 15, Leiden (igraph)",
                "scanpy": sc.__version__, "date": time.strftime("%Y-%m-%d"), "levels": {}}
-    for column in ("class", "subclass"):
+    results["data"] = str(args.data.name)
+    for column in args.labels:
         truth = adata.obs[column].astype(str).to_numpy()
         n_target = len(np.unique(truth))
         runs = []
@@ -80,8 +92,8 @@ def main() -> None:
                    for key in ("acc", "ari", "nmi", "k")}
         results["levels"][column] = {"n_labels": n_target, "runs": runs, "mean_sd": summary}
         print(column, json.dumps(summary))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
