@@ -5,6 +5,7 @@ matching inferred state dimension and the true state (median over types).
     python benchmarks/simulator_quality.py                        # config defaults, seeds 0 1 2, 2 arms
     python benchmarks/simulator_quality.py --steps 8000 --arms 3 --device cuda
     python benchmarks/simulator_quality.py --quick                # 300 steps, one seed: checks the script runs
+    python benchmarks/simulator_quality.py --genes 500            # 500 highly variable genes: *_genes500.*
 
 Trains CplMixVAE (the real engine, K = the true number of types, S = the true state dimensions) on
 `synthetic`, then reports, per seed and as mean +- sd over seeds:
