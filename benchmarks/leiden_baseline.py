@@ -76,6 +76,7 @@ def main() -> None:
     results = {"pipeline": "normalize_total 1e4, log1p, 2000 HVG (seurat), scale, PCA 50, kNN 15, Leiden (igraph)",
                "scanpy": sc.__version__, "date": time.strftime("%Y-%m-%d"), "levels": {}}
     results["data"] = str(args.data.name)
+    results["genes_used"] = int(adata.n_vars)  # 2000 HVG requested; fewer when the data has fewer genes
     for column in args.labels:
         truth = adata.obs[column].astype(str).to_numpy()
         n_target = len(np.unique(truth))
