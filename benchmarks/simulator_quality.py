@@ -6,6 +6,7 @@ matching inferred state dimension and the true state (median over types).
     python benchmarks/simulator_quality.py --steps 8000 --arms 3 --device cuda
     python benchmarks/simulator_quality.py --quick                # 300 steps, one seed: checks the script runs
     python benchmarks/simulator_quality.py --genes 500            # 500 highly variable genes: *_genes500.*
+    python benchmarks/simulator_quality.py --set straight_through=true --tag st   # any option: *_st.*
 
 Trains CplMixVAE (the real engine, K = the true number of types, S = the true state dimensions) on
 `synthetic`, then reports, per seed and as mean +- sd over seeds:
@@ -45,6 +46,7 @@ def run_seed(adata, seed: int, args) -> dict:
         options["batch_size"] = args.batch_size
     if args.genes:
         options["n_genes"] = args.genes
+    options.update(args.set)
     model = cx.CplMixVAE(adata, n_types=info["n_types"], n_arms=args.arms, state_dim=info["state_dim"], **options)
     started = time.perf_counter()
     model.train(steps=args.steps, progress=not args.no_progress)
@@ -146,7 +148,8 @@ def markdown(report: dict) -> str:
         f"Data: `synthetic` ({setup['n_cells']} cells x {setup['n_genes']} genes, {setup['n_types']} types in "
         f"{setup['n_classes']} classes, {setup['state_dim']} state dimensions); "
         f"{setup.get('genes_used', setup['n_genes'])} genes used (highly variable); {setup['arms']} arms, "
-        f"{setup['steps']} steps, seeds {', '.join(map(str, setup['seeds']))}.",
+        f"{setup['steps']} steps, seeds {', '.join(map(str, setup['seeds']))}"
+        + (f"; options {json.dumps(setup['options'])}." if setup.get("options") else "."),
         "",
         "| metric | mean | sd | target |",
         "|---|---|---|---|",
@@ -194,6 +197,17 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def config_option(text: str) -> tuple[str, object]:
+    """'name=value' -> (name, value) with the value parsed as JSON when it can be (true, 0.5, 3), else text."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: CplMixConfig's)")
@@ -203,6 +217,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=None,
                         help="keep this many highly variable genes (default: CplMixConfig's, i.e. all 1500)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE",
+                        help="any other CplMixConfig option, e.g. --set straight_through=true (repeatable)")
+    parser.add_argument("--tag", default=None, help="suffix of the output files (e.g. 'st' -> simulator_quality_st.*)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="300 steps, first seed only, *_quick.* outputs")
     parser.add_argument("--no-progress", action="store_true")
@@ -236,6 +253,7 @@ def main() -> None:
             "arms": args.arms,
             "steps": args.steps,
             "genes_used": runs[0]["genes"],
+            "options": dict(args.set),
             "seeds": args.seeds,
         },
         **summarize(runs, adata),
@@ -245,6 +263,8 @@ def main() -> None:
     stem = "simulator_quality_quick" if args.quick else "simulator_quality"
     if args.genes and not args.quick:
         stem += f"_genes{args.genes}"
+    if args.tag:
+        stem += f"_{args.tag}"
     atomic_write(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
     atomic_write(args.out / f"{stem}.md", markdown(report))
     print(json.dumps(report["summary"], indent=2))

@@ -80,6 +80,10 @@ class CplMixConfig(OptionSet):
     gumbel_temperature = param.Number(
         1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."
     )
+    straight_through = param.Boolean(
+        False, doc="Straight-through Gumbel-softmax: the decoder and state head see the one-hot type in training "
+        "(relaxed-sample gradients), so the type cannot carry a continuous code.",
+    )
     state_depends_on_type = param.Boolean(
         True, doc="State posterior q(s|c,x) conditioned on the type; False is the s-independent-of-c ablation."
     )

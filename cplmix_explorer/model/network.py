@@ -67,6 +67,13 @@ def gumbel_softmax_sample(log_q: torch.Tensor, temperature: float) -> torch.Tens
     return torch.softmax((log_q + gumbel) / temperature, dim=-1)
 
 
+def straight_through_one_hot(soft: torch.Tensor) -> torch.Tensor:
+    """The one-hot argmax of a relaxed sample (..., K) in the forward pass, with the relaxed sample's
+    gradient in the backward pass (straight-through Gumbel-softmax)."""
+    hard = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+    return hard + (soft - soft.detach())  # exactly one-hot forward (the bracket is 0)
+
+
 class CoupledMixtureVAE(nn.Module):
     """A coupled autoencoder arms, each a mixture VAE with a type-dependent continuous state."""
 
@@ -85,6 +92,7 @@ class CoupledMixtureVAE(nn.Module):
         tau: float = 1.0,
         state_depends_on_type: bool = True,
         share_arm_parameters: bool = False,
+        straight_through: bool = False,
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
@@ -98,6 +106,7 @@ class CoupledMixtureVAE(nn.Module):
         self.input_dropout = input_dropout
         self.state_dropout = state_dropout
         self.state_depends_on_type = state_depends_on_type
+        self.straight_through = straight_through
         shared = share_arm_parameters
 
         def linear(n_in: int, n_out: int) -> StackedLinear:
@@ -177,6 +186,8 @@ class CoupledMixtureVAE(nn.Module):
                 c = gumbel_softmax_sample(log_q, gumbel_temperature)
             else:
                 c = torch.softmax((log_q + noise[0]) / gumbel_temperature, dim=-1)
+            if self.straight_through:
+                c = straight_through_one_hot(c)
         else:
             c = F.one_hot(log_q.argmax(dim=-1), self.n_types).to(log_q.dtype)
         mu, logvar = self.state_posterior(h, c)
