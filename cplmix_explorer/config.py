@@ -129,8 +129,9 @@ class CplMixConfig(OptionSet):
         0.1, bounds=(0.0, 0.5), doc="Fraction of cells held out to report the validation loss."
     )
     augment = param.Selector(
-        default="auto", objects=["auto", "none", "noise", "generative", "affine"],
-        doc="Type-preserving copy each arm sees: auto picks affine for images, none for expression data (generative needs a trained augmenter).",
+        default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
+        doc="Type-preserving copy each arm sees: auto picks affine for images, none for expression data; neighbors: "
+        "one of the cell's 15 nearest cells (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")

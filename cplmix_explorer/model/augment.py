@@ -134,6 +134,10 @@ def make_augmenter(
         name = "affine" if image_shape is not None else "none"
     if name == "none":
         return IdentityAugmenter(), name
+    if name == "neighbors":
+        from .neighbors import NeighbourAugmenter
+
+        return NeighbourAugmenter(), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
     if name == "affine":
@@ -153,7 +157,7 @@ def make_augmenter(
         from .generative import load_generative_augmenter
 
         return load_generative_augmenter(augmenter_path, genes=genes, transform=transform), name
-    raise CplmixError(f"unknown augmentation '{name}' (auto, none, noise, generative, affine)")
+    raise CplmixError(f"unknown augmentation '{name}' (auto, none, noise, neighbors, generative, affine)")
 
 
 def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:

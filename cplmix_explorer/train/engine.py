@@ -172,6 +172,8 @@ class Trainer:
         if len(train_rows) < 2:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
+        if hasattr(self.augmenter, "source_rows"):  # neighbour copies: find each training cell's neighbours
+            self.augmenter.fit(self._model_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
         self.validation_rows = validation_rows
         self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
         self.steps_per_epoch = max(len(train_rows) // self.batch_size, 1)
@@ -264,9 +266,21 @@ class Trainer:
             start += self.distributed.rank * self.local_batch_size
         return self._permutation[start : start + self.local_batch_size]
 
+    def _model_input(self, rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Model input (R, G) of data rows ``rows`` (R,), gathered in chunks."""
+        return torch.cat([self.data.model_input(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+
     def _arm_inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library."""
         n_arms = self.model.n_arms
+        if hasattr(self.augmenter, "source_rows"):  # each arm sees other stored cells (neighbour copies)
+            rows = self.augmenter.source_rows(index, n_arms)  # (A, B)
+            copies = self.data.gather(rows.reshape(-1)).view(n_arms, len(index), -1)
+            library = self.data.library_of(rows.reshape(-1))
+            library = None if library is None else library.view(n_arms, len(index))
+            x = self.data.transform(copies, library) if self.data.holds_counts else copies
+            target = x if self.model.likelihood == GAUSSIAN else copies
+            return x, target, (copies.sum(dim=-1, keepdim=True) if self.data.holds_counts else None)
         values = self.data.gather(index)
         copies = self.augmenter(values, n_arms)
         if self.data.holds_counts:

@@ -1,0 +1,81 @@
+"""Neighbour copies: each arm sees one of the cell's nearest neighbours instead of the cell itself.
+
+A non-parametric type-preserving augmentation for expression data: cells close in the top principal
+components of the model input almost always share the type (a k-nearest-neighbour graph is what Leiden
+clusters) but differ in their continuous state, library size and sampling noise. Arms that must agree on
+the type of a cell while each sees a different neighbour cannot agree on a partition that cuts through a
+continuum (a state split of one type has many neighbours on both sides of its boundary), only on one that
+separates groups of cells with few neighbours across them. The paper's trained generative augmenter aims
+at the same "samples in the latent vicinity of a cell"; this one needs no training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .augment import Augmenter
+
+#: Principal components the neighbours are found in, and the neighbours per cell (scanpy's defaults).
+NEIGHBOUR_COMPONENTS = 50
+NEIGHBOURS = 15
+#: Cells per chunk of the distance computation (bounds its memory to chunk x N floats).
+DISTANCE_CHUNK = 2048
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    points: torch.Tensor, k: int = NEIGHBOURS, n_components: int = NEIGHBOUR_COMPONENTS, seed: int = 0
+) -> torch.Tensor:
+    """Indices (N, k) of each row's k nearest other rows (Euclidean) in the top ``n_components`` principal
+    components of ``points`` (N, G), computed exactly in chunks on the points' device."""
+    n = points.shape[0]
+    k = min(k, n - 1)
+    centred = points - points.mean(dim=0, keepdim=True)
+    q = min(n_components, *centred.shape)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # pca_lowrank draws a random start; keep the global stream untouched
+    try:
+        _, _, basis = torch.pca_lowrank(centred, q=q, center=False, niter=4)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    scores = centred @ basis  # (N, q)
+    squared = scores.square().sum(dim=1)
+    out = torch.empty(n, k, dtype=torch.long, device=points.device)
+    for start in range(0, n, DISTANCE_CHUNK):
+        stop = min(start + DISTANCE_CHUNK, n)
+        distance = squared[start:stop, None] - 2.0 * scores[start:stop] @ scores.T + squared[None, :]
+        distance[torch.arange(stop - start, device=points.device), torch.arange(start, stop, device=points.device)] = float("inf")
+        out[start:stop] = distance.topk(k, dim=1, largest=False).indices
+    return out
+
+
+class NeighbourAugmenter(Augmenter):
+    """Each arm draws, per cell, the cell itself or one of its k nearest neighbours (uniformly among the k + 1).
+
+    Unlike the value-level augmenters it chooses *which stored rows* each arm sees: the trainer calls
+    :meth:`source_rows` and gathers those rows (so count data keep each neighbour's own library size)."""
+
+    name = "neighbors"
+
+    def __init__(self, k: int = NEIGHBOURS):
+        super().__init__()
+        self.k = int(k)
+        self.register_buffer("table", torch.zeros(0, self.k + 1, dtype=torch.long), persistent=False)
+
+    def fit(self, points: torch.Tensor, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighbourAugmenter:
+        """Find the neighbours among ``rows`` (R,) of the data's ``n_data`` rows, from their model input
+        ``points`` (R, G). The table maps every data row to itself and its k neighbours, as data row
+        indices (n_data, k + 1); rows outside ``rows`` map to themselves only."""
+        neighbours = rows[nearest_neighbours(points, self.k, seed=seed)]  # (R, k) data rows
+        table = torch.arange(n_data, device=rows.device).unsqueeze(1).repeat(1, neighbours.shape[1] + 1)
+        table[rows, 1:] = neighbours
+        self.table = table
+        return self
+
+    def source_rows(self, index: torch.Tensor, n_arms: int) -> torch.Tensor:
+        """Data rows (A, B) that the arms see for the batch rows ``index`` (B,)."""
+        choice = torch.randint(self.table.shape[1], (n_arms, index.shape[0]), device=index.device)
+        return self.table[index].T.gather(0, choice)
+
+    def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - not used
+        raise RuntimeError("NeighbourAugmenter chooses rows: the trainer calls source_rows")

@@ -1,0 +1,60 @@
+"""Neighbour copies (augment='neighbors'): the neighbours are the nearest cells, copies come from a cell's
+own neighbourhood (so they keep its type), and a real training run uses them."""
+
+import numpy as np
+import torch
+
+from cplmix_explorer.api import CplMixVAE
+from cplmix_explorer.model.neighbors import NeighbourAugmenter, nearest_neighbours
+
+
+def _two_clouds(n: int = 60, genes: int = 20) -> tuple[torch.Tensor, np.ndarray]:
+    generator = torch.Generator().manual_seed(0)
+    group = np.arange(n) % 2
+    centres = torch.zeros(2, genes)
+    centres[1] += 10.0
+    points = centres[group] + torch.randn(n, genes, generator=generator)
+    return points, group
+
+
+def test_nearest_neighbours_are_the_closest_other_cells():
+    points, group = _two_clouds()
+    neighbours = nearest_neighbours(points, k=5, n_components=20)
+    assert neighbours.shape == (60, 5)
+    assert not (neighbours == torch.arange(60)[:, None]).any()  # never the cell itself
+    distance = torch.cdist(points, points)
+    distance.fill_diagonal_(float("inf"))
+    exact = distance.topk(5, dim=1, largest=False).indices
+    assert torch.equal(neighbours.sort(dim=1).values, exact.sort(dim=1).values)
+    assert (group[neighbours.numpy()] == group[:, None]).all()  # within its own cloud
+
+
+def test_each_arm_sees_the_cell_or_one_of_its_neighbours():
+    points, group = _two_clouds()
+    rows = torch.arange(0, 60, 2)  # only these rows are neighbours (the training rows)
+    augmenter = NeighbourAugmenter(k=4).fit(points[rows], rows, n_data=60)
+    torch.manual_seed(0)
+    index = torch.arange(60)
+    seen = augmenter.source_rows(index, n_arms=3)
+    assert seen.shape == (3, 60)
+    allowed = augmenter.table[index]  # (60, 5): the cell and its neighbours
+    assert (seen.T.unsqueeze(-1) == allowed.unsqueeze(1)).any(-1).all()
+    assert torch.equal(augmenter.table[1::2, 0], torch.arange(1, 60, 2))  # rows outside map to themselves
+    assert (augmenter.table[1::2] == torch.arange(1, 60, 2)[:, None]).all()
+    assert (seen[:, rows] != rows).any()  # neighbours are really drawn, not only the cell
+    assert (group[seen.numpy()] == group[None, :]).all()  # copies keep the type
+
+
+def test_neighbour_copies_of_real_cortex_cells_keep_their_class(zeisel):
+    # a real run: the trainer finds the neighbours of the training cells and trains on their copies
+    model = CplMixVAE(zeisel, n_types=7, n_arms=2, augment="neighbors", steps=20, n_genes=1000, seed=0, device="cpu")
+    model.train(progress=False)
+    assert model.augment_used == "neighbors"
+    trainer = model.make_trainer()
+    rows = trainer.train_rows.numpy()
+    table = trainer.augmenter.table.numpy()
+    labels = zeisel.obs["class"].to_numpy()
+    same_class = (labels[table[rows, 1:]] == labels[rows, None]).mean()
+    assert same_class >= 0.85  # the published classes of a cell's copies are (almost always) its own
+    validation = np.setdiff1d(np.arange(zeisel.n_obs), rows)
+    assert not np.isin(table[rows], validation).any()  # held-out cells are never shown to training
