@@ -1,14 +1,15 @@
 """The served explorer under load (issue 8, item 6): 10 concurrent browser sessions for 5 minutes.
 
-    python benchmarks/app_load.py --sessions 10 --minutes 5
+    python benchmarks/app_load.py --sessions 10 --minutes 5 --rounds 2
 
 Starts ``panel serve apps/explorer.py`` on a free loopback port and opens ``--sessions`` tabs in headless
 Chromium. For ``--minutes`` every tab keeps working: it switches tabs (Training, Consensus, Cells,
 Traversal), moves the traversal slider, and every third tab starts a short training now and then (they
 queue on the shared device). The server's memory is sampled every 5 s. Then all tabs close and, after the
-server has destroyed their sessions, memory is sampled again and one probe tab reports how many session
-states and models are still alive. Prints one JSON object (errors, memory, counts); the memory samples go
-to ``--out`` as CSV. Run it on a quiet machine.
+server has destroyed their sessions, memory is sampled again. ``--rounds`` repeats this: memory is flat when
+every round ends where the first ended (what a leak would break). At the end one probe tab reports how many
+session states and models are still alive. Prints one JSON object (errors, memory, counts); the memory
+samples go to ``--out`` as CSV. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -42,23 +43,61 @@ def act(page, index: int, tick: int) -> None:
             train.click()
 
 
+def run_round(browser, server, args, sample, page_errors: list[str]) -> int:
+    """Open ``args.sessions`` tabs, keep them busy for ``args.minutes``, close them and wait until the server
+    has destroyed their sessions; returns the number of actions done."""
+    pages = []
+    for index in range(args.sessions):
+        page = open_app(browser, server.url)
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        if index % 3 == 0:  # short real trainings
+            fill_option(page, "steps (--steps)", 200)
+            fill_option(page, "n genes (--genes)", 500)
+        pages.append(page)
+    sample("sessions open")
+    deadline, tick, last_sample = time.perf_counter() + 60 * args.minutes, 0, 0.0
+    while time.perf_counter() < deadline:
+        for index, page in enumerate(pages):
+            try:
+                act(page, index, tick)
+            except Exception as error:  # a stuck page is a finding, not a crash of the benchmark
+                page_errors.append(f"tab {index}: {type(error).__name__}: {str(error).splitlines()[0]}")
+        tick += 1
+        if time.perf_counter() - last_sample >= 5:
+            sample("load")
+            last_sample = time.perf_counter()
+    closed_before = server.count("closed; explorer sessions alive")
+    for page in pages:
+        page.close()
+    wait_until = time.perf_counter() + 120
+    while server.count("closed; explorer sessions alive") < closed_before + args.sessions and time.perf_counter() < wait_until:
+        time.sleep(1)
+    time.sleep(5)
+    sample("after close")
+    return tick * args.sessions
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, default=5.0, help="busy minutes per round")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of open / load / close: memory is flat when later rounds end where the first did")
     parser.add_argument("--out", default="app_load_memory.csv")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
     folder = Path(tempfile.mkdtemp(prefix="cplmix-load-"))
-    samples: list[tuple[float, str, float]] = []
+    samples: list[tuple[float, int, str, float]] = []
     page_errors: list[str] = []
+    actions = 0
     with AppServer(["--runs-dir", str(folder / "runs"), "--data-dir", str(folder)], folder / "server.log") as server:
         server.wait_ready()
         begin = time.perf_counter()
+        current_round = 0
 
         def sample(phase: str) -> None:
-            samples.append((round(time.perf_counter() - begin, 1), phase, round(server.rss_mb(), 1)))
+            samples.append((round(time.perf_counter() - begin, 1), current_round, phase, round(server.rss_mb(), 1)))
 
         sample("started")
         with sync_playwright() as playwright:
@@ -66,34 +105,8 @@ def main(argv=None) -> int:
             probe = open_app(browser, server.url)
             baseline_states, baseline_models = server.alive_counts()[-1], server.alive_models()[-1]
             probe.close()
-            pages = []
-            for index in range(args.sessions):
-                page = open_app(browser, server.url)
-                page.on("pageerror", lambda error: page_errors.append(str(error)))
-                if index % 3 == 0:  # short real trainings
-                    fill_option(page, "steps (--steps)", 200)
-                    fill_option(page, "n genes (--genes)", 500)
-                pages.append(page)
-            sample("sessions open")
-            deadline, tick, last_sample = time.perf_counter() + 60 * args.minutes, 0, 0.0
-            while time.perf_counter() < deadline:
-                for index, page in enumerate(pages):
-                    try:
-                        act(page, index, tick)
-                    except Exception as error:  # a stuck page is a finding, not a crash of the benchmark
-                        page_errors.append(f"tab {index}: {type(error).__name__}: {str(error).splitlines()[0]}")
-                tick += 1
-                if time.perf_counter() - last_sample >= 5:
-                    sample("load")
-                    last_sample = time.perf_counter()
-            closed_before = server.count("closed; explorer sessions alive")
-            for page in pages:
-                page.close()
-            wait_until = time.perf_counter() + 120
-            while server.count("closed; explorer sessions alive") < closed_before + args.sessions and time.perf_counter() < wait_until:
-                time.sleep(1)
-            time.sleep(5)
-            sample("after close")
+            for current_round in range(1, args.rounds + 1):
+                actions += run_round(browser, server, args, sample, page_errors)
             probe = open_app(browser, server.url)
             states_after, models_after = server.alive_counts()[-1], server.alive_models()[-1]
             probe.close()
@@ -101,19 +114,27 @@ def main(argv=None) -> int:
         server_errors = server.errors()
     with open(args.out, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["seconds", "phase", "server_rss_mb"])
+        writer.writerow(["seconds", "round", "phase", "server_rss_mb"])
         writer.writerows(samples)
-    load = [rss for _, phase, rss in samples if phase == "load"]
+
+    def phase_rss(phase: str, which) -> list[float]:
+        return [which([rss for _, r, p, rss in samples if r == n and p == phase] or [float("nan")])
+                for n in range(1, args.rounds + 1)]
+
+    after_close = phase_rss("after close", lambda values: values[0])
     print(json.dumps({
         "benchmark": "app_load",
-        "sessions": args.sessions, "minutes": args.minutes, "actions": tick * args.sessions,
+        "sessions": args.sessions, "minutes_per_round": args.minutes, "rounds": args.rounds, "actions": actions,
         "server_errors": len(server_errors), "page_errors": len(page_errors),
         "errors": (server_errors + page_errors)[:10],
         "rss_mb": {
-            "started": samples[0][2], "sessions_open": samples[1][2],
-            "load_max": max(load) if load else None, "load_last": load[-1] if load else None,
-            "after_close": [rss for _, phase, rss in samples if phase == "after close"][0],
+            "started": samples[0][3],
+            "sessions_open": phase_rss("sessions open", lambda values: values[0]),
+            "load_max": phase_rss("load", max),
+            "after_close": after_close,
         },
+        # growth of the after-close memory from the first round to the last: ~0 when nothing accumulates
+        "after_close_growth_mb": round(after_close[-1] - after_close[0], 1),
         "alive_before": {"states": baseline_states, "models": baseline_models},
         "alive_after_close": {"states": states_after, "models": models_after},
         "memory_samples_csv": str(Path(args.out).resolve()),

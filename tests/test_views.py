@@ -590,3 +590,17 @@ def test_the_example_notebook_trains_with_a_monitor_and_exports_a_heatmap(tmp_pa
     assert not [o for o in outputs if o.get("output_type") == "error"]
     shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "TrainingMonitor" in shown and "TraversalView" in shown and "'acc'" in shown
+
+
+@pytest.mark.parametrize("environment, expected", [({}, "True False"), ({"MALLOC_ARENA_MAX": "4"}, "False False")])
+def test_served_app_caps_malloc_arenas_once_unless_the_user_set_them(environment, expected):
+    # a fresh process: the cap is process-wide (glibc), applied by the first session, and a user's own
+    # MALLOC_ARENA_MAX (which glibc applies itself) is left alone
+    import subprocess
+    import sys
+
+    code = "from cplmix_explorer.views.state import limit_malloc_arenas as f; print(f(), f())"
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == expected

@@ -18,7 +18,7 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, freeze_startup_objects, live_counts, return_free_memory, shared_demo
+from .state import ExplorerState, freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
@@ -151,6 +151,7 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
     client on another machine when remote access was not enabled. Closing the tab closes the session's
     state (its training stops, its memory is freed); both events are logged with the live session count."""
     started = time.perf_counter()
+    limit_malloc_arenas()  # before the session and training threads allocate (once per process)
     _log_to_server_console()
     warm_up_in_background()
     remote_ip = session_remote_ip()

@@ -531,6 +531,28 @@ def return_free_memory() -> None:
         pass
 
 
+#: glibc ``mallopt`` parameter number of M_ARENA_MAX.
+_M_ARENA_MAX = -8
+#: malloc arenas the served app allows (glibc's default is 8 per core): with the session thread pool and the
+#: training threads each filling an arena of its own, freed memory stayed spread over many half-empty arenas
+#: and the server's memory after sessions closed kept growing (benchmarks/app_load.py).
+SERVER_MALLOC_ARENAS = 2
+_arenas_limited = False
+
+
+def limit_malloc_arenas(arenas: int = SERVER_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on, once per process, unless the user set
+    ``MALLOC_ARENA_MAX`` (glibc applies that itself). True when the cap was applied; a no-op off glibc."""
+    global _arenas_limited
+    if _arenas_limited or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    _arenas_limited = True
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):
+        return False
+
+
 _startup_frozen = False
 
 
@@ -564,4 +586,5 @@ def format_exception(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "freeze_startup_objects", "live_counts", "return_free_memory", "shared_bundled", "shared_demo"]
+__all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "freeze_startup_objects", "limit_malloc_arenas", "live_counts",
+           "return_free_memory", "shared_bundled", "shared_demo"]
