@@ -58,3 +58,23 @@ def test_neighbour_copies_of_real_cortex_cells_keep_their_class(zeisel):
     assert same_class >= 0.85  # the published classes of a cell's copies are (almost always) its own
     validation = np.setdiff1d(np.arange(zeisel.n_obs), rows)
     assert not np.isin(table[rows], validation).any()  # held-out cells are never shown to training
+
+
+def test_neighbour_copies_train_the_negative_binomial_model_on_raw_counts():
+    from conftest import mixture_counts
+
+    # count data stay raw on the device for the NB likelihood: each copy brings its own library size
+    model = CplMixVAE(mixture_counts(n_cells=300, n_genes=80), n_types=4, n_arms=2, augment="neighbors",
+                      likelihood="nb", steps=30, batch_size=64, hidden_dim=32, n_hidden_layers=2, seed=0, device="cpu")
+    trainer = model.make_trainer()
+    assert trainer.data.holds_counts
+    index = trainer.train_rows[:8]
+    torch.manual_seed(0)
+    x, target, library = trainer._arm_inputs(index)
+    torch.manual_seed(0)
+    rows = trainer.augmenter.source_rows(index, 2)
+    assert torch.equal(target, trainer.data.gather(rows.reshape(-1)).view(2, 8, -1))  # the neighbours' counts
+    assert torch.equal(x, trainer.data.model_input(rows.reshape(-1)).view(2, 8, -1))  # normalised by their own library
+    assert torch.equal(library, target.sum(dim=-1, keepdim=True))
+    result = model.train(progress=False)
+    assert result.step == 30 and np.isfinite(result.history_values).all()

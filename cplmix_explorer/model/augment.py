@@ -21,6 +21,9 @@ class Augmenter(nn.Module):
     name = "base"
     #: True when the augmenter works on raw counts (the engine then keeps counts on the device)
     needs_counts = False
+    #: True when the augmenter chooses which stored rows each arm sees (``source_rows``) instead of
+    #: transforming the batch's values
+    chooses_rows = False
 
     def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -56,6 +56,7 @@ class NeighbourAugmenter(Augmenter):
     :meth:`source_rows` and gathers those rows (so count data keep each neighbour's own library size)."""
 
     name = "neighbors"
+    chooses_rows = True
 
     def __init__(self, k: int = NEIGHBOURS):
         super().__init__()

@@ -172,7 +172,7 @@ class Trainer:
         if len(train_rows) < 2:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
-        if hasattr(self.augmenter, "source_rows"):  # neighbour copies: find each training cell's neighbours
+        if self.augmenter.chooses_rows:  # neighbour copies: find each training cell's neighbours
             self.augmenter.fit(self._model_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
         self.validation_rows = validation_rows
         self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
@@ -273,22 +273,21 @@ class Trainer:
     def _arm_inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library."""
         n_arms = self.model.n_arms
-        if hasattr(self.augmenter, "source_rows"):  # each arm sees other stored cells (neighbour copies)
-            rows = self.augmenter.source_rows(index, n_arms)  # (A, B)
-            copies = self.data.gather(rows.reshape(-1)).view(n_arms, len(index), -1)
-            library = self.data.library_of(rows.reshape(-1))
-            library = None if library is None else library.view(n_arms, len(index))
-            x = self.data.transform(copies, library) if self.data.holds_counts else copies
-            target = x if self.model.likelihood == GAUSSIAN else copies
-            return x, target, (copies.sum(dim=-1, keepdim=True) if self.data.holds_counts else None)
-        values = self.data.gather(index)
-        copies = self.augmenter(values, n_arms)
+        if self.augmenter.chooses_rows:  # each arm sees other stored cells, with their own library sizes
+            rows = self.augmenter.source_rows(index, n_arms).reshape(-1)  # (A * B,)
+            copies = self.data.gather(rows).view(n_arms, len(index), -1)
+            copy_library = self.data.library_of(rows)
+            copy_library = None if copy_library is None else copy_library.view(n_arms, len(index))
+        else:
+            values = self.data.gather(index)
+            copies = self.augmenter(values, n_arms)
+            copy_library = None
+            if self.data.holds_counts:  # a thinned copy keeps its cell's depth relative to its own counts
+                library = self.data.library_of(index)
+                copy_library = library * copies.sum(dim=-1) / values.sum(dim=-1).clamp_min(1e-6)
         if self.data.holds_counts:
-            library = self.data.library_of(index)
-            copy_totals = copies.sum(dim=-1)
-            copy_library = library * copy_totals / values.sum(dim=-1).clamp_min(1e-6)
             x = self.data.transform(copies, copy_library)
-            nb_library = copy_totals.unsqueeze(-1)
+            nb_library = copies.sum(dim=-1, keepdim=True)
         else:
             x, nb_library = copies, None
         target = x if self.model.likelihood == GAUSSIAN else copies
