@@ -20,7 +20,8 @@ import panel as pn
 
 from cplmix_explorer.views.explorer import app_page, app_settings
 
-pn.extension("filedropper", sizing_mode="stretch_width", throttled=True)
+# no "filedropper" here: its scripts animate every open tab; the upload view loads them when first chosen
+pn.extension(sizing_mode="stretch_width", throttled=True)
 if pn.config.nthreads is None:  # sessions' callbacks in a thread pool: one busy session does not stall the others
     pn.config.nthreads = 4
 

@@ -28,28 +28,40 @@ from app_server import AppServer, fill_option, launch_browser, open_app  # noqa:
 TABS = ["Training", "Consensus", "Cells", "Traversal"]
 
 
-def act(page, index: int, tick: int) -> None:
-    """One user action of tab ``index`` at ``tick``."""
+def act(page, index: int, tick: int) -> str:
+    """One user action of tab ``index`` at ``tick``; returns what was done."""
     name = TABS[(index + tick) % len(TABS)]
+    done = f"open {name}"
     page.locator(".bk-tab", has_text=name).first.click()
     if name == "Traversal":
         handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State value")).locator(".noUi-handle")
         if handle.count():
             handle.first.focus()
             handle.first.press("ArrowRight" if tick % 2 else "ArrowLeft")
+            done += ", move slider"
     if name == "Training" and index % 3 == 0:
         train = page.get_by_role("button", name="Train", exact=True).first
         if train.is_enabled():
             train.click()
+            done += ", train"
+    return done
 
 
-def run_round(browser, server, args, sample, page_errors: list[str]) -> int:
+def run_round(browser, server, args, sample, page_errors: list[str], error_log: list[dict]) -> int:
     """Open ``args.sessions`` tabs, keep them busy for ``args.minutes``, close them and wait until the server
     has destroyed their sessions; returns the number of actions done."""
-    pages = []
+    pages, last_action = [], {}
+
+    def record(index: int, kind: str, message: str) -> None:
+        if kind != "console":  # console errors accompany page errors; logged for context, not counted
+            page_errors.append(message)
+        error_log.append({"seconds": round(time.perf_counter() - args.begin, 1), "tab": index, "kind": kind,
+                          "after": last_action.get(index, "opening"), "message": message[:500]})
+
     for index in range(args.sessions):
         page = open_app(browser, server.url)
-        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        page.on("pageerror", lambda error, index=index: record(index, "pageerror", f"{error}\n{error.stack or ''}"))
+        page.on("console", lambda message, index=index: message.type == "error" and record(index, "console", message.text))
         if index % 3 == 0:  # short real trainings
             fill_option(page, "steps (--steps)", 200)
             fill_option(page, "n genes (--genes)", 500)
@@ -59,9 +71,9 @@ def run_round(browser, server, args, sample, page_errors: list[str]) -> int:
     while time.perf_counter() < deadline:
         for index, page in enumerate(pages):
             try:
-                act(page, index, tick)
+                last_action[index] = act(page, index, tick)
             except Exception as error:  # a stuck page is a finding, not a crash of the benchmark
-                page_errors.append(f"tab {index}: {type(error).__name__}: {str(error).splitlines()[0]}")
+                record(index, "action", f"tab {index}: {type(error).__name__}: {str(error).splitlines()[0]}")
         tick += 1
         if time.perf_counter() - last_sample >= 5:
             sample("load")
@@ -84,16 +96,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of open / load / close: memory is flat when later rounds end where the first did")
     parser.add_argument("--out", default="app_load_memory.csv")
+    parser.add_argument("--errors-out", default="app_load_errors.json", help="every page error with its tab, time and the action before it")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
     folder = Path(tempfile.mkdtemp(prefix="cplmix-load-"))
     samples: list[tuple[float, int, str, float]] = []
     page_errors: list[str] = []
+    error_log: list[dict] = []
     actions = 0
     with AppServer(["--runs-dir", str(folder / "runs"), "--data-dir", str(folder)], folder / "server.log") as server:
         server.wait_ready()
-        begin = time.perf_counter()
+        begin = args.begin = time.perf_counter()
         current_round = 0
 
         def sample(phase: str) -> None:
@@ -106,7 +120,7 @@ def main(argv=None) -> int:
             baseline_states, baseline_models = server.alive_counts()[-1], server.alive_models()[-1]
             probe.close()
             for current_round in range(1, args.rounds + 1):
-                actions += run_round(browser, server, args, sample, page_errors)
+                actions += run_round(browser, server, args, sample, page_errors, error_log)
             probe = open_app(browser, server.url)
             states_after, models_after = server.alive_counts()[-1], server.alive_models()[-1]
             probe.close()
@@ -116,6 +130,7 @@ def main(argv=None) -> int:
         writer = csv.writer(handle)
         writer.writerow(["seconds", "round", "phase", "server_rss_mb"])
         writer.writerows(samples)
+    Path(args.errors_out).write_text(json.dumps(error_log, indent=1))
 
     def phase_rss(phase: str, which) -> list[float]:
         return [which([rss for _, r, p, rss in samples if r == n and p == phase] or [float("nan")])
@@ -126,7 +141,7 @@ def main(argv=None) -> int:
         "benchmark": "app_load",
         "sessions": args.sessions, "minutes_per_round": args.minutes, "rounds": args.rounds, "actions": actions,
         "server_errors": len(server_errors), "page_errors": len(page_errors),
-        "errors": (server_errors + page_errors)[:10],
+        "errors": [line.splitlines()[0] for line in (server_errors + page_errors)[:10]],
         "rss_mb": {
             "started": samples[0][3],
             "sessions_open": phase_rss("sessions open", lambda values: values[0]),

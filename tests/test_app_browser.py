@@ -217,7 +217,10 @@ def refusals(page, tmp_path):
     wait_for_text(page, "is not an .h5ad file")
     assert page.locator("text=3,005 cells × 3,529 genes").count() == 1, "the loaded data is unchanged"
 
+    # the uploader's library animates the page from the moment it is loaded: only loaded on demand
+    assert page.evaluate("() => window.FilePond === undefined"), "the upload scripts are loaded before Upload is chosen"
     page.locator(".bk-btn", has_text="Upload").first.click()
+    page.wait_for_function("() => window.FilePond !== undefined")
     invalid = tmp_path / "invalid.h5ad"
     invalid.write_bytes(b"cell,gene\n" * 100)
     page.locator("input[type=file]").first.set_input_files(str(invalid))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import param
 import panel as pn
 import torch
+from panel.custom import JSComponent
 
 from ..config import cli_flag
 from ..data.bundled import DATASETS
@@ -43,6 +44,48 @@ class LimitedFileDropper(pn.widgets.FileDropper):
                 self.rejected = f"upload '{name}' is larger than the limit of {self.max_bytes / 2**20:.0f} MB"
                 return
         super()._process_event(event)
+
+
+class ScriptLoader(JSComponent):
+    """Loads JavaScript files into the served page the first time it is shown, then sets ``loaded``.
+
+    The upload widget's library (FilePond) runs a 60-frames-per-second animation loop from the moment its
+    script is on a page, uploader shown or not: loaded with the page, it kept every open tab's browser
+    process busy (~0.09 of a core each, idle). The explorer loads it only when "Upload" is chosen.
+    """
+
+    urls = param.List(item_type=str, doc="Script URLs, loaded in this order (page-relative).")
+    ready_global = param.String(default="", doc="A global the scripts define: when present they are not loaded again.")
+    loaded = param.Boolean(default=False, doc="Set by the browser once every script has run.")
+    failure = param.String(default="", doc="Set by the browser when a script could not be loaded.")
+
+    _esm = """
+    function load(url) {
+      const cache = (window.__cplmix_scripts ??= {})
+      cache[url] ??= new Promise((resolve, reject) => {
+        const script = document.createElement("script")
+        script.src = url
+        script.onload = () => resolve()
+        script.onerror = () => reject(new Error(`could not load ${url}`))
+        document.head.appendChild(script)
+      })
+      return cache[url]
+    }
+    export function render({ model }) {
+      const note = document.createElement("div")
+      note.textContent = "Preparing the uploader..."
+      const present = model.ready_global && window[model.ready_global] !== undefined
+      const ready = present ? Promise.resolve() : model.urls.reduce((chain, url) => chain.then(() => load(url)), Promise.resolve())
+      ready.then(() => { model.loaded = true }, (error) => { model.failure = error.message; note.textContent = error.message })
+      return note
+    }
+    """
+
+
+def served_session() -> bool:
+    """True inside a ``panel serve`` session (not a notebook or a script)."""
+    document = pn.state.curdoc
+    return document is not None and getattr(document, "session_context", None) is not None
 
 
 def device_options() -> list[str]:
@@ -179,16 +222,40 @@ class DataView(pn.viewable.Viewer):
         self.source.param.watch(self._on_source, "value")
         state.param.watch(self._update_summary, ["adata", "data_name", "model"])
         self._chooser = pn.Column(self.bundled, sizing_mode="stretch_width")
+        self._upload_scripts_ready = False
         self._update_summary()
         if state.data_dir is None:
             self.source.options = [BUNDLED, UPLOAD]
 
     # -- actions ------------------------------------------------------------------------------------------
     def _on_source(self, event) -> None:
-        widget = {BUNDLED: self.bundled, SERVER_FILE: self.path, UPLOAD: self.upload}[event.new]
+        widget = {BUNDLED: self.bundled, SERVER_FILE: self.path, UPLOAD: self._uploader()}[event.new]
         self._chooser.objects = [widget]
         self.load_button.visible = event.new != UPLOAD
         self._show("")
+
+    def _uploader(self) -> pn.viewable.Viewable:
+        """The upload widget, or in a served page that has not loaded its scripts yet, the loader that
+        loads them and then puts the widget in its place."""
+        if self._upload_scripts_ready or not served_session():
+            return self.upload
+        from panel.models.file_dropper import FileDropper as FileDropperModel
+
+        loader = ScriptLoader(urls=list(FileDropperModel.__javascript__), ready_global="FilePond", sizing_mode="stretch_width")
+
+        def on_loaded(event) -> None:
+            if not event.new:
+                return
+            self._upload_scripts_ready = True
+            extensions = pn.state._extensions  # tell Panel the page now has the widget's resources
+            if extensions is not None and "filedropper" not in extensions:
+                extensions.append("filedropper")
+            if self.source.value == UPLOAD:
+                self._chooser.objects = [self.upload]
+
+        loader.param.watch(on_loaded, "loaded")
+        loader.param.watch(lambda event: event.new and self._show(f"The uploader could not start: {event.new}"), "failure")
+        return loader
 
     def _on_load(self, _event=None) -> None:
         self.load_button.loading = True
@@ -267,4 +334,4 @@ def data_summary(state: ExplorerState) -> str:
     return "\n\n".join(lines)
 
 
-__all__ = ["ConfigForm", "DataView", "LimitedFileDropper", "data_summary", "device_options"]
+__all__ = ["ConfigForm", "DataView", "LimitedFileDropper", "ScriptLoader", "data_summary", "device_options"]
