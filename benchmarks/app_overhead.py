@@ -159,6 +159,10 @@ def main(argv=None) -> int:
         with sync_playwright() as playwright:
             browser = launch_browser(playwright)
             page = open_app(browser, server.url)
+            time.sleep(5.0)  # let the first drawing finish
+            idle_cpu, idle_started = browser_cpu_seconds(), time.monotonic()
+            time.sleep(10.0)
+            browser_idle = (browser_cpu_seconds() - idle_cpu) / (time.monotonic() - idle_started)
             for _ in range(args.repeats):
                 plain.append(without_app(args.steps, args.device, args.threads, folder))
                 steps_per_second, share = with_app(page, runs, args.steps, args.device)
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
         "slowdown_fraction": round(slowdown, 4),
         # the browser shares this machine's cores with training: its CPU seconds per second of training
         "browser_cpu_cores_busy": [round(v, 2) for v in browser_share],
+        # the open page with nothing happening (before training): what the browser costs just being there
+        "browser_cpu_cores_idle": round(browser_idle, 3),
         "cpu_cores": os.cpu_count(),
         "bar_fraction": 0.10,
         "meets_bar": slowdown < 0.10,
