@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="busy minutes per round")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of open / load / close: memory is flat when later rounds end where the first did")
+    parser.add_argument("--session-lifetime-ms", type=int, default=15000,
+                        help="panel serve --unused-session-lifetime (Bokeh's default: 15000 ms, what a user's server has)")
     parser.add_argument("--out", default="app_load_memory.csv")
     parser.add_argument("--errors-out", default="app_load_errors.json", help="every page error with its tab, time and the action before it")
     args = parser.parse_args(argv)
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
     page_errors: list[str] = []
     error_log: list[dict] = []
     actions = 0
-    with AppServer(["--runs-dir", str(folder / "runs"), "--data-dir", str(folder)], folder / "server.log") as server:
+    with AppServer(["--runs-dir", str(folder / "runs"), "--data-dir", str(folder)], folder / "server.log",
+                   session_lifetime_ms=args.session_lifetime_ms) as server:
         server.wait_ready()
         begin = args.begin = time.perf_counter()
         current_round = 0
