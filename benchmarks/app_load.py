@@ -60,10 +60,16 @@ def warm_up(browser, server) -> None:
     for tick in range(len(TABS)):
         act(page, 1, tick)  # tab 1 does not train again
         time.sleep(2)
+    close_and_wait([page], server)
+
+
+def close_and_wait(pages, server) -> None:
+    """Close ``pages`` and wait (at most 2 min) until the server has destroyed their sessions, then 5 s more."""
     closed_before = server.count("closed; explorer sessions alive")
-    page.close()
+    for page in pages:
+        page.close()
     wait_until = time.perf_counter() + 120
-    while server.count("closed; explorer sessions alive") <= closed_before and time.perf_counter() < wait_until:
+    while server.count("closed; explorer sessions alive") < closed_before + len(pages) and time.perf_counter() < wait_until:
         time.sleep(1)
     time.sleep(5)
 
@@ -99,13 +105,7 @@ def run_round(browser, server, args, sample, page_errors: list[str], error_log: 
         if time.perf_counter() - last_sample >= 5:
             sample("load")
             last_sample = time.perf_counter()
-    closed_before = server.count("closed; explorer sessions alive")
-    for page in pages:
-        page.close()
-    wait_until = time.perf_counter() + 120
-    while server.count("closed; explorer sessions alive") < closed_before + args.sessions and time.perf_counter() < wait_until:
-        time.sleep(1)
-    time.sleep(5)
+    close_and_wait(pages, server)
     sample("after close")
     return tick * args.sessions
 
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
                 for n in range(1, args.rounds + 1)]
 
     after_close = phase_rss("after close", lambda values: values[0])
+    warmed = next(rss for _, _, phase, rss in samples if phase == "warmed")
     print(json.dumps({
         "benchmark": "app_load",
         "sessions": args.sessions, "minutes_per_round": args.minutes, "rounds": args.rounds, "actions": actions,
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         "errors": [line.splitlines()[0] for line in (server_errors + page_errors)[:10]],
         "rss_mb": {
             "started": samples[0][3],
-            "warmed": next(rss for _, _, phase, rss in samples if phase == "warmed"),
+            "warmed": warmed,
             "sessions_open": phase_rss("sessions open", lambda values: values[0]),
             "load_max": phase_rss("load", max),
             "after_close": after_close,
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
         # growth of the after-close memory from the first round to the last: ~0 when nothing accumulates
         "after_close_growth_mb": round(after_close[-1] - after_close[0], 1),
         # what each round left behind, above the server after one warm-up session had come and gone
-        "after_close_above_warmed_mb": [round(v - next(rss for _, _, p, rss in samples if p == "warmed"), 1) for v in after_close],
+        "after_close_above_warmed_mb": [round(v - warmed, 1) for v in after_close],
         "alive_before": {"states": baseline_states, "models": baseline_models},
         "alive_after_close": {"states": states_after, "models": models_after},
         "memory_samples_csv": str(Path(args.out).resolve()),
