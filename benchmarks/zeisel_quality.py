@@ -14,6 +14,7 @@ benchmarks/results/leiden_zeisel2015.json (benchmarks/leiden_baseline.py, which 
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import platform
 import sys
@@ -102,7 +103,7 @@ def main() -> None:
         report["levels"][level] = level_report
     RESULTS.mkdir(exist_ok=True)
     stem = "zeisel_quality" + ("" if set(args.levels) == {"class", "subclass"} else "_" + "_".join(args.levels))
-    stem += "".join("_" + a.replace("=", "") for a in args.set)
+    stem += "".join("_" + re.sub(r"[^A-Za-z0-9_.-]", "", a.replace("=", "")) for a in args.set)  # augment="x" -> augmentx
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -131,9 +131,14 @@ class CplMixConfig(OptionSet):
     augment = param.Selector(
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
         doc="Type-preserving copy each arm sees: auto picks affine for images, none for expression data; neighbors: "
-        "one of the cell's 15 nearest cells (top 50 PCs); generative needs a trained augmenter.",
+        "a random walk of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
+    neighbor_steps = param.Integer(
+        6, bounds=(1, 100),
+        doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
+        "copy (1 = a direct neighbour; more hops move the copy along its type's continuous state).",
+    )
     augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")
     fast_path = param.Selector(
         default="auto", objects=["auto", "eager", "graph", "compile"],

@@ -32,7 +32,7 @@ def test_nearest_neighbours_are_the_closest_other_cells():
 def test_each_arm_sees_the_cell_or_one_of_its_neighbours():
     points, group = _two_clouds()
     rows = torch.arange(0, 60, 2)  # only these rows are neighbours (the training rows)
-    augmenter = NeighbourAugmenter(k=4).fit(points[rows], rows, n_data=60)
+    augmenter = NeighbourAugmenter(k=4, walk_steps=1).fit(points[rows], rows, n_data=60)
     torch.manual_seed(0)
     index = torch.arange(60)
     seen = augmenter.source_rows(index, n_arms=3)
@@ -43,6 +43,25 @@ def test_each_arm_sees_the_cell_or_one_of_its_neighbours():
     assert (augmenter.table[1::2] == torch.arange(1, 60, 2)[:, None]).all()
     assert (seen[:, rows] != rows).any()  # neighbours are really drawn, not only the cell
     assert (group[seen.numpy()] == group[None, :]).all()  # copies keep the type
+
+
+def test_walks_travel_further_than_one_hop_and_stay_in_their_group():
+    points, group = _two_clouds(n=200)
+    rows = torch.arange(200)
+    one_hop = NeighbourAugmenter(k=4, walk_steps=1).fit(points, rows, n_data=200)
+    walk = NeighbourAugmenter(k=4, walk_steps=5).fit(points, rows, n_data=200)
+    torch.manual_seed(0)
+    seen = walk.source_rows(rows, n_arms=2)
+    table = walk.table
+    reachable = torch.zeros(200, 200, dtype=torch.bool)
+    reachable[rows[:, None], table] = True
+    within = reachable.clone()
+    for _ in range(4):  # cells reachable in at most five hops
+        within = within | ((within.float() @ reachable.float()) > 0)
+    assert within[rows, seen].all()  # every copy is the end of a walk on the graph
+    assert (~reachable[rows, seen]).float().mean() > 0.3  # many are further than one hop
+    assert (group[seen.numpy()] == group[None, :]).all()  # and keep the group
+    assert reachable[rows, one_hop.source_rows(rows, n_arms=2)].all()  # one hop: never further
 
 
 def test_neighbour_copies_of_real_cortex_cells_keep_their_class(zeisel):

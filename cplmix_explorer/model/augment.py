@@ -121,6 +121,7 @@ def make_augmenter(
     genes: list[str] | None = None,
     transform: str | None = None,
     likelihood: str = "gaussian",
+    neighbor_steps: int | None = None,
 ) -> tuple[Augmenter, str]:
     """The augmenter for an option value and the name actually used ('auto' resolved: affine for images,
     none for expression data).
@@ -138,9 +139,9 @@ def make_augmenter(
     if name == "none":
         return IdentityAugmenter(), name
     if name == "neighbors":
-        from .neighbors import NeighbourAugmenter
+        from .neighbors import WALK_STEPS, NeighbourAugmenter
 
-        return NeighbourAugmenter(), name
+        return NeighbourAugmenter(walk_steps=neighbor_steps or WALK_STEPS), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
     if name == "affine":
@@ -175,4 +176,5 @@ def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
         genes=prepared.genes,
         transform=prepared.preprocessing.transform,
         likelihood=likelihood,
+        neighbor_steps=config.neighbor_steps,
     )

@@ -7,17 +7,27 @@ the type of a cell while each sees a different neighbour cannot agree on a parti
 continuum (a state split of one type has many neighbours on both sides of its boundary), only on one that
 separates groups of cells with few neighbours across them. The paper's trained generative augmenter aims
 at the same "samples in the latent vicinity of a cell"; this one needs no training.
+
+Each arm's copy is the end of a short random walk on the graph (``walk_steps`` hops, each to the current
+cell itself or one of its k neighbours): a walk stays inside a type (types are the graph's weakly connected
+groups) but travels along the type's continuum, so two arms see the same type at different states. With one
+hop the arms' copies are so close in state that a split of a large type along its state still looks
+type-preserving to the coupling; on the simulator (benchmarks/results/simulator_quality_neighbors*.md) six
+hops kept every large type in one category.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..config import CplMixConfig
 from .augment import Augmenter
 
 #: Principal components the neighbours are found in, and the neighbours per cell (scanpy's defaults).
 NEIGHBOUR_COMPONENTS = 50
 NEIGHBOURS = 15
+#: Hops of the random walk that picks each arm's copy (the default of CplMixConfig.neighbor_steps).
+WALK_STEPS = CplMixConfig.param["neighbor_steps"].default
 #: Cells per chunk of the distance computation (bounds its memory to chunk x N floats).
 DISTANCE_CHUNK = 2048
 
@@ -50,7 +60,8 @@ def nearest_neighbours(
 
 
 class NeighbourAugmenter(Augmenter):
-    """Each arm draws, per cell, the cell itself or one of its k nearest neighbours (uniformly among the k + 1).
+    """Each arm draws, per cell, the end of a ``walk_steps``-hop random walk on the k-nearest-neighbour graph
+    (each hop: the current cell itself or one of its k neighbours, uniformly among the k + 1).
 
     Unlike the value-level augmenters it chooses *which stored rows* each arm sees: the trainer calls
     :meth:`source_rows` and gathers those rows (so count data keep each neighbour's own library size)."""
@@ -58,9 +69,12 @@ class NeighbourAugmenter(Augmenter):
     name = "neighbors"
     chooses_rows = True
 
-    def __init__(self, k: int = NEIGHBOURS):
+    def __init__(self, k: int = NEIGHBOURS, walk_steps: int = WALK_STEPS):
         super().__init__()
+        if walk_steps < 1:
+            raise ValueError(f"walk_steps must be at least 1, got {walk_steps}")
         self.k = int(k)
+        self.walk_steps = int(walk_steps)
         self.register_buffer("table", torch.zeros(0, self.k + 1, dtype=torch.long), persistent=False)
 
     def fit(self, points: torch.Tensor, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighbourAugmenter:
@@ -74,9 +88,12 @@ class NeighbourAugmenter(Augmenter):
         return self
 
     def source_rows(self, index: torch.Tensor, n_arms: int) -> torch.Tensor:
-        """Data rows (A, B) that the arms see for the batch rows ``index`` (B,)."""
-        choice = torch.randint(self.table.shape[1], (n_arms, index.shape[0]), device=index.device)
-        return self.table[index].T.gather(0, choice)
+        """Data rows (A, B) that the arms see for the batch rows ``index`` (B,): each arm's walk end."""
+        rows = index.unsqueeze(0).expand(n_arms, -1)
+        for _ in range(self.walk_steps):  # one gather per hop, on the device
+            choice = torch.randint(self.table.shape[1], rows.shape, device=index.device)
+            rows = self.table[rows, choice]
+        return rows
 
     def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - not used
         raise RuntimeError("NeighbourAugmenter chooses rows: the trainer calls source_rows")
