@@ -176,6 +176,10 @@ def main(argv=None) -> int:
         "steps_per_second_without_app": [round(v, 2) for v in plain],
         "steps_per_second_with_app": [round(v, 2) for v in monitored],
         "slowdown_fraction": round(slowdown, 4),
+        # each repeat's pair (the CLI run, then the app run right after it): the machine's speed drifts between
+        # repeats (the CLI alone ranged 28-46 steps/s on the 2-core VM), so the pairs show the spread
+        "slowdown_per_pair": [round(1.0 - m / p, 3) for p, m in zip(plain, monitored)],
+        "slowdown_median_of_pairs": round(1.0 - statistics.median(m / p for p, m in zip(plain, monitored)), 4),
         # the browser shares this machine's cores with training: its CPU seconds per second of training
         "browser_cpu_cores_busy": [round(v, 2) for v in browser_share],
         # the open page with nothing happening (before training): what the browser costs just being there

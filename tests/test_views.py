@@ -342,6 +342,31 @@ def test_data_view_refuses_bad_paths_and_uploads_with_a_message(tmp_path):
 
 
 # -- training from the state (real, small) ------------------------------------------------------------------------
+def test_the_figures_wait_for_their_period_while_the_progress_follows_every_refresh(tmp_path):
+    # a monitor whose figures redraw at most once an hour: while training only the progress moves; the end of
+    # the run (here a stop) is drawn at once, with every point
+    state = ExplorerState(runs_dir=tmp_path / "runs")
+    state.use_data(mixture_counts(), "mixture")
+    state.config.update(**{**QUICK, "steps": 5000})
+    monitor = TrainingMonitor(state, plot_period=3600)
+    render(monitor)
+    monitor.train_button.clicks += 1
+    seen = []  # (progress, points shown) at each refresh while training
+    deadline = time.monotonic() + 120
+    while state.busy and len([p for p, _ in seen if p > 0]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state.poll()
+        seen.append((monitor.progress.value, monitor.points_shown))
+    state.stop()
+    wait_for_job(state)
+    assert state.status == "stopped", state.error
+    moving = [progress for progress, _ in seen if 0 < progress < 1000]
+    assert len(set(moving)) >= 2  # the progress followed the refreshes
+    assert all(points == 0 for _, points in seen)  # the figures waited
+    shown = monitor.metrics_shown()
+    assert len(shown) > 0 and shown["step"].iloc[-1] == state.model.step  # the end drawn at once
+
+
 def test_training_in_the_background_updates_the_monitor_and_replaces_the_model(tmp_path):
     state = ExplorerState(runs_dir=tmp_path / "runs")
     state.use_data(mixture_counts(), "mixture")
