@@ -66,10 +66,12 @@ def test_walks_travel_further_than_one_hop_and_stay_in_their_group():
 
 def test_neighbour_copies_of_real_cortex_cells_keep_their_class(zeisel):
     # a real run: the trainer finds the neighbours of the training cells and trains on their copies
-    model = CplMixVAE(zeisel, n_types=7, n_arms=2, augment="neighbors", steps=20, n_genes=1000, seed=0, device="cpu")
+    model = CplMixVAE(zeisel, n_types=7, n_arms=2, augment="neighbors", neighbor_steps=3, steps=20, n_genes=1000,
+                      seed=0, device="cpu")
     model.train(progress=False)
     assert model.augment_used == "neighbors"
     trainer = model.make_trainer()
+    assert trainer.augmenter.walk_steps == 3  # the option reaches the augmenter
     rows = trainer.train_rows.numpy()
     table = trainer.augmenter.table.numpy()
     labels = zeisel.obs["class"].to_numpy()

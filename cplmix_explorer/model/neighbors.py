@@ -12,8 +12,8 @@ Each arm's copy is the end of a short random walk on the graph (``walk_steps`` h
 cell itself or one of its k neighbours): a walk stays inside a type (types are the graph's weakly connected
 groups) but travels along the type's continuum, so two arms see the same type at different states. With one
 hop the arms' copies are so close in state that a split of a large type along its state still looks
-type-preserving to the coupling; on the simulator (benchmarks/results/simulator_quality_neighbors*.md) six
-hops kept every large type in one category.
+type-preserving to the coupling. On the Zeisel 2015 classes six hops raised the 2-arm ARI from 0.618 to 0.769
+(benchmarks/results/zeisel_quality_class_augmentneighbors*.md).
 """
 
 from __future__ import annotations
