@@ -4,8 +4,8 @@ against the CLI: how much of the app's overhead is not the app's own work (issue
     python benchmarks/thread_training.py --steps 600 --repeats 3 --threads 2
 
 Runs the same training (zeisel2015, 2,000 genes, 10 types, 2 arms, batch 256) alternately as ``cplmix train``
-in a subprocess, in a worker thread of this process that first sets torch's thread count (oneMKL is set up per
-thread by ``torch.set_num_threads``), and in a worker thread that does not. Prints one JSON object (steps/s of
+in a subprocess, in a worker thread of this process that first calls ``torch.set_num_threads`` (which also sets up oneMKL
+in the calling thread), and in a worker thread that does not. Prints one JSON object (steps/s of
 each run, from its metrics.json).
 """
 

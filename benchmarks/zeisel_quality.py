@@ -14,9 +14,9 @@ benchmarks/results/leiden_zeisel2015.json (benchmarks/leiden_baseline.py, which 
 from __future__ import annotations
 
 import argparse
-import re
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
