@@ -139,9 +139,10 @@ def make_augmenter(
     if name == "none":
         return IdentityAugmenter(), name
     if name == "neighbors":
-        from .neighbors import WALK_STEPS, NeighbourAugmenter
+        from .neighbors import NeighbourAugmenter
 
-        return NeighbourAugmenter(walk_steps=neighbor_steps or WALK_STEPS), name
+        steps = {} if neighbor_steps is None else {"walk_steps": neighbor_steps}  # None: the augmenter's default
+        return NeighbourAugmenter(**steps), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
     if name == "affine":
