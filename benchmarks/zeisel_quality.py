@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
                         help="other CplMixVAE options for every run, e.g. entropy_weight=0 (values parsed as JSON)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. arms35), so that runs do not overwrite")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +105,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = "zeisel_quality" + ("" if set(args.levels) == {"class", "subclass"} else "_" + "_".join(args.levels))
     stem += "".join("_" + re.sub(r"[^A-Za-z0-9_.-]", "", a.replace("=", "")) for a in args.set)  # augment="x" -> augmentx
+    stem += f"_{args.tag}" if args.tag else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

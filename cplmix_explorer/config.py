@@ -130,14 +130,21 @@ class CplMixConfig(OptionSet):
     )
     augment = param.Selector(
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
-        doc="Type-preserving copy each arm sees: auto picks affine for images, none for expression data; neighbors: "
-        "a random walk of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
+        doc="Type-preserving copy each arm sees: auto picks affine for images and, for expression data with 2 or more "
+        "arms, neighbors (none with 1 arm or above 250 million cells x genes); neighbors: the end of a random walk "
+        "of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     neighbor_steps = param.Integer(
         6, bounds=(1, 100),
         doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
         "copy (1 = a direct neighbour; more hops move the copy along its type's continuous state).",
+    )
+    neighbor_ramp_steps = param.Integer(
+        300, bounds=(0, None),
+        doc="augment='neighbors': training steps over which the walks grow from one hop to neighbor_steps (0 = full "
+        "length from the first step); short walks first let the categories settle on groups before long walks "
+        "make a split along a continuum costly.",
     )
     augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")
     fast_path = param.Selector(

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from cplmix_explorer.api import CplMixVAE
+from cplmix_explorer.model.augment import AUTO_NEIGHBOURS_MAX_VALUES, resolve_auto
 from cplmix_explorer.model.neighbors import NeighbourAugmenter, nearest_neighbours
 
 
@@ -93,9 +94,45 @@ def test_neighbour_copies_train_the_negative_binomial_model_on_raw_counts():
     torch.manual_seed(0)
     x, target, library = trainer._arm_inputs(index)
     torch.manual_seed(0)
-    rows = trainer.augmenter.source_rows(index, 2)
+    rows = trainer.augmenter.source_rows(index, 2, step=trainer._step_counter)
     assert torch.equal(target, trainer.data.gather(rows.reshape(-1)).view(2, 8, -1))  # the neighbours' counts
     assert torch.equal(x, trainer.data.model_input(rows.reshape(-1)).view(2, 8, -1))  # normalised by their own library
     assert torch.equal(library, target.sum(dim=-1, keepdim=True))
     result = model.train(progress=False)
     assert result.step == 30 and np.isfinite(result.history_values).all()
+
+
+def _reachable_in_one_hop(table: torch.Tensor) -> torch.Tensor:
+    n = table.shape[0]
+    reachable = torch.zeros(n, n, dtype=torch.bool)
+    reachable[torch.arange(n)[:, None], table] = True
+    return reachable
+
+
+def test_walks_start_at_one_hop_and_grow_to_their_length_over_the_ramp():
+    points, group = _two_clouds(n=200)
+    rows = torch.arange(200)
+    walk = NeighbourAugmenter(k=4, walk_steps=5, ramp_steps=100).fit(points, rows, n_data=200)
+    assert [walk.hops_at(step) for step in (0, 24, 25, 50, 99, 100, 10_000)] == [1, 1, 2, 3, 4, 5, 5]
+    assert [int(walk.hops_at(torch.tensor(step))) for step in (0, 50, 100, 10_000)] == [1, 3, 5, 5]  # device form
+    assert NeighbourAugmenter(walk_steps=5, ramp_steps=0).hops_at(0) == 5  # no ramp: full length at once
+    reachable = _reachable_in_one_hop(walk.table)
+    torch.manual_seed(0)
+    first = walk.source_rows(rows, n_arms=2, step=torch.tensor(0))
+    assert reachable[rows, first].all()  # the first steps: the cell or a direct neighbour
+    torch.manual_seed(0)
+    late = walk.source_rows(rows, n_arms=2, step=torch.tensor(100))
+    assert (~reachable[rows, late]).float().mean() > 0.3  # after the ramp: the full walks
+    assert (group[late.numpy()] == group[None, :]).all()
+
+
+def test_auto_gives_expression_data_neighbour_walks_when_there_are_arms_to_couple(mixture):
+    coupled = CplMixVAE(mixture, n_types=4, n_arms=2, labels="type", seed=0, device="cpu")
+    coupled.train(steps=300, progress=False)
+    assert coupled.augment_used == "neighbors"  # recorded in the run (metrics.json 'augment', uns['cplmix'])
+    assert coupled.evaluate()["acc"] >= 0.9  # well-separated types are all found with the default
+    single = CplMixVAE(mixture, n_types=4, n_arms=1, seed=0, device="cpu")
+    single.train(steps=5, progress=False)
+    assert single.augment_used == "none"  # one arm has nothing to agree with
+    assert resolve_auto(None, 2, AUTO_NEIGHBOURS_MAX_VALUES + 1) == "none"  # too large to find neighbours
+    assert resolve_auto((28, 28), 2, 784) == "affine"  # images keep their warps

@@ -111,6 +111,28 @@ class AffineImageAugmenter(Augmenter):
         return warped.reshape(n_arms, batch, height * width)
 
 
+#: 'auto' gives expression data neighbour walks when finding the neighbours (one pass over the dense model input
+#: of all cells) stays within this many values: 1 GB in float32, e.g. 50,000 cells x 5,000 genes. Beyond it,
+#: 'auto' means none; ``augment='neighbors'`` still forces walks.
+AUTO_NEIGHBOURS_MAX_VALUES = 250_000_000
+
+
+def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int, n_input_values: int) -> str:
+    """What ``augment='auto'`` means for a run: affine warps for images; for expression data neighbour walks
+    when there is a second arm to couple with and the data are small enough (``n_input_values`` = cells x
+    model genes <= AUTO_NEIGHBOURS_MAX_VALUES), else none.
+
+    Why walks: arms that see the same cell can agree on any deterministic partition of it, also one that cuts
+    a type along its continuous state; arms that see different cells of one neighbourhood can only agree on
+    groups with few neighbours across them. On the Zeisel 2015 classes walks raised the 2-arm ARI from 0.572
+    to 0.769 (Leiden 0.727), on three flat simulated types from 0.02 to 0.93 (README, "Quality")."""
+    if image_shape is not None:
+        return "affine"
+    if n_arms > 1 and n_input_values <= AUTO_NEIGHBOURS_MAX_VALUES:
+        return "neighbors"
+    return "none"
+
+
 def make_augmenter(
     name: str,
     *,
@@ -122,27 +144,27 @@ def make_augmenter(
     transform: str | None = None,
     likelihood: str = "gaussian",
     neighbor_steps: int | None = None,
+    neighbor_ramp_steps: int | None = None,
+    n_arms: int = 2,
+    n_input_values: int = 0,
 ) -> tuple[Augmenter, str]:
-    """The augmenter for an option value and the name actually used ('auto' resolved: affine for images,
-    none for expression data).
-
-    Expression data get no augmentation by default: on well-separated simulated types, binomial thinning with
-    gene dropout made the arms settle on merged categories on a third of the seeds where the unaugmented arms
-    recovered every type (benchmarks/results/augmentation_default.json); the paper's augmenter for cells is
-    the trained generative one (``augment='generative'``), which must be trained first.
+    """The augmenter for an option value and the name actually used ('auto' resolved by :func:`resolve_auto`
+    from the image shape, the number of arms and the data size ``n_input_values`` = cells x model genes).
 
     ``genes`` and ``transform`` (the data's model genes and normalisation) are checked against a trained
     generative augmenter; it produces log-expression, so it needs the Gaussian likelihood.
     """
     if name == "auto":
-        name = "affine" if image_shape is not None else "none"
+        name = resolve_auto(image_shape, n_arms, n_input_values)
     if name == "none":
         return IdentityAugmenter(), name
     if name == "neighbors":
         from .neighbors import NeighbourAugmenter
 
-        steps = {} if neighbor_steps is None else {"walk_steps": neighbor_steps}  # None: the augmenter's default
-        return NeighbourAugmenter(**steps), name
+        walk = {} if neighbor_steps is None else {"walk_steps": neighbor_steps}  # None: the augmenter's default
+        if neighbor_ramp_steps is not None:
+            walk["ramp_steps"] = neighbor_ramp_steps
+        return NeighbourAugmenter(**walk), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
     if name == "affine":
@@ -178,4 +200,7 @@ def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
         transform=prepared.preprocessing.transform,
         likelihood=likelihood,
         neighbor_steps=config.neighbor_steps,
+        neighbor_ramp_steps=config.neighbor_ramp_steps,
+        n_arms=config.n_arms,
+        n_input_values=prepared.n_cells * prepared.n_genes,
     )

@@ -274,7 +274,7 @@ class Trainer:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library."""
         n_arms = self.model.n_arms
         if self.augmenter.chooses_rows:  # each arm sees other stored cells, with their own library sizes
-            rows = self.augmenter.source_rows(index, n_arms).reshape(-1)  # (A * B,)
+            rows = self.augmenter.source_rows(index, n_arms, step=self._step_counter).reshape(-1)  # (A * B,)
             copies = self.data.gather(rows).view(n_arms, len(index), -1)
             copy_library = self.data.library_of(rows)
             copy_library = None if copy_library is None else copy_library.view(n_arms, len(index))
