@@ -32,7 +32,7 @@ DEMOS: dict[str, dict] = {
         "data": "zeisel2015",
         "options": [
             "--types", "10", "--arms", "2", "--state-dim", "2", "--genes", "2000",
-            "--steps", "4000", "--seed", "0", "--labels", "class", "--augment", "noise",
+            "--steps", "4000", "--seed", "0", "--labels", "class",
         ],
         "labels": ["class", "subclass"],
         "summary": (
