@@ -146,8 +146,8 @@ def make_augmenter(
     likelihood: str = "gaussian",
     neighbor_steps: int | None = None,
     neighbor_ramp_steps: int | None = None,
-    n_arms: int = 2,
-    n_input_values: int = 0,
+    n_arms: int,
+    n_input_values: int,
 ) -> tuple[Augmenter, str]:
     """The augmenter for an option value and the name actually used ('auto' resolved by :func:`resolve_auto`
     from the image shape, the number of arms and the data size ``n_input_values`` = cells x model genes).

@@ -104,9 +104,8 @@ class NeighbourAugmenter(Augmenter):
         safe); the full ``walk_steps`` when ``step`` is None or there is no ramp."""
         if step is None or self.ramp_steps == 0 or self.walk_steps == 1:
             return self.walk_steps
-        if torch.is_tensor(step):
-            return 1 + (self.walk_steps - 1) * step.clamp(max=self.ramp_steps) // self.ramp_steps
-        return 1 + (self.walk_steps - 1) * min(int(step), self.ramp_steps) // self.ramp_steps
+        done = step.clamp(max=self.ramp_steps) if torch.is_tensor(step) else min(int(step), self.ramp_steps)
+        return 1 + (self.walk_steps - 1) * done // self.ramp_steps
 
     def source_rows(self, index: torch.Tensor, n_arms: int, step: torch.Tensor | int | None = None) -> torch.Tensor:
         """Data rows (A, B) that the arms see for the batch rows ``index`` (B,): each arm's walk end, with
@@ -116,7 +115,7 @@ class NeighbourAugmenter(Augmenter):
         rows = index.unsqueeze(0).expand(n_arms, -1)
         for hop in range(self.walk_steps):  # one gather per hop, on the device
             choice = torch.randint(self.table.shape[1], rows.shape, device=index.device)
-            if not isinstance(hops, int) or hop >= hops:
+            if torch.is_tensor(hops) or hop >= hops:
                 choice = choice * (hop < hops)  # column 0 of the table is the cell itself
             rows = self.table[rows, choice]
         return rows
