@@ -65,7 +65,7 @@ class JobEnded:
 
 
 JobEvent = JobQueued | JobRunning | JobEnded
-#: work(control, attach_model) -> (status, message, result); attach_model(model) subscribes to its events.
+#: work(control, attach_model) -> (status, message, result); attach_model(model) subscribes to its ``events``.
 Work = Callable[[TrainingControl, Callable[[Any], None]], tuple[str, str, Any]]
 
 
@@ -90,7 +90,8 @@ class BackgroundJob:
         return self
 
     def _attach_model(self, model) -> None:
-        """Called by the work (in the worker thread) once its model exists: subscribe to its metric events."""
+        """Called by the work (in the worker thread) once its model exists: subscribe to its metric events
+        (anything with an ``events`` bus: a model, or a :class:`~cplmix_explorer.train.worker.ProcessTraining`)."""
         with self._attach_lock:
             if self._model is not None and self._model_events is not None:
                 self._model.events.unsubscribe_queue(self._model_events)

@@ -38,7 +38,8 @@ from ..data.validate import check_types_fit_cells, validate_anndata
 from ..errors import CplmixError
 from ..train.engine import resolve_device
 from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
-from ..train.run import load_run, train_run
+from ..train.run import load_run
+from ..train.worker import ProcessTraining
 from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
 from .live import LiveTraining
 from .safety import DEFAULT_MAX_UPLOAD_MB, read_upload, resolve_data_path
@@ -303,7 +304,10 @@ class ExplorerState(param.Parameterized):
         source, run_dir = self.data_source, self.new_run_dir("train")
 
         def work(control, attach_model):
-            outcome = train_run(source, run_dir, config, progress=False, control=control, on_model=attach_model)
+            # in a process of its own: as fast as `cplmix train` whatever this server has drawn (train/worker.py)
+            training = ProcessTraining(source, run_dir, config)
+            attach_model(training)
+            outcome = training.run(control)
             return outcome.result.status, f"trained to step {outcome.result.step}", outcome
 
         self._start_job(BackgroundJob("training", str(resolve_device(config.device)), work), "training")

@@ -1,0 +1,176 @@
+"""A training run in a child process of its own, its metric events forwarded to this process.
+
+What the served app trains with. Training inside the server process ran 20-30 % slower than ``cplmix train``
+with the same options, from the process state alone: once datashader had drawn a cell map (its numba kernels
+start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships), CPU training in that
+process ran at 25-28 steps/s instead of 34-38 (benchmarks/results/app_overhead*.json, README). A spawned child
+starts clean, so it trains as fast as the CLI, whatever the app's sessions have imported or drawn; its memory
+goes back to the system when it ends; and no Python work of the server (sessions, plots, the GIL) competes
+with the training loop.
+
+:class:`ProcessTraining` is the engine side only (no UI): ``run`` blocks until the child ends, publishing
+the child's events on ``self.events`` as they arrive and passing stop / pause / resume requests of a
+:class:`TrainingControl` to the child between its steps. Errors come back as one line (a
+:class:`CplmixError` for a user mistake, a :class:`TrainingProcessError` with the exception's type and first
+line otherwise, its trace on the server's stderr); a child that dies without a word (killed, out of memory) is
+reported with its exit code or signal.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import threading
+import traceback
+from pathlib import Path
+
+from ..config import CplMixConfig
+from ..errors import CplmixError
+from .events import EventBus, TrainingControl
+
+#: Seconds between checks of the control object and of the child being alive.
+POLL_SECONDS = 0.2
+#: Seconds the child gets to finish after its last message before it is terminated.
+EXIT_GRACE_SECONDS = 30.0
+
+
+class TrainingProcessError(RuntimeError):
+    """The training process failed other than by a user mistake (its exception, or its unexpected end)."""
+
+
+class ProcessTraining:
+    """``train_run(source, run_dir, config)`` in a spawned child process.
+
+    source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); the finished model is
+    loaded back from the run folder onto ``config``'s device. ``events`` publishes the child's metric events
+    in this process (subscribe before :meth:`run`). ``threads``: torch's CPU thread count in the child
+    (default: this process's).
+    """
+
+    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
+        import torch
+
+        self.source = source
+        self.run_dir = Path(run_dir)
+        self.config = config.copy()
+        self.threads = int(threads or torch.get_num_threads())
+        self.events = EventBus()
+        self.process: multiprocessing.process.BaseProcess | None = None
+
+    def run(self, control: TrainingControl | None = None):
+        """Train in the child, forwarding its events; returns the run's :class:`~cplmix_explorer.train.run.RunOutcome`
+        with the model loaded from the run folder. Blocks: call it from a worker thread."""
+        from .run import METRICS_FILE, RunOutcome, load_run
+
+        control = control or TrainingControl()
+        context = multiprocessing.get_context("spawn")  # fork is unsafe with threads, torch and CUDA
+        messages, commands = context.Queue(), context.Queue()
+        self.process = context.Process(
+            target=_child_main, name="cplmix-training", daemon=True,
+            args=(self.source, str(self.run_dir), self.config.to_dict(), self.threads, messages, commands, os.getpid()),
+        )
+        self.process.start()
+        final = None
+        try:
+            final = self._forward(control, messages, commands)
+        finally:
+            commands.put(None)
+            self.process.join(EXIT_GRACE_SECONDS if final is not None else 1.0)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join()
+            messages.close()
+            commands.close()
+        kind, *details = final
+        if kind == "user_error":
+            raise CplmixError(details[0])
+        if kind == "crash":
+            raise TrainingProcessError(details[0])
+        result = details[0]
+        metrics_path = self.run_dir / METRICS_FILE
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
+        model = load_run(self.run_dir, self.source, device=self.config.device)
+        return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
+
+    def _forward(self, control: TrainingControl, messages, commands) -> tuple:
+        """Publish the child's events until its final message; pass control requests on."""
+        stop_sent, paused_sent = False, False
+        while True:
+            if control.stop_requested and not stop_sent:
+                commands.put(("stop", control.stop_reason or "stopped by request"))
+                stop_sent = True
+            if control.paused != paused_sent and not stop_sent:
+                commands.put(("pause" if control.paused else "resume", ""))
+                paused_sent = control.paused
+            try:
+                message = messages.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    try:  # the last messages may have arrived just before the end
+                        message = messages.get(timeout=POLL_SECONDS)
+                    except queue.Empty:
+                        code = self.process.exitcode
+                        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                        raise TrainingProcessError(
+                            f"the training process ended unexpectedly ({how}; out of memory?) without finishing its run"
+                        ) from None
+                else:
+                    continue
+            if message[0] == "event":
+                self.events.publish(message[1])
+            else:
+                return message
+
+
+def _child_main(source, run_dir: str, config: dict, threads: int, messages, commands, parent_pid: int) -> None:
+    """The child: train, sending ('event', event) for every metric event, then one final message:
+    ('done', TrainingResult), ('user_error', text) or ('crash', text)."""
+    import torch
+
+    from .run import train_run
+
+    torch.set_num_threads(threads)
+    control = TrainingControl()
+
+    def listen() -> None:  # requests from the parent; stop when the parent is gone
+        while True:
+            try:
+                command = commands.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent_pid:
+                    control.stop("the app's process ended")
+                    return
+                continue
+            except (EOFError, OSError):
+                control.stop("the app's process ended")
+                return
+            if command is None:
+                return
+            kind, reason = command
+            if kind == "stop":
+                control.stop(reason)
+            elif kind == "pause":
+                control.pause()
+            elif kind == "resume":
+                control.resume()
+
+    threading.Thread(target=listen, name="cplmix-commands", daemon=True).start()
+
+    def forward_events(model) -> None:
+        model.events.subscribe(lambda event: messages.put(("event", event)))
+
+    try:
+        outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
+                            on_model=forward_events)
+        final = ("done", outcome.result)
+    except CplmixError as error:
+        final = ("user_error", str(error))
+    except BaseException as error:  # a bug or an environment failure: the trace to stderr, one line to the app
+        traceback.print_exc()
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        final = ("crash", f"{type(error).__name__}" + (f": {text}" if text else ""))
+    messages.put(final)
+    messages.close()
+    messages.join_thread()  # everything is written to the pipe before the process exits

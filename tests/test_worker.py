@@ -1,0 +1,78 @@
+"""Training in a child process (what the served app does): events, stop requests and failures reach this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import mixture_counts
+
+from cplmix_explorer.config import CplMixConfig
+from cplmix_explorer.errors import CplmixError
+from cplmix_explorer.train.events import StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
+from cplmix_explorer.train.worker import ProcessTraining, TrainingProcessError
+
+QUICK = {"n_types": 4, "n_arms": 2, "state_dim": 2, "n_genes": 100, "batch_size": 128, "log_every": 5, "eval_every": 20,
+         "device": "cpu", "seed": 0}
+
+
+def _wait_for(condition, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_run_in_a_child_process_streams_its_events_and_returns_the_trained_model(tmp_path):
+    training = ProcessTraining(mixture_counts(), tmp_path / "run", CplMixConfig(**QUICK, steps=60, labels="type"))
+    events = []
+    training.events.subscribe(events.append)
+    outcome = training.run()
+    assert training.process.pid != os.getpid() and training.process.exitcode == 0  # trained elsewhere, and ended
+    kinds = [type(event) for event in events]
+    assert kinds[0] is TrainingStarted and kinds[-1] is TrainingFinished and StepMetrics in kinds
+    steps = [int(step) for event in events if isinstance(event, StepMetrics) for step in event.steps]
+    assert steps == list(range(1, 61))  # every step, in order
+    assert outcome.result.status == "completed" and outcome.model.step == 60
+    assert (tmp_path / "run" / "result.h5ad").exists() and outcome.metrics["acc"] > 0.5
+    # the model loaded back here is the one the child trained: same assignments, same accuracy
+    assert outcome.model.predict().consensus_type.shape == (600,)
+    assert outcome.model.evaluate("type")["acc"] == pytest.approx(outcome.metrics["acc"])
+
+
+def test_a_stop_request_stops_the_child_between_steps_and_keeps_what_it_trained(tmp_path):
+    training = ProcessTraining(mixture_counts(), tmp_path / "run", CplMixConfig(**QUICK, steps=20000))
+    control, steps_seen, done = TrainingControl(), [], {}
+    training.events.subscribe(lambda event: steps_seen.append(event.last_step) if isinstance(event, StepMetrics) else None)
+    worker = threading.Thread(target=lambda: done.setdefault("outcome", training.run(control)))
+    worker.start()
+    _wait_for(lambda: len(steps_seen) >= 2)
+    control.stop("enough")
+    worker.join(60)
+    outcome = done["outcome"]
+    assert outcome.result.status == "stopped" and 10 <= outcome.model.step < 20000
+    assert outcome.metrics["status"] == "stopped" and not training.process.is_alive()
+
+
+def test_a_child_that_dies_is_reported_with_its_signal(tmp_path):
+    training = ProcessTraining(mixture_counts(), tmp_path / "run", CplMixConfig(**QUICK, steps=20000))
+    killed = []
+
+    def kill_once(event) -> None:
+        if isinstance(event, StepMetrics) and not killed:
+            killed.append(True)
+            os.kill(training.process.pid, signal.SIGKILL)
+
+    training.events.subscribe(kill_once)
+    with pytest.raises(TrainingProcessError, match=r"ended unexpectedly \(killed by signal 9"):
+        training.run()
+
+
+def test_a_user_mistake_in_the_child_comes_back_as_its_one_line_message(tmp_path):
+    training = ProcessTraining(str(tmp_path / "missing.h5ad"), tmp_path / "run", CplMixConfig(**QUICK, steps=10))
+    with pytest.raises(CplmixError, match="missing.h5ad"):
+        training.run()
+    assert not (tmp_path / "run").exists()  # nothing half written
