@@ -394,7 +394,8 @@ class ExplorerState(param.Parameterized):
         if not self._poll_lock.acquire(blocking=wait):
             return
         try:
-            self._poll()
+            with pn.io.hold():  # the refresh's changes go to the browser as one message, drawn in one pass
+                self._poll()
         except Exception as error:
             logger.exception("explorer refresh failed")
             self.error = f"display update failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -1,6 +1,7 @@
 """Training monitor: start / stop training in the background and watch it live.
 
-The training thread only publishes engine events; the session's periodic callback (about once a second)
+The training (a child process when started from the app, a thread when a notebook trains its model further)
+only publishes engine events; the session's periodic callback (about once a second)
 drains them into :class:`~cplmix_explorer.views.live.LiveTraining`. The progress bar and the ETA follow every
 refresh; the figures get the new rows with one ``stream`` every ``plot_period`` seconds
 (:mod:`~cplmix_explorer.views.live_plots`), so Bokeh sends only the increments and the browser redraws the
