@@ -77,6 +77,7 @@ class ProcessTraining:
             final = self._forward(control, messages, commands)
         finally:
             commands.put(None)
+            commands.cancel_join_thread()  # never wait at exit on a request the child no longer reads
             self.process.join(EXIT_GRACE_SECONDS if final is not None else 1.0)
             if self.process.is_alive():
                 self.process.terminate()
@@ -172,5 +173,6 @@ def _child_main(source, run_dir: str, config: dict, threads: int, messages, comm
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         final = ("crash", f"{type(error).__name__}" + (f": {text}" if text else ""))
     messages.put(final)
+    if os.getppid() != parent_pid:  # nobody reads any more: do not wait for the pipe at exit
+        messages.cancel_join_thread()
     messages.close()
-    messages.join_thread()  # everything is written to the pipe before the process exits
