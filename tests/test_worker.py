@@ -13,7 +13,7 @@ from conftest import mixture_counts
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.errors import CplmixError
 from cplmix_explorer.train.events import StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
-from cplmix_explorer.train.worker import ProcessTraining, TrainingProcessError
+from cplmix_explorer.train.worker import ProcessPruning, ProcessTraining, TrainingProcessError
 
 QUICK = {"n_types": 4, "n_arms": 2, "state_dim": 2, "n_genes": 100, "batch_size": 128, "log_every": 5, "eval_every": 20,
          "device": "cpu", "seed": 0}
@@ -76,3 +76,21 @@ def test_a_user_mistake_in_the_child_comes_back_as_its_one_line_message(tmp_path
     with pytest.raises(CplmixError, match="missing.h5ad"):
         training.run()
     assert not (tmp_path / "run").exists()  # nothing half written
+
+
+def test_pruning_in_a_child_process_reports_each_round_here_and_saves_the_pruned_model(tmp_path):
+    from cplmix_explorer import CplMixVAE
+
+    model = CplMixVAE(mixture_counts(), config=CplMixConfig(**{**QUICK, "n_types": 6}))
+    model.train(steps=40, progress=False)
+    model.save(tmp_path / "run")
+    rounds, steps_seen = [], []
+    job = ProcessPruning(tmp_path / "run", model.adata, "cpu", {"min_consensus": 1.0, "min_types": 4, "fine_tune_steps": 10},
+                         on_round=rounds.append)
+    job.events.subscribe(lambda event: steps_seen.append(event.last_step) if isinstance(event, StepMetrics) else None)
+    pruned, result = job.run()
+    assert job.process.pid != os.getpid() and job.process.exitcode == 0
+    assert [r.k for r in rounds] == [6, 5, 4] and result.chosen_k == 4  # every round arrived here, in order
+    assert steps_seen and steps_seen[-1] == 60  # the two fine-tunings' steps were streamed
+    assert pruned.module.n_types == 4 and CplMixVAE.load(tmp_path / "run", model.adata).module.n_types == 4
+    assert model.module.n_types == 6  # the model in this process is left as it was

@@ -1,6 +1,6 @@
-"""A training run in a child process of its own, its metric events forwarded to this process.
+"""Training and pruning in a child process of their own, their metric events forwarded to this process.
 
-What the served app trains with. Training inside the server process ran 20-30 % slower than ``cplmix train``
+What the served app trains and prunes with. Training inside the server process ran 20-30 % slower than ``cplmix train``
 with the same options, from the process state alone: once datashader had drawn a cell map (its numba kernels
 start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships), CPU training in that
 process ran at 25-28 steps/s instead of 34-38 (benchmarks/results/app_overhead*.json, README). A spawned child
@@ -8,9 +8,10 @@ starts clean, so it trains as fast as the CLI, whatever the app's sessions have 
 goes back to the system when it ends; and no Python work of the server (sessions, plots, the GIL) competes
 with the training loop.
 
-:class:`ProcessTraining` is the engine side only (no UI): ``run`` blocks until the child ends, publishing
-the child's events on ``self.events`` as they arrive and passing stop / pause / resume requests of a
-:class:`TrainingControl` to the child between its steps. Errors come back as one line (a
+:class:`ProcessTraining` (``train_run``) and :class:`ProcessPruning` (``prune`` of a saved model) are the
+engine side only (no UI): ``run`` blocks until the child ends, publishing the child's events on ``self.events``
+as they arrive and passing stop / pause / resume requests of a :class:`TrainingControl` to the child between
+its steps. Errors come back as one line (a
 :class:`CplmixError` for a user mistake, a :class:`TrainingProcessError` with the exception's type and first
 line otherwise, its trace on the server's stderr); a child that dies without a word (killed, out of memory) is
 reported with its exit code or signal.
@@ -40,36 +41,33 @@ class TrainingProcessError(RuntimeError):
     """The training process failed other than by a user mistake (its exception, or its unexpected end)."""
 
 
-class ProcessTraining:
-    """``train_run(source, run_dir, config)`` in a spawned child process.
+class ChildJob:
+    """``target(control, send, *args)`` in a spawned child process; ``send(kind, payload)`` reaches this process.
 
-    source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); the finished model is
-    loaded back from the run folder onto ``config``'s device. ``events`` publishes the child's metric events
-    in this process (subscribe before :meth:`run`). ``threads``: torch's CPU thread count in the child
-    (default: this process's).
+    Subclasses name the target (a module-level function, so the child can import it) and turn its return value
+    into the job's outcome in :meth:`_outcome`. Messages of kind 'event' are published on ``events``; other kinds
+    go to :meth:`_on_message`. ``threads``: torch's CPU thread count in the child (default: this process's).
     """
 
-    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
+    target = None
+
+    def __init__(self, args: tuple, threads: int | None = None):
         import torch
 
-        self.source = source
-        self.run_dir = Path(run_dir)
-        self.config = config.copy()
+        self.args = args
         self.threads = int(threads or torch.get_num_threads())
         self.events = EventBus()
         self.process: multiprocessing.process.BaseProcess | None = None
 
     def run(self, control: TrainingControl | None = None):
-        """Train in the child, forwarding its events; returns the run's :class:`~cplmix_explorer.train.run.RunOutcome`
-        with the model loaded from the run folder. Blocks: call it from a worker thread."""
-        from .run import METRICS_FILE, RunOutcome, load_run
-
+        """Run the target in the child, forwarding its messages; returns :meth:`_outcome` of its result.
+        Blocks: call it from a worker thread."""
         control = control or TrainingControl()
         context = multiprocessing.get_context("spawn")  # fork is unsafe with threads, torch and CUDA
         messages, commands = context.Queue(), context.Queue()
         self.process = context.Process(
-            target=_child_main, name="cplmix-training", daemon=True,
-            args=(self.source, str(self.run_dir), self.config.to_dict(), self.threads, messages, commands, os.getpid()),
+            target=_child_main, name="cplmix-job", daemon=True,
+            args=(type(self).target, self.args, self.threads, messages, commands, os.getpid()),
         )
         self.process.start()
         final = None
@@ -84,19 +82,21 @@ class ProcessTraining:
                 self.process.join()
             messages.close()
             commands.close()
-        kind, *details = final
+        kind, payload = final
         if kind == "user_error":
-            raise CplmixError(details[0])
+            raise CplmixError(payload)
         if kind == "crash":
-            raise TrainingProcessError(details[0])
-        result = details[0]
-        metrics_path = self.run_dir / METRICS_FILE
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
-        model = load_run(self.run_dir, self.source, device=self.config.device)
-        return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
+            raise TrainingProcessError(payload)
+        return self._outcome(payload)
+
+    def _outcome(self, result):
+        return result
+
+    def _on_message(self, kind: str, payload) -> None:
+        pass
 
     def _forward(self, control: TrainingControl, messages, commands) -> tuple:
-        """Publish the child's events until its final message; pass control requests on."""
+        """Publish the child's messages until its final one; pass control requests on."""
         stop_sent, paused_sent = False, False
         while True:
             if control.stop_requested and not stop_sent:
@@ -119,18 +119,86 @@ class ProcessTraining:
                         ) from None
                 else:
                     continue
-            if message[0] == "event":
-                self.events.publish(message[1])
-            else:
+            kind, payload = message
+            if kind == "event":
+                self.events.publish(payload)
+            elif kind in FINAL_KINDS:
                 return message
+            else:
+                self._on_message(kind, payload)
 
 
-def _child_main(source, run_dir: str, config: dict, threads: int, messages, commands, parent_pid: int) -> None:
-    """The child: train, sending ('event', event) for every metric event, then one final message:
-    ('done', TrainingResult), ('user_error', text) or ('crash', text)."""
+#: The child's last message: its result, a user mistake's one line, or another failure's one line.
+FINAL_KINDS = ("done", "user_error", "crash")
+
+
+class ProcessTraining(ChildJob):
+    """``train_run(source, run_dir, config)`` in a spawned child process.
+
+    source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); :meth:`run` returns the
+    run's :class:`~cplmix_explorer.train.run.RunOutcome` with the model loaded back from the run folder onto
+    ``config``'s device. ``events`` publishes the child's metric events in this process (subscribe before
+    :meth:`run`).
+    """
+
+    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
+        self.source, self.run_dir, self.config = source, Path(run_dir), config.copy()
+        super().__init__((source, str(self.run_dir), self.config.to_dict()), threads)
+
+    @staticmethod
+    def target(control, send, source, run_dir: str, config: dict):
+        from .run import train_run
+
+        outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
+                            on_model=lambda model: model.events.subscribe(lambda event: send("event", event)))
+        return outcome.result
+
+    def _outcome(self, result):
+        from .run import METRICS_FILE, RunOutcome, load_run
+
+        metrics_path = self.run_dir / METRICS_FILE
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
+        model = load_run(self.run_dir, self.source, device=self.config.device)
+        return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
+
+
+class ProcessPruning(ChildJob):
+    """:func:`~cplmix_explorer.analysis.pruning.prune` of the model saved in ``run_dir`` (on ``adata``), in a
+    spawned child; the pruned model is saved there. :meth:`run` returns (pruned model loaded back onto
+    ``device``, :class:`~cplmix_explorer.analysis.pruning.PruningResult`); each round reaches ``on_round``
+    in this process as it ends."""
+
+    def __init__(self, run_dir: str | os.PathLike, adata, device: str, options: dict, on_round=None,
+                 threads: int | None = None):
+        self.run_dir, self.adata, self.device, self.on_round = Path(run_dir), adata, str(device), on_round
+        super().__init__((str(self.run_dir), adata, self.device, dict(options)), threads)
+
+    @staticmethod
+    def target(control, send, run_dir: str, adata, device: str, options: dict):
+        from ..analysis import pruning
+        from ..api import CplMixVAE
+
+        model = CplMixVAE.load(run_dir, adata, device=device)
+        model.events.subscribe(lambda event: send("event", event))
+        result = pruning.prune(model, control=control, progress=False, on_round=lambda round_: send("round", round_),
+                               **options)
+        model.save(run_dir)
+        return result
+
+    def _on_message(self, kind: str, payload) -> None:
+        if kind == "round" and self.on_round is not None:
+            self.on_round(payload)
+
+    def _outcome(self, result):
+        from ..api import CplMixVAE
+
+        return CplMixVAE.load(self.run_dir, self.adata, device=self.device), result
+
+
+def _child_main(target, args: tuple, threads: int, messages, commands, parent_pid: int) -> None:
+    """The child: run ``target(control, send, *args)``, then send one final message: ('done', its result),
+    ('user_error', text) or ('crash', text)."""
     import torch
-
-    from .run import train_run
 
     torch.set_num_threads(threads)
     control = TrainingControl()
@@ -159,13 +227,11 @@ def _child_main(source, run_dir: str, config: dict, threads: int, messages, comm
 
     threading.Thread(target=listen, name="cplmix-commands", daemon=True).start()
 
-    def forward_events(model) -> None:
-        model.events.subscribe(lambda event: messages.put(("event", event)))
+    def send(kind: str, payload) -> None:
+        messages.put((kind, payload))
 
     try:
-        outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
-                            on_model=forward_events)
-        final = ("done", outcome.result)
+        final = ("done", target(control, send, *args))
     except CplmixError as error:
         final = ("user_error", str(error))
     except BaseException as error:  # a bug or an environment failure: the trace to stderr, one line to the app

@@ -3,8 +3,8 @@
 A :class:`BackgroundJob` runs one function in a daemon thread. The thread only *publishes*: job events go to
 the job's own queue and the engine's metric events to the model's ``events.subscribe_queue()``; the session
 drains both from its periodic callback (:meth:`BackgroundJob.drain`) and updates widgets and plots there.
-A new training's work runs the engine in a child process (:class:`~cplmix_explorer.train.worker.ProcessTraining`)
-and this thread only relays its events; notebook training of a model in memory and pruning run in the thread.
+A new training and a pruning run the engine in a child process (:mod:`cplmix_explorer.train.worker`) and this
+thread only relays their events; notebook training of a model in memory runs in the thread itself.
 
 Jobs on the same device take turns through a process-wide lock per device: a second request waits in a
 queue (and says so) until the first finishes, or until it is stopped. Plain Python, no Panel.

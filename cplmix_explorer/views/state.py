@@ -39,7 +39,7 @@ from ..errors import CplmixError
 from ..train.engine import resolve_device
 from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
 from ..train.run import load_run
-from ..train.worker import ProcessTraining
+from ..train.worker import ProcessPruning, ProcessTraining
 from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
 from .live import LiveTraining
 from .safety import DEFAULT_MAX_UPLOAD_MB, read_upload, resolve_data_path
@@ -329,8 +329,6 @@ class ExplorerState(param.Parameterized):
 
     def start_pruning(self, min_consensus: float, min_types: int, fine_tune_steps: int) -> None:
         """Prune categories of a copy of the current model (issue 6's ``prune``) in the background."""
-        from ..analysis import pruning
-
         if self.model is None:
             raise CplmixError("no model to prune: train one or open a run")
         if self.busy:
@@ -341,13 +339,11 @@ class ExplorerState(param.Parameterized):
 
         def work(control, attach_model):
             source_model.save(run_dir)  # prune a copy: the shown model (maybe shared) stays as it is
-            model = CplMixVAE.load(run_dir, source_model.adata, device=str(source_model.device))
-            attach_model(model)
-            result = pruning.prune(
-                model, min_consensus=min_consensus, min_types=min_types, fine_tune_steps=fine_tune_steps,
-                control=control, progress=False, on_round=rounds.put,
-            )
-            model.save(run_dir)
+            # the fine-tuning rounds train: in a process of their own, as training does (train/worker.py)
+            options = {"min_consensus": min_consensus, "min_types": min_types, "fine_tune_steps": fine_tune_steps}
+            job = ProcessPruning(run_dir, source_model.adata, str(source_model.device), options, on_round=rounds.put)
+            attach_model(job)
+            model, result = job.run(control)
             status = "stopped" if control.stop_requested else "completed"
             return status, f"pruned to {len(model.module.category_ids)} types (chosen K = {result.chosen_k})", (model, result)
 
