@@ -5,6 +5,13 @@ the CLI prints as one line and exits with code 2; the app shows it as a message.
 """
 
 
+def describe_failure(error: BaseException) -> str:
+    """One line for an unexpected error (not a :class:`CplmixError`): its type and the first line of its
+    message, e.g. ``"ValueError: bad shape"`` (the type alone when the message is empty)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 class CplmixError(Exception):
     """A problem the user can fix; its message is one line that names the problem."""
 

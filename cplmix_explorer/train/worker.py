@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from ..config import CplMixConfig
-from ..errors import CplmixError
+from ..errors import CplmixError, describe_failure
 from .events import EventBus, TrainingControl
 
 #: Seconds between checks of the control object and of the child being alive.
@@ -44,7 +44,7 @@ class TrainingProcessError(RuntimeError):
 class ChildJob:
     """``target(control, send, *args)`` in a spawned child process; ``send(kind, payload)`` reaches this process.
 
-    Subclasses name the target (a module-level function, so the child can import it) and turn its return value
+    Subclasses name the target (a static method ``target``, which the child imports by name) and turn its return value
     into the job's outcome in :meth:`_outcome`. Messages of kind 'event' are published on ``events``; other kinds
     go to :meth:`_on_message`. ``threads``: torch's CPU thread count in the child (default: this process's).
     """
@@ -236,8 +236,7 @@ def _child_main(target, args: tuple, threads: int, messages, commands, parent_pi
         final = ("user_error", str(error))
     except BaseException as error:  # a bug or an environment failure: the trace to stderr, one line to the app
         traceback.print_exc()
-        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        final = ("crash", f"{type(error).__name__}" + (f": {text}" if text else ""))
+        final = ("crash", describe_failure(error))
     messages.put(final)
     if os.getppid() != parent_pid:  # nobody reads any more: do not wait for the pipe at exit
         messages.cancel_join_thread()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CplmixError
+from ..errors import CplmixError, describe_failure
 from ..train.events import TrainingControl
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ class BackgroundJob:
             self._job_events.put(JobEnded("failed", str(error), None, time.perf_counter() - started))
         except BaseException as error:  # a bug or an environment failure: log it, tell the user, keep the app
             logger.exception("%s job failed", self.kind)
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            message = f"{self.kind} failed: {type(error).__name__}" + (f": {text}" if text else "")
+            message = f"{self.kind} failed: {describe_failure(error)}"
             self._job_events.put(JobEnded("failed", message, None, time.perf_counter() - started))
         finally:
             if acquired:

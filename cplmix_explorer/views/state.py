@@ -35,7 +35,7 @@ from ..config import CplMixConfig
 from ..data.bundled import DATASETS
 from ..data.bundled import load as load_bundled
 from ..data.validate import check_types_fit_cells, validate_anndata
-from ..errors import CplmixError
+from ..errors import CplmixError, describe_failure
 from ..train.engine import resolve_device
 from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
 from ..train.run import load_run
@@ -583,8 +583,7 @@ def format_exception(error: BaseException) -> str:
     if isinstance(error, CplmixError):
         return str(error)
     logger.error("unexpected error:\n%s", "".join(traceback.format_exception(error)))
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return describe_failure(error)
 
 
 __all__ = ["ExplorerState", "LIVE_MODELS", "LIVE_STATES", "freeze_startup_objects", "limit_malloc_arenas", "live_counts",
