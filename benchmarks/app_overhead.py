@@ -66,15 +66,24 @@ def browser_cpu_seconds() -> float:
     return total
 
 
-def with_app(page, server_runs: Path, steps: int, device: str) -> tuple[float, float]:
-    """Steps per second of a training started from the page, and the browser's CPU seconds per second of it."""
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by one process itself (user + system, seconds; not its children)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def with_app(page, server_runs: Path, steps: int, device: str, server_pid: int) -> tuple[float, float, float]:
+    """Steps per second of a training started from the page, and the browser's and the server process's CPU
+    seconds per second of it (the server's training child not included)."""
     before = set(server_runs.glob("*")) if server_runs.exists() else set()
     for label, (_flag, value) in OPTIONS.items():
         fill_option(page, label, value)
     fill_option(page, "steps (--steps)", steps)
     page.locator(".bk-input-group", has_text="device (--device)").locator("select").first.select_option(device)
     time.sleep(1.0)
-    browser_cpu, started = browser_cpu_seconds(), time.monotonic()
+    browser_cpu, server_cpu, started = browser_cpu_seconds(), process_cpu_seconds(server_pid), time.monotonic()
     page.get_by_role("button", name="Train", exact=True).first.click()
     # the page may still say "training completed" from the previous repeat: wait for this run's own record
     deadline = time.monotonic() + 3600
@@ -82,8 +91,10 @@ def with_app(page, server_runs: Path, steps: int, device: str) -> tuple[float, f
         if time.monotonic() > deadline:
             raise TimeoutError("the training started from the page did not finish within an hour")
         time.sleep(0.5)
-    browser_share = (browser_cpu_seconds() - browser_cpu) / (time.monotonic() - started)
-    return json.loads((finished[0] / "metrics.json").read_text())["steps_per_second"], browser_share
+    seconds = time.monotonic() - started
+    browser_share = (browser_cpu_seconds() - browser_cpu) / seconds
+    server_share = (process_cpu_seconds(server_pid) - server_cpu) / seconds
+    return json.loads((finished[0] / "metrics.json").read_text())["steps_per_second"], browser_share, server_share
 
 
 def server_only(steps: int, device: str, repeats: int) -> dict:
@@ -153,7 +164,7 @@ def main(argv=None) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="cplmix-overhead-"))
     runs = folder / "runs"
-    plain, monitored, browser_share = [], [], []
+    plain, monitored, browser_share, server_share = [], [], [], []
     with AppServer(["--runs-dir", str(runs), "--data-dir", str(folder)], folder / "server.log", threads=args.threads) as server:
         server.wait_ready()
         with sync_playwright() as playwright:
@@ -165,9 +176,10 @@ def main(argv=None) -> int:
             browser_idle = (browser_cpu_seconds() - idle_cpu) / (time.monotonic() - idle_started)
             for _ in range(args.repeats):
                 plain.append(without_app(args.steps, args.device, args.threads, folder))
-                steps_per_second, share = with_app(page, runs, args.steps, args.device)
+                steps_per_second, browser_cpu, server_cpu = with_app(page, runs, args.steps, args.device, server.process.pid)
                 monitored.append(steps_per_second)
-                browser_share.append(share)
+                browser_share.append(browser_cpu)
+                server_share.append(server_cpu)
             browser.close()
     slowdown = 1.0 - statistics.mean(monitored) / statistics.mean(plain)
     print(json.dumps({
@@ -182,6 +194,9 @@ def main(argv=None) -> int:
         "slowdown_median_of_pairs": round(1.0 - statistics.median(m / p for p, m in zip(plain, monitored)), 4),
         # the browser shares this machine's cores with training: its CPU seconds per second of training
         "browser_cpu_cores_busy": [round(v, 2) for v in browser_share],
+        # the server process (not its training child), over the same span: the start of the run, the refreshes
+        # and loading the trained model back at the end
+        "server_cpu_cores_busy": [round(v, 2) for v in server_share],
         # the open page with nothing happening (before training): what the browser costs just being there
         "browser_cpu_cores_idle": round(browser_idle, 3),
         "cpu_cores": os.cpu_count(),

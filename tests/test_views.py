@@ -28,6 +28,7 @@ from cplmix_explorer.views.consensus import pruning_available
 from cplmix_explorer.views.explorer import app_settings, remote_access_allowed
 from cplmix_explorer.views.jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
 from cplmix_explorer.views.live import LiveTraining, format_duration
+from cplmix_explorer.views.live_plots import LiveFigures, nice_range
 from cplmix_explorer.views.safety import read_upload, resolve_data_path, sanitize_filename
 from cplmix_explorer.views.traversal import parse_gene_list
 
@@ -339,6 +340,53 @@ def test_data_view_refuses_bad_paths_and_uploads_with_a_message(tmp_path):
     for choice in view.source.options:  # every chooser renders
         view.source.value = choice
         render(view)
+
+
+# -- the live figures ---------------------------------------------------------------------------------------------
+def test_live_axes_hold_still_while_points_arrive_and_widen_when_a_value_leaves_them():
+    names = ["loss", "coupling", "reconstruction_arm0", "reconstruction_arm1"]
+    figures = LiveFigures(names)
+    loss_axis = figures.curves["loss"].y_range
+    figures.show_steps(0, 600)
+    assert (figures.steps.start, figures.steps.end) == (0, 600)  # the whole run from its start
+
+    def rows(steps, loss):
+        steps = np.asarray(steps, float)
+        return pd.DataFrame({"step": steps, "loss": loss, "coupling": 1.0,
+                             "reconstruction_arm0": 2.0, "reconstruction_arm1": np.linspace(3, 2.5, len(steps))})
+
+    figures.show_metrics(rows([5, 10], [4800.0, 2000.0]), replace=False)
+    first = (loss_axis.start, loss_axis.end)
+    assert first[0] <= 2000 and first[1] >= 4800 and first[1] - first[0] < 2 * (4800 - 2000)
+    figures.show_metrics(rows([15, 20, 25], [1500.0, 1200.0, 980.0]), replace=False)
+    fitted = (loss_axis.start, loss_axis.end)
+    assert fitted[0] <= 980 and fitted[1] >= 4800
+    figures.show_metrics(rows([30, 35, 40], [1100.0, 1050.0, np.nan]), replace=False)  # inside (or missing): still
+    assert (loss_axis.start, loss_axis.end) == fitted
+    figures.show_metrics(rows([45], [9000.0]), replace=False)  # a value above: the axis widens to show it
+    assert loss_axis.start <= 980 and loss_axis.end >= 9000
+    assert (loss_axis.reset_start, loss_axis.reset_end) == (loss_axis.start, loss_axis.end)  # reset shows it all
+    for low, high in [(980, 4800), (2.11, 2.17), (5, 5), (-3, 7), (1e-5, 3e-5)]:
+        start, end = nice_range(low, high)
+        assert start <= low <= high <= end and end - start <= 2 * max(high - low, abs(high))
+    per_arm = figures.curves["reconstruction"].y_range
+    assert per_arm.start <= 2.0 and per_arm.end >= 3.0  # every arm's curve fits
+    figures.show_metrics(rows([5], [10.0]), replace=True)  # a new record: fitted afresh
+    assert loss_axis.start <= 10 <= loss_axis.end < 100
+
+
+def test_only_one_per_arm_term_is_on_the_page_at_a_time():
+    state = ExplorerState()
+    state.live.update(TrainingStarted(0, 100, "cpu", "eager", 10, 3, 2, [
+        "loss", "coupling", "reconstruction_arm0", "reconstruction_arm1", "kl_arm0", "kl_arm1", "entropy_arm0",
+        "entropy_arm1"]))
+    monitor = TrainingMonitor(state)
+    shown = {model.id for model in pn.panel(monitor).get_root(Document()).references()}  # what the page holds
+    curves = monitor.figures.curves
+    assert {curves["loss"].id, curves["coupling"].id, curves["reconstruction"].id} <= shown
+    assert curves["kl"].id not in shown and curves["entropy"].id not in shown
+    tabs = next(o for o in monitor._plots.objects if isinstance(o, pn.Tabs))
+    assert tabs._names == ["Reconstruction", "State KL", "Type entropy"]
 
 
 # -- training from the state (real, small) ------------------------------------------------------------------------

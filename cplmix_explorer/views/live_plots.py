@@ -5,13 +5,21 @@ increment and does not recompute the document's model graph). HoloViews' ``Dynam
 the same streaming but also re-runs its plotting pipeline and a full-document model recomputation on every
 refresh: on the 2-core reference machine that took ~0.5 s of the server's time per refresh and made training
 in the app 56 % slower (``benchmarks/app_overhead.py``); these figures cost ~6 ms per refresh.
+
+The axes hold still while points arrive: the step axis spans the whole run from its start, and each value axis is
+set here to the data's extent rounded out to a round number (:func:`nice_range`), so it changes only now and then.
+Auto-ranging axes (``DataRange1d``) change with every new point; each change makes the browser measure the tick
+labels and lay the figure out again, which cost it about twice the CPU of drawing the curves. The ranges and the
+figures are not synchronised back to the server (``syncable=False``): the browser's zooming is its own business.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
-from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, Range1d
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d
 from bokeh.plotting import figure
 
 from .live import AGREEMENT_COLUMNS, STEP
@@ -25,8 +33,31 @@ METRIC_PANELS = [
     ("State KL per arm", "kl"),
     ("Type entropy per arm", "entropy"),
 ]
+#: The per-arm terms, shown one at a time (tabs in the monitor): term -> tab label. Every shown figure costs the
+#: browser ~12 ms of CPU per redraw, taken from training when the two share a machine.
+PER_ARM_TABS = {"reconstruction": "Reconstruction", "kl": "State KL", "entropy": "Type entropy"}
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 FIGURE_HEIGHT = 260  # px
+
+
+def nice_range(low: float, high: float) -> tuple[float, float]:
+    """The interval ``low .. high`` padded by 5 % of its span and widened to multiples of a round step (1, 2 or 5
+    times a power of ten, about a tenth of the span), so that it stays the same while the data move a little."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0.0, 1.0
+    span = high - low
+    if span <= 0:
+        span = abs(high) or 1.0
+    low, high = low - 0.05 * span, high + 0.05 * span
+    magnitude = 10.0 ** math.floor(math.log10(span / 10))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= span / 10)
+    return math.floor(low / step) * step, math.ceil(high / step) * step
+
+
+def _set_range(axis_range: Range1d, start: float, end: float) -> None:
+    """Show ``start .. end`` (also where the reset tool goes back to); no message when nothing changes."""
+    if (axis_range.start, axis_range.end) != (start, end):
+        axis_range.update(start=start, end=end, reset_start=start, reset_end=end)
 
 
 class LiveFigures:
@@ -41,14 +72,19 @@ class LiveFigures:
         self.metrics = ColumnDataSource({column: [] for column in [STEP, *self.names]})
         self.agreement = ColumnDataSource({column: [] for column in AGREEMENT_COLUMNS})
         self.categories = ColumnDataSource({"type": [], "agreement": []})
-        steps = DataRange1d()  # shared: zooming one curve plot zooms them all along the step axis
-        self.figures = [
-            self._metric_figure(title, metric_columns(self.names, term), steps)
+        self.steps = Range1d(0, 1, syncable=False)  # shared: zooming one curve plot zooms them all along the steps
+        self._value_ranges: list[tuple[Range1d, list[str]]] = []  # each curve figure's value axis and its columns
+        self._extents: list[tuple[float, float]] = []  # the smallest and largest value each of them has shown
+        self._fitted: list[bool] = []  # whether each value axis was fitted to this run's data yet
+        #: term -> its curve figure
+        self.curves = {
+            term: self._metric_figure(title, metric_columns(self.names, term))
             for title, term in METRIC_PANELS
             if metric_columns(self.names, term) or not self.names
-        ]
-        self.figures.append(self._agreement_figure(steps))
-        self.figures.append(self._category_figure())
+        }
+        self.agreement_figure = self._agreement_figure()
+        self.category_figure = self._category_figure()
+        self.figures = [*self.curves.values(), self.agreement_figure, self.category_figure]
 
     # -- data ---------------------------------------------------------------------------------------------
     def show_metrics(self, rows: pd.DataFrame, replace: bool) -> None:
@@ -56,8 +92,27 @@ class LiveFigures:
         data = {column: rows[column].to_numpy(float) for column in [STEP, *self.names]}
         if replace:
             self.metrics.data = data
+            self._forget_extents()
         elif len(rows):
             self.metrics.stream(data)
+        for i, (value_range, columns) in enumerate(self._value_ranges):
+            values = np.concatenate([data[column] for column in columns]) if columns else np.zeros(0)
+            values = values[np.isfinite(values)]
+            if not len(values):
+                continue
+            low, high = self._extents[i]
+            low, high = self._extents[i] = min(low, float(values.min())), max(high, float(values.max()))
+            if replace or not self._fitted[i] or not value_range.start <= low <= high <= value_range.end:
+                _set_range(value_range, *nice_range(low, high))  # only when a value leaves what is shown
+                self._fitted[i] = True
+
+    def _forget_extents(self) -> None:
+        self._extents = [(math.inf, -math.inf)] * len(self._value_ranges)
+        self._fitted = [False] * len(self._value_ranges)
+
+    def show_steps(self, first: int, last: int) -> None:
+        """Let the step axis span the run's steps ``first`` .. ``last``."""
+        _set_range(self.steps, float(first), float(max(last, first + 1)))
 
     def show_agreement(self, rows: pd.DataFrame) -> None:
         """Append evaluation rows (step, mean_agreement, min_agreement, validation_loss)."""
@@ -73,6 +128,7 @@ class LiveFigures:
 
     def clear(self) -> None:
         self.metrics.data = {column: [] for column in self.metrics.data}
+        self._forget_extents()
         self.agreement.data = {column: [] for column in AGREEMENT_COLUMNS}
         self.show_categories(np.zeros(0))
 
@@ -82,20 +138,20 @@ class LiveFigures:
     def agreement_frame(self) -> pd.DataFrame:
         return _frame(self.agreement)
 
-    @property
-    def category_figure(self):
-        return self.figures[-1]
-
     # -- figures ------------------------------------------------------------------------------------------
-    def _figure(self, title: str, ylabel: str, x_range=None, **kwargs):
+    def _figure(self, title: str, ylabel: str, x_range, y_range):
         plot = figure(title=title, tools=TOOLS, height=FIGURE_HEIGHT, sizing_mode="stretch_width",
-                      x_range=x_range if x_range is not None else DataRange1d(), **kwargs)
+                      x_range=x_range, y_range=y_range, syncable=False)
         plot.yaxis.axis_label = ylabel
         plot.toolbar.logo = None
         return plot
 
-    def _metric_figure(self, title: str, columns: list[str], steps: DataRange1d):
-        plot = self._figure(title, pretty(columns[0]) if len(columns) == 1 else title.split(" per ")[0], steps)
+    def _metric_figure(self, title: str, columns: list[str]):
+        values = Range1d(0, 1, syncable=False)
+        self._value_ranges.append((values, columns))
+        self._extents.append((math.inf, -math.inf))
+        self._fitted.append(False)
+        plot = self._figure(title, pretty(columns[0]) if len(columns) == 1 else title.split(" per ")[0], self.steps, values)
         plot.xaxis.axis_label = "step"
         renderers = []
         for i, column in enumerate(columns):
@@ -110,8 +166,8 @@ class LiveFigures:
                                      tooltips=[("step", f"@{STEP}{{0,0}}"), ("value", "$y{0.000}")]))
         return plot
 
-    def _agreement_figure(self, steps: DataRange1d):
-        plot = self._figure("Arm agreement", "arm agreement", steps, y_range=Range1d(0, 1.02))
+    def _agreement_figure(self):
+        plot = self._figure("Arm agreement", "arm agreement", self.steps, Range1d(0, 1.02, syncable=False))
         plot.xaxis.axis_label = "step"
         mean = plot.line(STEP, "mean_agreement", source=self.agreement, color=PALETTE[0], line_width=2, legend_label="mean")
         plot.scatter(STEP, "mean_agreement", source=self.agreement, color=PALETTE[0], size=5)
@@ -124,7 +180,7 @@ class LiveFigures:
 
     def _category_figure(self):
         plot = self._figure("Agreement per category (latest evaluation)", "arm agreement", FactorRange(),
-                            y_range=Range1d(0, 1.02))
+                            Range1d(0, 1.02, syncable=False))
         plot.xaxis.axis_label = "type"
         plot.vbar(x="type", top="agreement", width=0.8, source=self.categories, color=PALETTE[0])
         plot.add_tools(HoverTool(tooltips=[("type", "@type"), ("agreement", "@agreement{0.000}")]))

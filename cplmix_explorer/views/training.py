@@ -5,8 +5,9 @@ only publishes engine events; the session's periodic callback (about once a seco
 drains them into :class:`~cplmix_explorer.views.live.LiveTraining`. The progress bar and the ETA follow every
 refresh; the figures get the new rows with one ``stream`` every ``plot_period`` seconds
 (:mod:`~cplmix_explorer.views.live_plots`), so Bokeh sends only the increments and the browser redraws the
-seven figures half as often (a redraw costs it ~20 ms of CPU per figure, taken from training when browser
-and training share a machine).
+figures half as often; the per-arm terms share one place (tabs), so five figures are on the page, not seven
+(a redraw costs the browser ~12 ms of CPU per figure, taken from training when browser and training share a
+machine).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import panel as pn
 import param
 
 from .live import STEP
-from .live_plots import LiveFigures
+from .live_plots import FIGURE_HEIGHT, PER_ARM_TABS, LiveFigures
 from .state import ExplorerState, format_exception
 
 STATUS_COLORS = {
@@ -80,8 +81,18 @@ class TrainingMonitor(pn.viewable.Viewer):
     # -- plots --------------------------------------------------------------------------------------------
     def _build_plots(self, names: list[str]) -> None:
         """Create the figures for a run's metric columns (they depend on the number of arms)."""
-        self.figures = LiveFigures(names)
-        self._plots.objects = [pn.pane.Bokeh(plot, sizing_mode="stretch_width", min_height=260) for plot in self.figures.figures]
+        figures = self.figures = LiveFigures(names)
+
+        def pane(plot):
+            return pn.pane.Bokeh(plot, sizing_mode="stretch_width", min_height=FIGURE_HEIGHT)
+
+        per_arm = [(label, pane(figures.curves[term])) for term, label in PER_ARM_TABS.items() if term in figures.curves]
+        # dynamic tabs: only the chosen term's figure is in the browser, so only it is redrawn as points arrive
+        self._plots.objects = [
+            *(pane(plot) for term, plot in figures.curves.items() if term not in PER_ARM_TABS),
+            *([pn.Tabs(*per_arm, dynamic=True, sizing_mode="stretch_width")] if per_arm else []),
+            pane(figures.agreement_figure), pane(figures.category_figure),
+        ]
 
     def _on_metrics(self, *_events) -> None:
         live = self.state.live
@@ -101,6 +112,7 @@ class TrainingMonitor(pn.viewable.Viewer):
             return  # the rows wait in ``live`` for the next figure update
         self._last_plot = now
         frame, replace = live.take_rows(flush=finished)
+        self.figures.show_steps(0, max(live.total_steps, live.step))
         self.figures.show_metrics(frame, replace)
         self.figures.show_agreement(live.take_agreement_rows())
         if live.category_agreement_changed:
