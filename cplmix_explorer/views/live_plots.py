@@ -33,8 +33,8 @@ METRIC_PANELS = [
     ("State KL per arm", "kl"),
     ("Type entropy per arm", "entropy"),
 ]
-#: The per-arm terms, shown one at a time (tabs in the monitor): term -> tab label. Every shown figure costs the
-#: browser ~12 ms of CPU per redraw, taken from training when the two share a machine.
+#: The per-arm terms, shown one at a time (tabs in the monitor): term -> tab label. Every figure on the page costs
+#: the browser ~25 ms of CPU per redraw, taken from training when the two share a machine.
 PER_ARM_TABS = {"reconstruction": "Reconstruction", "kl": "State KL", "entropy": "Type entropy"}
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 FIGURE_HEIGHT = 260  # px
@@ -100,8 +100,8 @@ class LiveFigures:
             values = values[np.isfinite(values)]
             if not len(values):
                 continue
-            low, high = self._extents[i]
-            low, high = self._extents[i] = min(low, float(values.min())), max(high, float(values.max()))
+            seen_low, seen_high = self._extents[i]
+            low, high = self._extents[i] = min(seen_low, float(values.min())), max(seen_high, float(values.max()))
             if replace or not self._fitted[i] or not value_range.start <= low <= high <= value_range.end:
                 _set_range(value_range, *nice_range(low, high))  # only when a value leaves what is shown
                 self._fitted[i] = True
