@@ -51,6 +51,12 @@ def without_app(steps: int, device: str, threads: int, folder: Path) -> float:
     return json.loads((out / "metrics.json").read_text())["steps_per_second"]
 
 
+def cpu_seconds(process) -> float:
+    """CPU time a ``psutil.Process`` has used so far itself (user + system, seconds; not its children)."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def browser_cpu_seconds() -> float:
     """CPU time used so far by the Chromium processes on this machine (user + system, seconds)."""
     import psutil
@@ -59,19 +65,10 @@ def browser_cpu_seconds() -> float:
     for process in psutil.process_iter(["name"]):
         if "chrom" in (process.info["name"] or "").lower():
             try:
-                times = process.cpu_times()
-                total += times.user + times.system
+                total += cpu_seconds(process)
             except psutil.Error:
                 pass
     return total
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time used so far by one process itself (user + system, seconds; not its children)."""
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def with_app(page, server_runs: Path, steps: int, device: str, server_pid: int) -> tuple[float, float, float]:
@@ -83,7 +80,8 @@ def with_app(page, server_runs: Path, steps: int, device: str, server_pid: int) 
     fill_option(page, "steps (--steps)", steps)
     page.locator(".bk-input-group", has_text="device (--device)").locator("select").first.select_option(device)
     time.sleep(1.0)
-    browser_cpu, server_cpu, started = browser_cpu_seconds(), process_cpu_seconds(server_pid), time.monotonic()
+    server = psutil.Process(server_pid)
+    browser_cpu, server_cpu, started = browser_cpu_seconds(), cpu_seconds(server), time.monotonic()
     page.get_by_role("button", name="Train", exact=True).first.click()
     # the page may still say "training completed" from the previous repeat: wait for this run's own record
     deadline = time.monotonic() + 3600
@@ -93,7 +91,7 @@ def with_app(page, server_runs: Path, steps: int, device: str, server_pid: int) 
         time.sleep(0.5)
     seconds = time.monotonic() - started
     browser_share = (browser_cpu_seconds() - browser_cpu) / seconds
-    server_share = (process_cpu_seconds(server_pid) - server_cpu) / seconds
+    server_share = (cpu_seconds(server) - server_cpu) / seconds
     return json.loads((finished[0] / "metrics.json").read_text())["steps_per_second"], browser_share, server_share
 
 

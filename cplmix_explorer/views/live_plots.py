@@ -74,8 +74,8 @@ class LiveFigures:
         self.categories = ColumnDataSource({"type": [], "agreement": []})
         self.steps = Range1d(0, 1, syncable=False)  # shared: zooming one curve plot zooms them all along the steps
         self._value_ranges: list[tuple[Range1d, list[str]]] = []  # each curve figure's value axis and its columns
-        self._extents: list[tuple[float, float]] = []  # the smallest and largest value each of them has shown
-        self._fitted: list[bool] = []  # whether each value axis was fitted to this run's data yet
+        # the smallest and largest value each of them has shown this run; (inf, -inf): none yet, axis not fitted
+        self._extents: list[tuple[float, float]] = []
         #: term -> its curve figure
         self.curves = {
             term: self._metric_figure(title, metric_columns(self.names, term))
@@ -102,13 +102,12 @@ class LiveFigures:
                 continue
             seen_low, seen_high = self._extents[i]
             low, high = self._extents[i] = min(seen_low, float(values.min())), max(seen_high, float(values.max()))
-            if replace or not self._fitted[i] or not value_range.start <= low <= high <= value_range.end:
+            fitted = seen_low <= seen_high  # (a new record forgot the extents, so it is fitted afresh)
+            if not (fitted and value_range.start <= low and high <= value_range.end):
                 _set_range(value_range, *nice_range(low, high))  # only when a value leaves what is shown
-                self._fitted[i] = True
 
     def _forget_extents(self) -> None:
         self._extents = [(math.inf, -math.inf)] * len(self._value_ranges)
-        self._fitted = [False] * len(self._value_ranges)
 
     def show_steps(self, first: int, last: int) -> None:
         """Let the step axis span the run's steps ``first`` .. ``last``."""
@@ -150,7 +149,6 @@ class LiveFigures:
         values = Range1d(0, 1, syncable=False)
         self._value_ranges.append((values, columns))
         self._extents.append((math.inf, -math.inf))
-        self._fitted.append(False)
         plot = self._figure(title, pretty(columns[0]) if len(columns) == 1 else title.split(" per ")[0], self.steps, values)
         plot.xaxis.axis_label = "step"
         renderers = []

@@ -394,7 +394,7 @@ class ExplorerState(param.Parameterized):
                 self._poll()
         except Exception as error:
             logger.exception("explorer refresh failed")
-            self.error = f"display update failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            self.error = f"display update failed: {describe_failure(error)}"
         finally:
             self._poll_lock.release()
 
