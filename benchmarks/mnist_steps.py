@@ -10,7 +10,7 @@ over arms) and the mean confidence max_k q(c|x). Variants:
   tau = 0.005 (method.md, "Known mistakes"), put in by replacing the module's ``type_posterior`` here only.
 
     python benchmarks/mnist_steps.py --steps 16000 --every 4000                     # both variants, 2 arms
-    python benchmarks/mnist_steps.py --variants engine --arms 1 --steps 16000
+    python benchmarks/mnist_steps.py --arms 1 --tag 1arm                              # both variants, 1 arm
 
 Writes benchmarks/results/mnist_steps[_TAG].{json,md}. One seed by default: differences under ~5 points are noise.
 """
@@ -72,13 +72,16 @@ def main(argv=None) -> int:
     rows = [row for variant in args.variants for seed in args.seeds
             for row in run_curve(adata, variant, args.arms, seed, args.steps, args.every)]
     info = machine()
+    several_seeds = len(args.seeds) > 1
     lines = ["# MNIST digits: ACC against training steps", "",
              f"{info['date']}, {info['host_cpu']}, torch {info['torch']}, {args.threads} thread(s); {args.arms} arm(s), "
              f"S = 10, seeds {' '.join(map(str, args.seeds))}; command: `{info['command']}`", "",
-             "| q(c\\|x) | step | ACC | ARI | mean max q | arms agree |", "|---|---|---|---|---|---|"]
+             "| q(c\\|x) |" + (" seed |" if several_seeds else "") + " step | ACC | ARI | mean max q | arms agree |",
+             "|---|" + ("---|" if several_seeds else "") + "---|---|---|---|---|"]
     for row in rows:
         agree = "-" if row["consensus"] is None else f"{row['consensus']:.3f}"
-        lines.append(f"| {row['variant']} | {row['step']} | {row['acc']:.3f} | {row['ari']:.3f} | "
+        seed = f" {row['seed']} |" if several_seeds else ""
+        lines.append(f"| {row['variant']} |{seed} {row['step']} | {row['acc']:.3f} | {row['ari']:.3f} | "
                      f"{row['confidence']:.3f} | {agree} |")
     out = RESULTS / ("mnist_steps" + (f"_{args.tag}" if args.tag else ""))
     write_json(out.with_suffix(".json"), {**info, "arms": args.arms, "steps": args.steps, "rows": rows})
