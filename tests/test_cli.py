@@ -59,6 +59,32 @@ def test_evaluate_prints_one_json_object(trained_run, capsys):
     assert report["acc"] > 0.9  # four well separated types
 
 
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, as JavaScript's JSON.parse and most other readers do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_prune_to_the_number_of_types_writes_its_trajectory_and_evaluate_follows(tiny_h5ad, tmp_path, capsys):
+    """The paper's recipe from the command line: train twice the types, prune the least-agreed down to them."""
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_h5ad), "--out", str(run_dir), "--steps", "300", "--types", "8",
+                 "--labels", "type", "--quiet", "--seed", "0"]) == 0
+    assert main(["prune", str(run_dir), "--min-consensus", "1", "--min-types", "4", "--steps", "50", "--quiet"]) == 0
+    capsys.readouterr()
+    pruning = _strict_json((run_dir / "pruning.json").read_text())
+    trajectory = pruning["trajectory"]
+    assert pruning["chosen_k"] == 4 and trajectory["k"] == [8, 7, 6, 5, 4]
+    assert trajectory["removed"][0] is None  # the starting point removed nothing
+    assert len(set(trajectory["removed"][1:])) == 4 and set(trajectory["removed"][1:]) <= set(range(8))
+    assert trajectory["step"] == [300, 350, 400, 450, 500]
+    assert main(["evaluate", str(run_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k"] == 4 and report["step"] == 500
+    assert report["acc"] > 0.9  # the four well-separated types, one category each
+
+
 def test_console_script_runs_as_installed(trained_run):
     done = subprocess.run([sys.executable, "-m", "cplmix_explorer.cli", "evaluate", str(trained_run)],
                           capture_output=True, text=True, timeout=120)

@@ -37,11 +37,14 @@ class PruningResult:
     status: str  # "passed" (threshold met), "min_types" (stopped at the floor), or "stopped" (by request)
 
     def to_dict(self) -> dict:
+        """Plain JSON values: the first round's ``removed`` is None (not NaN, which strict JSON readers refuse)."""
+        trajectory = {column: self.trajectory[column].tolist() for column in self.trajectory.columns}
+        trajectory["removed"] = [None if pd.isna(value) else int(value) for value in self.trajectory["removed"]]
         return {
             "chosen_k": self.chosen_k,
             "min_consensus": self.min_consensus,
             "status": self.status,
-            "trajectory": self.trajectory.to_dict(orient="list"),
+            "trajectory": trajectory,
         }
 
 
