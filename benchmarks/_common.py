@@ -39,3 +39,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_report(out: Path, data: dict, lines: list[str]) -> None:
+    """``out``.json (the data) and ``out``.md (the markdown lines), each written atomically; prints the markdown."""
+    text = "\n".join(lines) + "\n"
+    write_json(out.with_suffix(".json"), data)
+    write_atomic(out.with_suffix(".md"), text)
+    print(text, end="")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
+from _common import RESULTS, machine, write_report  # noqa: E402
 
 VARIANTS = ("engine: softmax(logits / tau), tau = 1", "reference: softmax(softmax(logits) / tau), tau = 1/K",
             "reference: softmax(softmax(logits) / tau), tau = 0.1")
@@ -110,9 +110,7 @@ def main(argv=None) -> int:
             lines.append(f"| {n_types} | {variant} | {mean['used_fraction']:.2f} | {mean['acc']:.3f} | "
                          f"{mean['ari']:.3f} | {mean['agreement']:.3f} | {mean['confidence']:.3f} | {finite} |")
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), {**info, "steps": args.steps, "seeds": args.seeds, "runs": runs})
-    write_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, {**info, "steps": args.steps, "seeds": args.seeds, "runs": runs}, lines)
     return 0
 
 

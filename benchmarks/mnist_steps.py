@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
+from _common import RESULTS, machine, write_report  # noqa: E402
 from categories_k import reference_double_softmax  # noqa: E402
 
 REFERENCE_TAU = 0.005  # MMIDAS's cpl_mixVAE.init_model default
@@ -84,9 +84,7 @@ def main(argv=None) -> int:
         lines.append(f"| {row['variant']} |{seed} {row['step']} | {row['acc']:.3f} | {row['ari']:.3f} | "
                      f"{row['confidence']:.3f} | {agree} |")
     out = RESULTS / ("mnist_steps" + (f"_{args.tag}" if args.tag else ""))
-    write_json(out.with_suffix(".json"), {**info, "arms": args.arms, "steps": args.steps, "rows": rows})
-    write_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, {**info, "arms": args.arms, "steps": args.steps, "rows": rows}, lines)
     return 0
 
 
