@@ -55,13 +55,16 @@ BatchReducer = Callable[[torch.Tensor], torch.Tensor]
 class StackedBatchNorm(nn.Module):
     """BatchNorm without affine parameters over the batch axis of (A, B, F), statistics per arm.
 
-    ``reducer`` (optional) turns local batch sums into global-batch sums (SyncBatchNorm semantics).
+    ``shared``: the arms are one network (shared parameters), so the statistics are those of all arms' rows
+    together, and every arm's running statistics are the same. ``reducer`` (optional) turns local batch sums
+    into global-batch sums (SyncBatchNorm semantics).
     """
 
-    def __init__(self, n_arms: int, n_features: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, n_arms: int, n_features: int, momentum: float = 0.1, eps: float = 1e-5, shared: bool = False):
         super().__init__()
         self.momentum = momentum
         self.eps = eps
+        self.shared = shared
         self.register_buffer("running_mean", torch.zeros(n_arms, 1, n_features))
         self.register_buffer("running_var", torch.ones(n_arms, 1, n_features))
         self.reducer: BatchReducer | None = None
@@ -69,15 +72,17 @@ class StackedBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+        dims = (0, 1) if self.shared else (1,)  # (1, 1, F) or (A, 1, F) statistics
+        rows = x.shape[1] * (x.shape[0] if self.shared else 1)
         if self.reducer is None:
-            count = x.shape[1]
-            mean = x.mean(dim=1, keepdim=True)
-            var = (x - mean).square().mean(dim=1, keepdim=True)
+            count = rows
+            mean = x.mean(dim=dims, keepdim=True)
+            var = (x - mean).square().mean(dim=dims, keepdim=True)
         else:
-            count_local = torch.full((1,), float(x.shape[1]), device=x.device, dtype=x.dtype)
+            count_local = torch.full((1,), float(rows), device=x.device, dtype=x.dtype)
             count = self.reducer(count_local)
-            mean = self.reducer(x.sum(dim=1, keepdim=True)) / count
-            var = self.reducer((x - mean).square().sum(dim=1, keepdim=True)) / count
+            mean = self.reducer(x.sum(dim=dims, keepdim=True)) / count
+            var = self.reducer((x - mean).square().sum(dim=dims, keepdim=True)) / count
         with torch.no_grad():
             unbiased = var * (count / max(count - 1, 1)) if isinstance(count, int) else var * count / (count - 1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
