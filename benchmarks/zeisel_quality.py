@@ -27,6 +27,9 @@ import torch
 from cplmix_explorer import CplMixVAE, datasets
 from cplmix_explorer.analysis.pruning import prune
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from simulator_quality import config_option  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,8 +63,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=None, help="most variable genes kept (default: the config default)")
     parser.add_argument("--prune-factor", type=float, default=1.0, help="multi-arm: start with this many times the labels, prune down")
     parser.add_argument("--fine-tune-steps", type=int, default=200, help="steps between pruning rounds")
-    parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
-                        help="other CplMixVAE options for every run, e.g. entropy_weight=0 (values parsed as JSON)")
+    parser.add_argument("--set", nargs="+", type=config_option, default=[], metavar="OPTION=VALUE",
+                        help="other CplMixVAE options for every run, e.g. entropy_weight=0 state_encoder=separate "
+                        "(values parsed as JSON when they can be, else text)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. arms35), so that runs do not overwrite")
     args = parser.parse_args()
@@ -70,9 +74,7 @@ def main() -> None:
     options = {} if args.steps is None else {"steps": args.steps}
     if args.genes is not None:
         options["n_genes"] = args.genes
-    for assignment in args.set:
-        key, _, value = assignment.partition("=")
-        options[key] = json.loads(value)
+    options.update(args.set)
     adata = datasets.load("zeisel2015")
     leiden_path = RESULTS / "leiden_zeisel2015.json"
     leiden = json.loads(leiden_path.read_text()) if leiden_path.exists() else None
@@ -104,7 +106,7 @@ def main() -> None:
         report["levels"][level] = level_report
     RESULTS.mkdir(exist_ok=True)
     stem = "zeisel_quality" + ("" if set(args.levels) == {"class", "subclass"} else "_" + "_".join(args.levels))
-    stem += "".join("_" + re.sub(r"[^A-Za-z0-9_.-]", "", a.replace("=", "")) for a in args.set)  # augment="x" -> augmentx
+    stem += "".join("_" + re.sub(r"[^A-Za-z0-9_.-]", "", f"{key}{value}") for key, value in args.set)  # augment x -> augmentx
     stem += f"_{args.tag}" if args.tag else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
