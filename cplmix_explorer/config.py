@@ -87,6 +87,13 @@ class CplMixConfig(OptionSet):
     state_depends_on_type = param.Boolean(
         True, doc="State posterior q(s|c,x) conditioned on the type; False is the s-independent-of-c ablation."
     )
+    state_encoder = param.Selector(
+        default="separate", objects=["separate", "shared"],
+        doc="Where the state posterior q(s|c,x) reads the cell: a second encoder of the type encoder's shape "
+        "(separate) or the type encoder's bottleneck (shared, the paper's network). The coupling trains only the "
+        "type encoder; with neighbour copies it makes that encoder blind to within-type variation, so a shared "
+        "state loses the within-type state (simulator: median |rho| 0.24 shared, 0.90 separate).",
+    )
     share_arm_parameters = param.Boolean(False, doc="All arms share one set of weights (ablation).")
 
     # -- objective -----------------------------------------------------------------------------------------

@@ -113,6 +113,21 @@ def test_save_load_round_trip_gives_identical_predictions(mixture, tmp_path):
     assert np.allclose(original.state_mean, restored.state_mean, atol=1e-6)
 
 
+def test_checkpoint_from_before_the_state_encoder_option_loads_as_trained(mixture, tmp_path):
+    """Runs saved before ``state_encoder`` existed were trained with the shared encoder: they load with it
+    (and give the same predictions) whatever the option's default is now."""
+    from cplmix_explorer.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, state_encoder="shared")
+    model.train(steps=20, progress=False)
+    old_config = {k: v for k, v in model.config.to_dict().items() if k != "state_encoder"}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model=model.module, config=old_config,
+                    preprocessing=model.prepared.preprocessing.to_dict(), step=model.step)
+    loaded = CplMixVAE.load(tmp_path, mixture)
+    assert loaded.config.state_encoder == "shared"
+    assert np.allclose(model.predict().state_mean, loaded.predict().state_mean, atol=1e-6)
+
+
 def test_resumed_training_equals_uninterrupted_training(mixture, tmp_path):
     from cplmix_explorer.train.run import train_run
 

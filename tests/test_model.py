@@ -16,8 +16,9 @@ def _model(**options):
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "nb"])
-def test_gradients_reach_every_parameter(likelihood):
-    model = _model(likelihood=likelihood)
+@pytest.mark.parametrize("state_encoder", ["shared", "separate"])
+def test_gradients_reach_every_parameter(likelihood, state_encoder):
+    model = _model(likelihood=likelihood, state_encoder=state_encoder)
     x = torch.rand(3, 8, 30) * 3
     out = model(x)
     target = x if likelihood == "gaussian" else torch.poisson(x)
@@ -38,11 +39,17 @@ def _explicit_arm(model, arm, x):
     def norm(module, inputs):
         return (inputs - module.running_mean[arm, 0]) / torch.sqrt(module.running_var[arm, 0] + module.eps)
 
-    h = x
-    for layer, bn in zip(model.encoder_layers, model.encoder_norms):
-        h = norm(bn, torch.relu(linear(layer, h)))
-    h = norm(model.bottleneck_norm, torch.relu(linear(model.bottleneck, h)))
+    def encoder(layers, norms, bottleneck, bottleneck_norm):
+        h = x
+        for layer, bn in zip(layers, norms):
+            h = norm(bn, torch.relu(linear(layer, h)))
+        return norm(bottleneck_norm, torch.relu(linear(bottleneck, h)))
+
+    h = encoder(model.encoder_layers, model.encoder_norms, model.bottleneck, model.bottleneck_norm)
     logits = linear(model.type_head, h)
+    if model.state_encoder == "separate":
+        h = encoder(model.state_encoder_layers, model.state_encoder_norms, model.state_bottleneck,
+                    model.state_bottleneck_norm)
     log_q = torch.log_softmax(logits / model.tau, -1)
     c = F.one_hot(log_q.argmax(-1), model.n_types).float()
     mu, _ = linear(model.state_head, torch.cat([h, c], -1)).chunk(2, -1)
@@ -52,8 +59,9 @@ def _explicit_arm(model, arm, x):
     return log_q, mu, torch.relu(linear(model.decoder_output, out))
 
 
-def test_stacked_arms_equal_an_explicit_per_arm_computation():
-    model = _model()
+@pytest.mark.parametrize("state_encoder", ["shared", "separate"])
+def test_stacked_arms_equal_an_explicit_per_arm_computation(state_encoder):
+    model = _model(state_encoder=state_encoder)
     model.train()
     model(torch.rand(3, 32, 30))  # move the BatchNorm running statistics away from their initial values
     model.eval()
@@ -91,6 +99,31 @@ def test_state_independent_of_type_ablation_ignores_the_type():
     third = dependent.state_posterior(h, F.one_hot(torch.zeros(3, 4, dtype=torch.long), 4).float())
     fourth = dependent.state_posterior(h, F.one_hot(torch.full((3, 4), 2), 4).float())
     assert not torch.equal(third[0], fourth[0])
+
+
+def test_separate_state_encoder_is_out_of_the_couplings_reach():
+    """With state_encoder='separate' the state reads its own encoder: the arms' coupling (distance and
+    entropy) trains the type encoder only, and the state mean does not change when the type encoder does."""
+    model = _model(state_encoder="separate")
+    x = torch.rand(3, 8, 30) * 3
+    out = model(x)
+    terms = cplmix_loss(out, x, likelihood="gaussian", lam=1.0, beta=1.0)
+    (terms.coupling.sum() - terms.entropy.sum()).backward()  # the pair terms of the objective alone
+    reached = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "encoder_layers.0.weight" in reached and "type_head.weight" in reached
+    assert not any(name.startswith(("state_encoder", "state_bottleneck")) for name in reached)
+    model.eval()
+    h, _ = model.encode(x)
+    with torch.no_grad():
+        model.encoder_layers[0].weight.add_(1.0)
+    h_after, _ = model.encode(x)
+    assert torch.equal(h, h_after)
+    shared = _model()
+    shared.eval()
+    h_shared, _ = shared.encode(x)
+    with torch.no_grad():
+        shared.encoder_layers[0].weight.add_(1.0)
+    assert not torch.allclose(h_shared, shared.encode(x)[0])
 
 
 def test_state_noise_is_standard_normal_not_uniform():

@@ -4,6 +4,11 @@ Per arm (method.md, "Model"): encoder x_a -> h_a; categorical posterior q(c|x_a)
 a Gumbel-softmax relaxed type sample c_a in training (one-hot argmax at inference); state posterior
 q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from [c_a, s_a].
 
+The state reads either the type encoder's bottleneck (``state_encoder="shared"``, the paper's network) or the
+bottleneck of a second encoder of the same shape (``"separate"``). The coupling's gradient reaches only the
+type encoder, and when the arms see different cells of one type (neighbour copies) it makes that encoder
+blind to the within-type variation the state is meant to capture; a separate state encoder keeps it.
+
 Tensors carry a leading arm axis: inputs (A, B, G), outputs (A, B, ...).
 """
 
@@ -19,6 +24,9 @@ from .layers import StackedBatchNorm, StackedLinear
 
 GAUSSIAN = "gaussian"
 NEGATIVE_BINOMIAL = "nb"
+#: Where q(s|c, x) reads x: the type encoder's bottleneck, or a second encoder of its own.
+SHARED_STATE_ENCODER = "shared"
+SEPARATE_STATE_ENCODER = "separate"
 
 
 @dataclass
@@ -74,6 +82,14 @@ def straight_through_one_hot(soft: torch.Tensor) -> torch.Tensor:
     return hard + (soft - soft.detach())  # exactly one-hot forward (the bracket is 0)
 
 
+def _mlp(x: torch.Tensor, scale: float, layers, norms, bottleneck, bottleneck_norm) -> torch.Tensor:
+    """An encoder's hidden layers (ReLU, then BatchNorm) and bottleneck: (A, B, G) -> (A, B, D). ``scale``:
+    the input dropout's rescaling, applied by the first layer."""
+    for index, (layer, norm) in enumerate(zip(layers, norms)):
+        x = norm(torch.relu(layer(x, scale) if index == 0 else layer(x)))
+    return bottleneck_norm(torch.relu(bottleneck(x)))
+
+
 class CoupledMixtureVAE(nn.Module):
     """A coupled autoencoder arms, each a mixture VAE with a type-dependent continuous state."""
 
@@ -93,10 +109,13 @@ class CoupledMixtureVAE(nn.Module):
         state_depends_on_type: bool = True,
         share_arm_parameters: bool = False,
         straight_through: bool = False,
+        state_encoder: str = SHARED_STATE_ENCODER,
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
             raise ValueError(f"unknown likelihood {likelihood!r}")
+        if state_encoder not in (SHARED_STATE_ENCODER, SEPARATE_STATE_ENCODER):
+            raise ValueError(f"unknown state encoder {state_encoder!r}")
         self.n_genes = n_genes
         self.n_types = n_types
         self.state_dim = state_dim
@@ -107,6 +126,7 @@ class CoupledMixtureVAE(nn.Module):
         self.state_dropout = state_dropout
         self.state_depends_on_type = state_depends_on_type
         self.straight_through = straight_through
+        self.state_encoder = state_encoder
         shared = share_arm_parameters
 
         def linear(n_in: int, n_out: int) -> StackedLinear:
@@ -114,10 +134,15 @@ class CoupledMixtureVAE(nn.Module):
 
         widths = [n_genes] + [hidden_dim] * n_hidden_layers
         self.encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim) for _ in range(n_hidden_layers))
+        self.encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim, shared=shared) for _ in range(n_hidden_layers))
         self.bottleneck = linear(hidden_dim, bottleneck_dim)
-        self.bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim)
+        self.bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
         self.type_head = linear(bottleneck_dim, n_types)
+        if state_encoder == SEPARATE_STATE_ENCODER:  # same widths as the type encoder, its own weights
+            self.state_encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+            self.state_encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim, shared=shared) for _ in range(n_hidden_layers))
+            self.state_bottleneck = linear(hidden_dim, bottleneck_dim)
+            self.state_bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
         state_input = bottleneck_dim + (n_types if state_depends_on_type else 0)
         self.state_head = linear(state_input, 2 * state_dim)
         decoder_widths = [n_types + state_dim, bottleneck_dim] + [hidden_dim] * n_hidden_layers
@@ -131,12 +156,17 @@ class CoupledMixtureVAE(nn.Module):
 
     # -- the three parts of an arm --------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (A, B, G) -> bottleneck h (A, B, D) and type logits (A, B, K)."""
-        h, scale = input_dropout(x, self.input_dropout, self.training)
-        for index, (layer, norm) in enumerate(zip(self.encoder_layers, self.encoder_norms)):
-            h = norm(torch.relu(layer(h, scale) if index == 0 else layer(h)))
-        h = self.bottleneck_norm(torch.relu(self.bottleneck(h)))
-        return h, self.type_head(h)
+        """x (A, B, G) -> latent h (A, B, D) that the state reads, and type logits (A, B, K).
+
+        h is the type encoder's bottleneck, or the state encoder's with ``state_encoder="separate"`` (both
+        encoders see the same input dropout mask)."""
+        dropped, scale = input_dropout(x, self.input_dropout, self.training)
+        h = _mlp(dropped, scale, self.encoder_layers, self.encoder_norms, self.bottleneck, self.bottleneck_norm)
+        logits = self.type_head(h)
+        if self.state_encoder == SEPARATE_STATE_ENCODER:
+            h = _mlp(dropped, scale, self.state_encoder_layers, self.state_encoder_norms, self.state_bottleneck,
+                     self.state_bottleneck_norm)
+        return h, logits
 
     def type_posterior(self, logits: torch.Tensor) -> torch.Tensor:
         """log q(c|x) (A, B, K): one log-softmax of logits / tau (no double softmax)."""

@@ -35,6 +35,10 @@ _OPTIMIZER_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "
 #: safetensors' own limit on the JSON header; a longer declared header is refused before it is parsed.
 MAX_HEADER_BYTES = 100_000_000
 _DIGEST_KEYS = ("sha256", "metadata_sha256")
+#: Options added to CplMixConfig after checkpoints of this format were first written, with the value those
+#: checkpoints were trained with; filled in on reading, so that an older run loads as it was trained even where
+#: the option's default is now different.
+OPTIONS_OLDER_CHECKPOINTS_LACK = {"state_encoder": "shared"}
 
 
 @dataclass
@@ -276,7 +280,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     rng_state = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     try:
         step = _count_entry(metadata, "step")
-        config = _json_entry(metadata, "config", dict)
+        config = {**OPTIONS_OLDER_CHECKPOINTS_LACK, **_json_entry(metadata, "config", dict)}
         preprocessing = _json_entry(metadata, "preprocessing", dict)
         extra = _json_entry(metadata, "extra", dict, "{}")
         optimizer_meta = _json_entry(metadata, "optimizer", (dict, type(None)), "null")

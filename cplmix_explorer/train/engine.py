@@ -88,6 +88,7 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         state_depends_on_type=config.state_depends_on_type,
         share_arm_parameters=config.share_arm_parameters,
         straight_through=config.straight_through,
+        state_encoder=config.state_encoder,
     )
 
 
