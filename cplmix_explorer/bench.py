@@ -72,12 +72,13 @@ def run_benchmark(
     distinct_cells: int | None = None,
     inference: bool = False,
     inference_chunk: int = DEFAULT_CHUNK,
+    state_encoder: str | None = None,
 ) -> dict:
     """Train the real model on generated data and report throughput after ``warmup`` steps.
 
     Returns a JSON-ready dict with it_per_s, cells_per_s, the shape, the device and peak memory (training).
     With ``inference`` it then assigns every cell in chunks and adds inference_seconds, inference_cells_per_s
-    and inference_peak_memory_mb.
+    and inference_peak_memory_mb. ``state_encoder``: 'separate' or 'shared' (default: the configuration's).
     """
     resolved = resolve_device(device)
     cells = cells or max(4 * batch_size, 10000)
@@ -90,6 +91,8 @@ def run_benchmark(
         n_genes=genes, validation_fraction=0.0, augment=augment, fast_path=fast_path, seed=seed,
         eval_every=10**9, log_every=25,
     )
+    if state_encoder is not None:
+        config.update(state_encoder=state_encoder)
     prepared = prepare(adata, config)
     trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
     trainer.evaluate_at_end = False
@@ -123,6 +126,7 @@ def run_benchmark(
         "device_name": device_description(resolved),
         "fast_path": trainer.fast_path,
         "augment": trainer.augment_name,
+        "state_encoder": config.state_encoder,
         "peak_memory_mb": peak_mb,
         "data_on_device_mb": trainer.data.nbytes / 2**20,
         "torch": torch.__version__,

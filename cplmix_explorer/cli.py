@@ -158,7 +158,7 @@ def run_bench(args: argparse.Namespace) -> int:
     result = run_benchmark(
         genes=args.genes, types=args.types, state_dim=args.state_dim, arms=args.arms, batch_size=args.batch_size,
         steps=args.steps, warmup=args.warmup, device=args.device, cells=args.cells, fast_path=args.fast_path,
-        dense=args.dense,
+        dense=args.dense, state_encoder=args.state_encoder,
     )
     _print_json(result)
     return 0
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--fast-path", default="auto", choices=["auto", "eager", "graph", "compile"])
     bench.add_argument("--dense", action="store_true", help="store the data dense instead of CSR")
+    bench.add_argument("--state-encoder", default=None, choices=CplMixConfig.param["state_encoder"].objects,
+                       help=f"the state's encoder (default: {CplMixConfig.param['state_encoder'].default}, as in training)")
 
     datasets = sub.add_parser("datasets", help="list the bundled datasets")
     datasets.add_argument("--json", action="store_true")

@@ -97,7 +97,10 @@ def test_bench_reports_throughput(capsys):
                  "--cells", "200"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["it_per_s"] > 0 and report["cells_per_s"] == pytest.approx(32 * report["it_per_s"])
-    assert report["device"] == "cpu"
+    assert report["device"] == "cpu" and report["state_encoder"] == "separate"  # the training default
+    assert main(["bench", "--genes", "100", "--types", "5", "--batch-size", "32", "--steps", "5", "--warmup", "2",
+                 "--cells", "200", "--state-encoder", "shared"]) == 0
+    assert json.loads(capsys.readouterr().out)["state_encoder"] == "shared"
 
 
 def test_existing_run_is_not_overwritten(tiny_h5ad, trained_run, capsys):
