@@ -118,7 +118,7 @@ def test_separate_state_encoder_is_out_of_the_couplings_reach():
         model.encoder_layers[0].weight.add_(1.0)
     h_after, _ = model.encode(x)
     assert torch.equal(h, h_after)
-    shared = _model()
+    shared = _model(state_encoder="shared")
     shared.eval()
     h_shared, _ = shared.encode(x)
     with torch.no_grad():

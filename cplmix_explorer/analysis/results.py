@@ -64,7 +64,8 @@ def write_results(
 
     obs: cplmix_type (consensus type, categorical "0".."K-1"), cplmix_confidence, cplmix_arms_agree,
     cplmix_type_arm{a}; obsm: X_cplmix_state (arm 0's state means, (N, S)), X_cplmix_state_arms (N, A*S),
-    X_cplmix_latent (arm 0's encoder bottleneck, (N, D)); uns['cplmix']: configuration, metrics, consensus.
+    X_cplmix_latent (arm 0's latent h that the state reads, (N, D): the state encoder's bottleneck, or the type
+    encoder's with state_encoder='shared'); uns['cplmix']: configuration, metrics, consensus.
     """
     adata.obs[TYPE_KEY] = as_categorical(inference.consensus_type, n_types)
     adata.obs[CONFIDENCE_KEY] = inference.consensus_confidence.astype(np.float32)

@@ -109,7 +109,7 @@ class CoupledMixtureVAE(nn.Module):
         state_depends_on_type: bool = True,
         share_arm_parameters: bool = False,
         straight_through: bool = False,
-        state_encoder: str = SHARED_STATE_ENCODER,
+        state_encoder: str = SEPARATE_STATE_ENCODER,
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
@@ -132,15 +132,18 @@ class CoupledMixtureVAE(nn.Module):
         def linear(n_in: int, n_out: int) -> StackedLinear:
             return StackedLinear(n_arms, n_in, n_out, shared=shared)
 
+        def norms(n_features: int, count: int) -> nn.ModuleList:
+            return nn.ModuleList(StackedBatchNorm(n_arms, n_features, shared=shared) for _ in range(count))
+
         widths = [n_genes] + [hidden_dim] * n_hidden_layers
         self.encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim, shared=shared) for _ in range(n_hidden_layers))
+        self.encoder_norms = norms(hidden_dim, n_hidden_layers)
         self.bottleneck = linear(hidden_dim, bottleneck_dim)
         self.bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
         self.type_head = linear(bottleneck_dim, n_types)
         if state_encoder == SEPARATE_STATE_ENCODER:  # same widths as the type encoder, its own weights
             self.state_encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-            self.state_encoder_norms = nn.ModuleList(StackedBatchNorm(n_arms, hidden_dim, shared=shared) for _ in range(n_hidden_layers))
+            self.state_encoder_norms = norms(hidden_dim, n_hidden_layers)
             self.state_bottleneck = linear(hidden_dim, bottleneck_dim)
             self.state_bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
         state_input = bottleneck_dim + (n_types if state_depends_on_type else 0)
