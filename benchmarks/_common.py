@@ -1,7 +1,8 @@
-"""Shared by the speed benchmarks: machine description and atomic result files."""
+"""Shared by the benchmarks: machine description, atomic result files and the quality benchmarks' --set option."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,6 +29,18 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def config_option(text: str) -> tuple[str, object]:
+    """'name=value' -> (name, value) with the value parsed as JSON when it can be (true, 0.5, 3), else text
+    (the ``--set`` option of the quality benchmarks)."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulator_quality import config_option  # noqa: E402
+from _common import config_option  # noqa: E402
 
 
 def main(argv=None) -> int:

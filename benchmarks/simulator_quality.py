@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import sys
@@ -32,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import config_option, write_atomic  # noqa: E402
 
 TARGET_ACC = 0.9
 TARGET_RHO = 0.8
@@ -195,24 +197,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-def config_option(text: str) -> tuple[str, object]:
-    """'name=value' -> (name, value) with the value parsed as JSON when it can be (true, 0.5, 3), else text."""
-    name, separator, value = text.partition("=")
-    if not separator or not name:
-        raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
-    try:
-        return name.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return name.strip(), value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: CplMixConfig's)")
@@ -273,8 +257,8 @@ def main() -> None:
         stem += f"_genes{args.genes}"
     if args.tag:
         stem += f"_{args.tag}"
-    atomic_write(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    atomic_write(args.out / f"{stem}.md", markdown(report))
+    write_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(args.out / f"{stem}.md", markdown(report))
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {args.out / stem}.json and .md")
 

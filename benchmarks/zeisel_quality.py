@@ -28,7 +28,7 @@ from cplmix_explorer import CplMixVAE, datasets
 from cplmix_explorer.analysis.pruning import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulator_quality import config_option  # noqa: E402
+from _common import config_option  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
