@@ -20,6 +20,11 @@ from .errors import CplmixError
 COUPLING_EPS = 1e-8
 #: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
 TARGET_SUM = 1e4
+#: Default hops of the neighbour walks (``neighbor_steps`` None): expression data walk along a type's continuum
+#: (Zeisel classes, 2 arms: ARI 0.769 with 6 hops against 0.618 with 1); images stay near the digit (15-NN purity in
+#: pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms: ACC 0.64 with 2 hops against 0.52 with 6).
+NEIGHBOR_STEPS_EXPRESSION = 6
+NEIGHBOR_STEPS_IMAGES = 2
 
 
 class OptionSet(param.Parameterized):
@@ -137,15 +142,16 @@ class CplMixConfig(OptionSet):
     )
     augment = param.Selector(
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
-        doc="Type-preserving copy each arm sees: auto picks affine for images and, for expression data with 2 or more "
-        "arms, neighbors (none with 1 arm or above 250 million cells x genes); neighbors: the end of a random walk "
+        doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (up to 250 million "
+        "cells x genes) and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
         "of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     neighbor_steps = param.Integer(
-        6, bounds=(1, 100),
+        None, bounds=(1, 100), allow_None=True,
         doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
-        "copy (1 = a direct neighbour; more hops move the copy along its type's continuous state).",
+        f"copy (1 = a direct neighbour; more hops move the copy along its type's continuous state). Default: "
+        f"{NEIGHBOR_STEPS_EXPRESSION} for expression data, {NEIGHBOR_STEPS_IMAGES} for images.",
     )
     neighbor_ramp_steps = param.Integer(
         300, bounds=(0, None),

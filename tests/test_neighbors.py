@@ -135,4 +135,23 @@ def test_auto_gives_expression_data_neighbour_walks_when_there_are_arms_to_coupl
     single.train(steps=5, progress=False)
     assert single.augment_used == "none"  # one arm has nothing to agree with
     assert resolve_auto(None, 2, AUTO_NEIGHBOURS_MAX_VALUES + 1) == "none"  # too large to find neighbours
-    assert resolve_auto((28, 28), 2, 784) == "affine"  # images keep their warps
+    assert resolve_auto((28, 28), 2, 784) == "neighbors"  # coupled arms see other digits of the neighbourhood
+    assert resolve_auto((28, 28), 1, 784) == "affine"  # one arm keeps its warps
+    assert resolve_auto((28, 28), 2, AUTO_NEIGHBOURS_MAX_VALUES + 1) == "affine"
+
+
+def test_default_walk_length_depends_on_the_data_kind():
+    """Unset neighbor_steps: long walks along an expression continuum, short ones among images (a long walk
+    in pixel space drifts to other digits)."""
+    from cplmix_explorer.config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
+    from cplmix_explorer.model.augment import make_augmenter
+
+    common = dict(is_counts=False, strength=0.1, n_arms=2, n_input_values=1000)
+    expression, _ = make_augmenter("auto", image_shape=None, **common)
+    images, name = make_augmenter("auto", image_shape=(28, 28), **common)
+    chosen, _ = make_augmenter("neighbors", image_shape=(28, 28), neighbor_steps=4, **common)
+    assert name == "neighbors"
+    assert (expression.walk_steps, images.walk_steps, chosen.walk_steps) == (
+        NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES, 4
+    )
+    assert NEIGHBOR_STEPS_IMAGES < NEIGHBOR_STEPS_EXPRESSION

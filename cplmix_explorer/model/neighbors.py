@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from ..config import CplMixConfig
+from ..config import NEIGHBOR_STEPS_EXPRESSION, CplMixConfig
 from .augment import Augmenter
 
 #: Principal components the neighbours are found in, and the neighbours per cell (scanpy's defaults).
 NEIGHBOUR_COMPONENTS = 50
 NEIGHBOURS = 15
-#: Hops of the random walk that picks each arm's copy (the default of CplMixConfig.neighbor_steps).
-WALK_STEPS = CplMixConfig.param["neighbor_steps"].default
+#: Hops of the random walk that picks each arm's copy (CplMixConfig.neighbor_steps's default for expression data).
+WALK_STEPS = NEIGHBOR_STEPS_EXPRESSION
 #: Training steps over which the walks grow from one hop to their full length (CplMixConfig.neighbor_ramp_steps).
 RAMP_STEPS = CplMixConfig.param["neighbor_ramp_steps"].default
 #: Cells per chunk of the distance computation (bounds its memory to chunk x N floats).
