@@ -150,7 +150,7 @@ class CplMixConfig(OptionSet):
     neighbor_steps = param.Integer(
         None, bounds=(1, 100), allow_None=True,
         doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
-        f"copy (1 = a direct neighbour; more hops move the copy along its type's continuous state). Default: "
+        f"copy (1 = a direct neighbour; more hops move the copy along its type's continuous state). Unset (None): "
         f"{NEIGHBOR_STEPS_EXPRESSION} for expression data, {NEIGHBOR_STEPS_IMAGES} for images.",
     )
     neighbor_ramp_steps = param.Integer(
