@@ -3,8 +3,8 @@
     python benchmarks/mnist_options.py --steps 2000 [--configs S10 S2 ...] [--threads 2]
 
 Each configuration trains ``CplMixVAE(mnist5k, n_types=10, n_arms=2, seed=0, ...)`` with its options (affine
-copies, what ``--augment auto`` picked for images when these figures were measured) and prints one JSON line: ACC and ARI against ``obs['digit']`` (mean over
-arms) and the seconds it took. A search, not a table: one seed each, so differences under ~5 points are noise.
+copies, what ``--augment auto`` picked for images when these figures were measured) and prints one JSON line:
+ACC and ARI against ``obs['digit']`` (mean over arms) and the seconds it took. A search, not a table: one seed each, so differences under ~5 points are noise.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ KL(q(c)||p(c)) and training it/s for 1, 2, 3 and 5 arms and the ablations, on th
     python benchmarks/table1.py --list                            # the datasets and methods
 
 Datasets: mnist5k (10 digits; auto gives coupled arms 2-hop neighbour walks, one arm affine warps),
-zeisel2015 classes and subclasses, and the simulator's bundled set (10 imbalanced types). K is the number of labels. Writes
-benchmarks/results/table1.{json,md} (the machine, torch, date and the command are in the report).
+zeisel2015 classes and subclasses, and the simulator's bundled set (10 imbalanced types). K is the number of
+labels. Writes benchmarks/results/table1.{json,md} (the machine, torch, date and the command are in the report).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from playwright.sync_api import sync_playwright
 from app_server import JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_ROWS_BY_SOURCE, AppServer, fill_option, launch_browser, open_app, open_tab, wait_for_text
 from conftest import mixture_counts
 
+from cplmix_explorer.views.safety import EMPTY_PATH_MESSAGE
+
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -82,15 +84,12 @@ def quick_training_options(page, steps: int, genes: int = 200) -> None:
     time.sleep(0.5)
 
 
-#: What the app says when Load reaches it with an empty path (views/safety.py).
-EMPTY_PATH_MESSAGE = "type the path of an .h5ad file inside the data folder"
 JS_PATH_TYPED = """path => { for (const d of Bokeh.documents) for (const m of d.all_models)
     if (m.type == 'AutocompleteInput' && m.value_input == path) return true; return false }"""
 
 
-def load_server_file(page, path: str) -> None:
-    page.locator(".bk-btn", has_text="File on the server").first.click()
-    field = page.locator(".bk-input-group", has_text="Path of an .h5ad file").locator("input").first
+def type_path(page, field, path: str) -> None:
+    """Type ``path`` into the path field until the page's model holds it."""
     for _ in range(3):  # the field can be redrawn just after it appears (switching the source); type again then
         field.fill(path)
         # Escape closes the suggestions (Enter would pick the highlighted one, e.g. mixture.h5ad for "h5ad")
@@ -99,15 +98,20 @@ def load_server_file(page, path: str) -> None:
             page.wait_for_function(JS_PATH_TYPED, arg=path, timeout=5_000)
             break
     assert page.evaluate(JS_PATH_TYPED, path), f"the path field holds {path!r}"
-    page.get_by_role("button", name="Load", exact=True).first.click()
+
+
+def load_server_file(page, path: str) -> None:
+    page.locator(".bk-btn", has_text="File on the server").first.click()
+    field = page.locator(".bk-input-group", has_text="Path of an .h5ad file").locator("input").first
+    load = page.get_by_role("button", name="Load", exact=True).first
+    type_path(page, field, path)
+    load.click()
     # The click can reach the server before the typed text when the field was redrawn while it was typed into
     # (seen once on a clean clone): the app then answers that no path was typed. A user types it again; so do we.
     with contextlib.suppress(PlaywrightTimeoutError):
         page.wait_for_selector(f"text={EMPTY_PATH_MESSAGE}", timeout=2_000)
-        field.fill(path)
-        field.press("Escape")
-        page.wait_for_function(JS_PATH_TYPED, arg=path, timeout=5_000)
-        page.get_by_role("button", name="Load", exact=True).first.click()
+        type_path(page, field, path)
+        load.click()
 
 
 def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server, browser):

@@ -20,6 +20,8 @@ from ..errors import CplmixError
 
 #: Default upload limit; a served app sets its own (``--max-upload-mb`` / ``CPLMIX_MAX_UPLOAD_MB``).
 DEFAULT_MAX_UPLOAD_MB = 200
+#: The answer to a Load with no path typed.
+EMPTY_PATH_MESSAGE = "type the path of an .h5ad file inside the data folder"
 
 
 def resolve_data_path(text: str, data_dir: str | os.PathLike | None, *, private_dirs: tuple[Path, ...] = ()) -> Path:
@@ -34,7 +36,7 @@ def resolve_data_path(text: str, data_dir: str | os.PathLike | None, *, private_
         raise CplmixError("reading files on the server is disabled (start the app with --data-dir to allow one folder)")
     text = (text or "").strip()
     if not text:
-        raise CplmixError("type the path of an .h5ad file inside the data folder")
+        raise CplmixError(EMPTY_PATH_MESSAGE)
     if "\x00" in text:
         raise CplmixError("the path contains a NUL character")
     root = Path(data_dir).expanduser().resolve()
