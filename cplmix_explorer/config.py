@@ -104,6 +104,12 @@ class CplMixConfig(OptionSet):
     # -- objective -----------------------------------------------------------------------------------------
     lam = param.Number(1.0, bounds=(0.0, None), doc="Coupling weight lambda of the arm-to-arm distance.")
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
+    coupling_floor = param.Number(
+        COUPLING_EPS, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
+        doc="Floor epsilon inside the log of the coupling distance, log(q + epsilon): probabilities below it count "
+        "as equal in both arms, so confident arms that agree on the type cost nothing whatever their tiny "
+        "probabilities (the square root of the batch variance keeps its own 1e-8).",
+    )
     entropy_weight = param.Number(
         1.0, bounds=(0.0, None),
         doc="Weight of the arms' type entropy terms -H(c|x) (1 in the paper; 0 drops this confidence penalty).",

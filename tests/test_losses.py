@@ -68,6 +68,29 @@ def test_distance_is_zero_for_identical_arms_and_large_for_a_collapsed_arm():
     assert coupling_distance(torch.stack([q, collapsed])).item() > 100 * agreeing_spread
 
 
+def test_coupling_floor_is_the_epsilon_inside_the_log_only():
+    # Same swapped arms as above; with the floor f = 0.1 each category's log ratio is ln((0.8 + f) / (0.2 + f)) = ln 3,
+    # while the batch standard deviation keeps its 1e-8 (0.3 still).
+    q_a = torch.tensor([[0.8, 0.2], [0.2, 0.8]])
+    q_b = torch.tensor([[0.2, 0.8], [0.8, 0.2]])
+    distance = coupling_distance(torch.stack([q_a, q_b]), floor=0.1)
+    assert distance.tolist() == pytest.approx([2 * (math.log(3.0) / 0.3) ** 2], rel=1e-5)
+
+
+def test_a_floor_makes_confident_agreeing_arms_cost_nothing_below_it():
+    # Two arms agree on every cell's type with 0.999 confidence but differ in how they spread the rest (1e-4
+    # against 1e-6): with the default floor (1e-8) the coupling still pulls on those tiny probabilities, with a
+    # floor of 1e-2 they count as equal.
+    hard = torch.eye(4).repeat(4, 1)  # (16, 4) one type per cell, every type in the batch
+    arm_a = hard * 0.999 + (1 - hard) * 1e-4
+    arm_b = hard * 0.999 + (1 - hard) * 1e-6
+    q = torch.stack([arm_a / arm_a.sum(-1, keepdim=True), arm_b / arm_b.sum(-1, keepdim=True)])
+    default = coupling_distance(q).item()
+    floored = coupling_distance(q, floor=1e-2).item()
+    assert default > 1.0
+    assert floored < 1e-3 * default
+
+
 def test_pairs_of_three_arms():
     q = torch.softmax(torch.randn(3, 8, 4), dim=-1)
     pairs = coupling_distance(q)

@@ -96,17 +96,21 @@ def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return first, second
 
 
-def coupling_distance(q: torch.Tensor, variance: torch.Tensor | None = None, eps: float = COUPLING_EPS) -> torch.Tensor:
+def coupling_distance(
+    q: torch.Tensor, variance: torch.Tensor | None = None, eps: float = COUPLING_EPS, floor: float | None = None
+) -> torch.Tensor:
     """Perturbed Aitchison distance d2_sigma for every pair of arms a < b -> (P,).
 
-    d2(a, b) = mean_batch sum_k ( log(q_a,k + eps) / sqrt(var_a,k + eps) - log(q_b,k + eps) / sqrt(var_b,k + eps) )^2
+    d2(a, b) = mean_batch sum_k ( log(q_a,k + f) / sqrt(var_a,k + eps) - log(q_b,k + f) / sqrt(var_b,k + eps) )^2
+
+    with the log floor f = ``floor`` (``eps`` when not given).
 
     q: (A, B, K) category probabilities; variance: (A, 1, K) batch variance of q (computed from ``q`` when
     not given; the distributed engine passes the global-batch variance).
     """
     if variance is None:
         variance = batch_variance(q)
-    scaled = torch.log(q + eps) / torch.sqrt(variance + eps)
+    scaled = torch.log(q + (eps if floor is None else floor)) / torch.sqrt(variance + eps)
     first, second = arm_pairs(q.shape[0], q.device)
     return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
 
@@ -191,6 +195,7 @@ def cplmix_loss(
     lam: float,
     beta: float,
     entropy_weight: float = 1.0,
+    coupling_floor: float = COUPLING_EPS,
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
@@ -220,6 +225,6 @@ def cplmix_loss(
         coupling = outputs.q.new_zeros(0)
         total = (reconstruction + beta * kl).sum()
     else:
-        coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer))
+        coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer), floor=coupling_floor)
         total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - entropy_weight * (n_arms - 1) * entropy.sum()
     return LossTerms(total=total, reconstruction=reconstruction, kl=kl, entropy=entropy, coupling=coupling)

@@ -304,6 +304,7 @@ class Trainer:
             lam=self.config.lam,
             beta=self.config.beta,
             entropy_weight=self.config.entropy_weight,
+            coupling_floor=self.config.coupling_floor,
             coupled=self.config.coupled,
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
@@ -418,7 +419,8 @@ class Trainer:
                         nb_library = target.sum(dim=-1, keepdim=True)
                     terms = cplmix_loss(
                         self.model(x), target, likelihood=self.model.likelihood, lam=self.config.lam,
-                        beta=self.config.beta, entropy_weight=self.config.entropy_weight, coupled=self.config.coupled, library=nb_library,
+                        beta=self.config.beta, entropy_weight=self.config.entropy_weight, coupling_floor=self.config.coupling_floor,
+                        coupled=self.config.coupled, library=nb_library,
                         log_theta=getattr(self.model, "log_theta", None), capacity=self._capacity, step=self.step,
                     )
                     losses.append(float(terms.total))
