@@ -81,6 +81,12 @@ class CplMixConfig(OptionSet):
         default="gaussian", objects=["gaussian", "nb"],
         doc="Reconstruction likelihood: Gaussian on log-expression, or negative binomial on raw counts.",
     )
+    gene_variance = param.Selector(
+        default="fixed", objects=["fixed", "batch"],
+        doc="Gaussian likelihood only: 'fixed' unit variance (the paper's 1/2 squared error), or 'batch': each "
+        "gene's variance at its maximum-likelihood value in the mini-batch (per arm), so that genes the decoder "
+        "cannot predict (noise) weigh less than genes it can.",
+    )
     tau = param.Number(1.0, bounds=(1e-3, 100.0), doc="Softmax temperature of the categorical posterior q(c|x).")
     gumbel_temperature = param.Number(
         1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."

@@ -10,6 +10,8 @@ from cplmix_explorer.model.losses import (
     coupling_distance,
     cplmix_loss,
     gaussian_reconstruction,
+    BATCH_VARIANCE_FLOOR,
+    batch_variance_gaussian_reconstruction,
     negative_binomial_reconstruction,
     state_kl,
 )
@@ -161,3 +163,25 @@ def test_negative_binomial_matches_torch_distribution():
     distribution = torch.distributions.NegativeBinomial(total_count=theta.expand_as(mu), probs=mu / (mu + theta))
     expected = -distribution.log_prob(counts).sum(-1).mean(-1)
     assert torch.allclose(ours, expected, atol=1e-4)
+
+
+def test_batch_gene_variance_is_the_gaussian_likelihood_at_each_genes_best_variance():
+    target = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]])  # (A=1, B=2, G=2)
+    decoded = torch.zeros(1, 2, 2, requires_grad=True)
+    # mean squared residual: gene 1 (1 + 0) / 2 = 0.5, gene 2 (4 + 0) / 2 = 2
+    ours = batch_variance_gaussian_reconstruction(target, decoded)
+    floor = BATCH_VARIANCE_FLOOR
+    assert ours.item() == pytest.approx(0.5 * (math.log(0.5 + floor) + math.log(2.0 + floor)))
+    # its gradient is the Gaussian's at those variances: residual / variance / B, so the noisier gene weighs less
+    ours.sum().backward()
+    expected = torch.tensor([[[-1.0 / (0.5 + floor), -2.0 / (2.0 + floor)], [0.0, 0.0]]]) / 2
+    assert torch.allclose(decoded.grad, expected, atol=1e-6)
+
+
+def test_the_objective_uses_the_batch_variance_when_asked():
+    out = _outputs(n_arms=2)
+    target = torch.rand(2, 4, 5)
+    terms = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0, gene_variance="batch")
+    assert torch.allclose(terms.reconstruction, batch_variance_gaussian_reconstruction(target, out.decoded))
+    fixed = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0)
+    assert torch.allclose(fixed.reconstruction, gaussian_reconstruction(target, out.decoded))

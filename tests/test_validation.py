@@ -122,6 +122,8 @@ def make_bad_input(name: str, folder: Path):
     if name == "NB likelihood without counts":
         logged = with_x(np.log1p(counts().X.toarray()))
         return write(logged, folder / "logged.h5ad"), ["--likelihood", "nb"], {"likelihood": "nb"}
+    if name == "batch gene variance with NB":
+        return good(), ["--likelihood", "nb", "--gene-variance", "batch"], {"likelihood": "nb", "gene_variance": "batch"}
     raise KeyError(name)
 
 
@@ -147,6 +149,7 @@ BAD_INPUTS = {
     "more types than cells": r"more types \(50\) than cells \(40\); lower --types",
     "unknown layer": r"unknown layer 'counts' \(available layers: none\)",
     "NB likelihood without counts": r"the negative-binomial likelihood needs raw counts",
+    "batch gene variance with NB": r"--gene-variance batch applies to the Gaussian likelihood only, not to --likelihood nb",
 }
 
 

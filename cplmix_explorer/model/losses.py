@@ -48,6 +48,18 @@ def gaussian_reconstruction(target: torch.Tensor, decoded: torch.Tensor) -> torc
     return _HalfSquaredErrorPerArm.apply(decoded, target.detach())
 
 
+BATCH_VARIANCE_FLOOR = 1e-2  # smallest per-gene variance of the "batch" Gaussian (log-expression units^2)
+
+
+def batch_variance_gaussian_reconstruction(target: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """The Gaussian negative log-likelihood with each gene's variance at its maximum-likelihood value for the
+    batch (the squared residual averaged over the batch, floored at BATCH_VARIANCE_FLOOR), up to constants:
+    1/2 sum_g log(mean_b (x - mu)^2 + floor): (A, B, G) -> (A,). The gradient weighs each gene's residual by
+    the inverse of its variance (the calibrated decoder of sigma-VAE, Rybkin et al. 2021, per gene)."""
+    residual = (decoded - target.detach()).square().mean(dim=-2)  # (A, G)
+    return 0.5 * (residual + BATCH_VARIANCE_FLOOR).log().sum(dim=-1)
+
+
 def negative_binomial_reconstruction(
     counts: torch.Tensor, log_rho: torch.Tensor, library: torch.Tensor, log_theta: torch.Tensor
 ) -> torch.Tensor:
@@ -199,6 +211,7 @@ def cplmix_loss(
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
+    gene_variance: str = "fixed",
     reducer=None,
     capacity: CapacitySchedule | None = None,
     step: torch.Tensor | int = 0,
@@ -206,12 +219,15 @@ def cplmix_loss(
     """The objective of method.md for all arms at once.
 
     target: (A, B, G) what each arm reconstructs (log-expression for Gaussian, counts for NB);
-    library: (A, B, 1) counts per cell (NB only). ``coupled=False`` drops the pair terms and weights the
-    arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation). ``reducer``
+    library: (A, B, 1) counts per cell (NB only). ``gene_variance`` (Gaussian only): "fixed" unit variance
+    (the paper's 1/2 squared error) or "batch", each gene's maximum-likelihood variance in the batch.
+    ``coupled=False`` drops the pair terms and weights the arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation). ``reducer``
     (distributed training) makes the coupling's batch variance that of the global batch. With a JointVAE
     ``capacity`` schedule the total is JointVAE's objective at ``step`` (steps done so far) instead.
     """
-    if likelihood == GAUSSIAN:
+    if likelihood == GAUSSIAN and gene_variance == "batch":
+        reconstruction = batch_variance_gaussian_reconstruction(target, outputs.decoded)
+    elif likelihood == GAUSSIAN:
         reconstruction = gaussian_reconstruction(target, outputs.decoded)
     else:
         reconstruction = negative_binomial_reconstruction(target, outputs.decoded, library, log_theta)

@@ -110,12 +110,15 @@ class CoupledMixtureVAE(nn.Module):
         share_arm_parameters: bool = False,
         straight_through: bool = False,
         state_encoder: str = SEPARATE_STATE_ENCODER,
+        gene_variance: str = "fixed",
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
             raise ValueError(f"unknown likelihood {likelihood!r}")
         if state_encoder not in (SHARED_STATE_ENCODER, SEPARATE_STATE_ENCODER):
             raise ValueError(f"unknown state encoder {state_encoder!r}")
+        if gene_variance not in ("fixed", "batch"):
+            raise ValueError(f"unknown gene variance {gene_variance!r}")
         self.n_genes = n_genes
         self.n_types = n_types
         self.state_dim = state_dim
@@ -127,6 +130,7 @@ class CoupledMixtureVAE(nn.Module):
         self.state_depends_on_type = state_depends_on_type
         self.straight_through = straight_through
         self.state_encoder = state_encoder
+        self.gene_variance = gene_variance
         shared = share_arm_parameters
 
         def linear(n_in: int, n_out: int) -> StackedLinear:

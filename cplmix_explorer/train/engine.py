@@ -72,6 +72,8 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
+    if config.gene_variance != "fixed" and config.likelihood != GAUSSIAN:
+        raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
     torch.manual_seed(config.seed)
     return CoupledMixtureVAE(
         n_genes=n_genes,
@@ -89,6 +91,7 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         share_arm_parameters=config.share_arm_parameters,
         straight_through=config.straight_through,
         state_encoder=config.state_encoder,
+        gene_variance=config.gene_variance,
     )
 
 
@@ -308,6 +311,7 @@ class Trainer:
             coupled=self.config.coupled,
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
+            gene_variance=self.model.gene_variance,
             reducer=self._reducer,
             capacity=self._capacity,
             step=self._step_counter,
@@ -421,7 +425,9 @@ class Trainer:
                         self.model(x), target, likelihood=self.model.likelihood, lam=self.config.lam,
                         beta=self.config.beta, entropy_weight=self.config.entropy_weight, coupling_floor=self.config.coupling_floor,
                         coupled=self.config.coupled, library=nb_library,
-                        log_theta=getattr(self.model, "log_theta", None), capacity=self._capacity, step=self.step,
+                        log_theta=getattr(self.model, "log_theta", None),
+                        gene_variance=self.model.gene_variance,
+                                    capacity=self._capacity, step=self.step,
                     )
                     losses.append(float(terms.total))
                     weights.append(len(rows))
