@@ -85,7 +85,8 @@ class CplMixConfig(OptionSet):
         default="fixed", objects=["fixed", "batch"],
         doc="Gaussian likelihood only: 'fixed' unit variance (the paper's 1/2 squared error), or 'batch': each "
         "gene's variance at its maximum-likelihood value in the mini-batch (per arm), so that genes the decoder "
-        "cannot predict (noise) weigh less than genes it can.",
+        "cannot predict (noise) weigh less than genes it can; the logged reconstruction is then that negative "
+        "log-likelihood, which can be below 0.",
     )
     tau = param.Number(1.0, bounds=(1e-3, 100.0), doc="Softmax temperature of the categorical posterior q(c|x).")
     gumbel_temperature = param.Number(

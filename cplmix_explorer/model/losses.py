@@ -221,8 +221,9 @@ def cplmix_loss(
     target: (A, B, G) what each arm reconstructs (log-expression for Gaussian, counts for NB);
     library: (A, B, 1) counts per cell (NB only). ``gene_variance`` (Gaussian only): "fixed" unit variance
     (the paper's 1/2 squared error) or "batch", each gene's maximum-likelihood variance in the batch.
-    ``coupled=False`` drops the pair terms and weights the arms' VAE terms by 1 (independent arms, the augmentation-without-coupling ablation). ``reducer``
-    (distributed training) makes the coupling's batch variance that of the global batch. With a JointVAE
+    ``coupled=False`` drops the pair terms and weights the arms' VAE terms by 1 (independent arms, the
+    augmentation-without-coupling ablation). ``reducer`` (distributed training) makes the coupling's batch
+    variance that of the global batch (the "batch" gene variance stays each replica's own). With a JointVAE
     ``capacity`` schedule the total is JointVAE's objective at ``step`` (steps done so far) instead.
     """
     if likelihood == GAUSSIAN and gene_variance == "batch":
