@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from cplmix_explorer.model.losses import (
+    BATCH_VARIANCE_FLOOR,
+    batch_variance_gaussian_reconstruction,
     categorical_entropy,
     coupling_distance,
     cplmix_loss,
     gaussian_reconstruction,
-    BATCH_VARIANCE_FLOOR,
-    batch_variance_gaussian_reconstruction,
     negative_binomial_reconstruction,
     state_kl,
 )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import COUPLING_EPS
-from .network import GAUSSIAN, ArmOutputs
+from .network import BATCH_GENE_VARIANCE, FIXED_GENE_VARIANCE, GAUSSIAN, ArmOutputs
 
 
 class _HalfSquaredErrorPerArm(torch.autograd.Function):
@@ -211,7 +211,7 @@ def cplmix_loss(
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
-    gene_variance: str = "fixed",
+    gene_variance: str = FIXED_GENE_VARIANCE,
     reducer=None,
     capacity: CapacitySchedule | None = None,
     step: torch.Tensor | int = 0,
@@ -226,7 +226,7 @@ def cplmix_loss(
     variance that of the global batch (the "batch" gene variance stays each replica's own). With a JointVAE
     ``capacity`` schedule the total is JointVAE's objective at ``step`` (steps done so far) instead.
     """
-    if likelihood == GAUSSIAN and gene_variance == "batch":
+    if likelihood == GAUSSIAN and gene_variance == BATCH_GENE_VARIANCE:
         reconstruction = batch_variance_gaussian_reconstruction(target, outputs.decoded)
     elif likelihood == GAUSSIAN:
         reconstruction = gaussian_reconstruction(target, outputs.decoded)

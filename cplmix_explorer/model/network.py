@@ -27,6 +27,8 @@ NEGATIVE_BINOMIAL = "nb"
 #: Where q(s|c, x) reads x: the type encoder's bottleneck, or a second encoder of its own.
 SHARED_STATE_ENCODER = "shared"
 SEPARATE_STATE_ENCODER = "separate"
+FIXED_GENE_VARIANCE = "fixed"  # unit variance of the Gaussian on log-expression (the paper)
+BATCH_GENE_VARIANCE = "batch"  # each gene's maximum-likelihood variance in the mini-batch
 
 
 @dataclass
@@ -110,14 +112,14 @@ class CoupledMixtureVAE(nn.Module):
         share_arm_parameters: bool = False,
         straight_through: bool = False,
         state_encoder: str = SEPARATE_STATE_ENCODER,
-        gene_variance: str = "fixed",
+        gene_variance: str = FIXED_GENE_VARIANCE,
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
             raise ValueError(f"unknown likelihood {likelihood!r}")
         if state_encoder not in (SHARED_STATE_ENCODER, SEPARATE_STATE_ENCODER):
             raise ValueError(f"unknown state encoder {state_encoder!r}")
-        if gene_variance not in ("fixed", "batch"):
+        if gene_variance not in (FIXED_GENE_VARIANCE, BATCH_GENE_VARIANCE):
             raise ValueError(f"unknown gene variance {gene_variance!r}")
         self.n_genes = n_genes
         self.n_types = n_types

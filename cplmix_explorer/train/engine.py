@@ -29,7 +29,7 @@ from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augment import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
-from ..model.network import GAUSSIAN, CoupledMixtureVAE
+from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -72,7 +72,7 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
-    if config.gene_variance != "fixed" and config.likelihood != GAUSSIAN:
+    if config.gene_variance != FIXED_GENE_VARIANCE and config.likelihood != GAUSSIAN:
         raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
     torch.manual_seed(config.seed)
     return CoupledMixtureVAE(
@@ -426,8 +426,7 @@ class Trainer:
                         beta=self.config.beta, entropy_weight=self.config.entropy_weight, coupling_floor=self.config.coupling_floor,
                         coupled=self.config.coupled, library=nb_library,
                         log_theta=getattr(self.model, "log_theta", None),
-                        gene_variance=self.model.gene_variance,
-                                    capacity=self._capacity, step=self.step,
+                        gene_variance=self.model.gene_variance, capacity=self._capacity, step=self.step,
                     )
                     losses.append(float(terms.total))
                     weights.append(len(rows))
