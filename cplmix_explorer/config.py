@@ -121,6 +121,12 @@ class CplMixConfig(OptionSet):
         1.0, bounds=(0.0, None),
         doc="Weight of the arms' type entropy terms -H(c|x) (1 in the paper; 0 drops this confidence penalty).",
     )
+    marginal_entropy_weight = param.Number(
+        0.0, bounds=(0.0, None),
+        doc="Weight w of -w * H(mean q(c|x)) per arm, the entropy of each arm's category marginal over the batch "
+        "(the mutual-information form of clustering objectives, IMSAT / IIC): rewards using every category. 0 is "
+        "the paper's objective.",
+    )
     coupled = param.Boolean(
         True, doc="Couple the arms (distance + entropy terms); False trains independent arms (ablation)."
     )

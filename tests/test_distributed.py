@@ -38,7 +38,8 @@ def _inputs():
 
 def _loss_and_grads(model, x, noise, reducer=None):
     out = model(x, 1.0, noise=noise)
-    terms = cplmix_loss(out, x, likelihood="gaussian", lam=1.0, beta=1.0, reducer=reducer)
+    # with the marginal-entropy term on, so that its category marginal is checked to be the global batch's too
+    terms = cplmix_loss(out, x, likelihood="gaussian", lam=1.0, beta=1.0, marginal_entropy_weight=0.5, reducer=reducer)
     terms.total.backward()
     return terms.total.detach()
 

@@ -113,6 +113,16 @@ def test_save_load_round_trip_gives_identical_predictions(mixture, tmp_path):
     assert np.allclose(original.state_mean, restored.state_mean, atol=1e-6)
 
 
+def test_a_marginal_entropy_weight_finds_the_types_and_a_saved_run_keeps_it(mixture, tmp_path):
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, labels="type", marginal_entropy_weight=1.0, seed=0)
+    model.train(steps=300, progress=False)
+    assert model.evaluate()["acc"] >= 0.9
+    model.save(tmp_path / "run")
+    loaded = CplMixVAE.load(tmp_path / "run", mixture)
+    assert loaded.config.marginal_entropy_weight == 1.0
+    assert np.array_equal(model.predict().consensus_type, loaded.predict().consensus_type)
+
+
 def test_batch_gene_variance_finds_the_types_and_a_saved_run_keeps_it(mixture, tmp_path):
     model = CplMixVAE(mixture, n_types=4, n_arms=2, labels="type", gene_variance="batch", seed=0)
     model.train(steps=300, progress=False)

@@ -12,6 +12,7 @@ from cplmix_explorer.model.losses import (
     coupling_distance,
     cplmix_loss,
     gaussian_reconstruction,
+    marginal_entropy,
     negative_binomial_reconstruction,
     state_kl,
 )
@@ -185,3 +186,33 @@ def test_the_objective_uses_the_batch_variance_when_asked():
     assert torch.allclose(terms.reconstruction, batch_variance_gaussian_reconstruction(target, out.decoded))
     fixed = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0)
     assert torch.allclose(fixed.reconstruction, gaussian_reconstruction(target, out.decoded))
+
+
+def test_marginal_entropy_is_the_entropy_of_each_arms_mean_category_probabilities():
+    # arm a: two confident cells of different categories -> marginal (0.5, 0.5), H = ln 2;
+    # arm b: both cells (0.9, 0.1) -> marginal (0.9, 0.1): one category used, low entropy
+    q = torch.tensor([[[0.8, 0.2], [0.2, 0.8]], [[0.9, 0.1], [0.9, 0.1]]])
+    expected = [math.log(2.0), -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))]
+    assert marginal_entropy(q).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_marginal_entropy_weight_subtracts_w_times_each_arms_marginal_entropy_and_0_is_the_paper():
+    out = _outputs(n_arms=2)
+    target = torch.rand(2, 4, 5)
+    paper = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0)
+    unchanged = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0, marginal_entropy_weight=0.0)
+    weighted = cplmix_loss(out, target, likelihood="gaussian", lam=1.0, beta=1.0, marginal_entropy_weight=0.5)
+    assert unchanged.total.item() == paper.total.item()
+    expected = paper.total - 0.5 * marginal_entropy(out.q).sum()
+    assert weighted.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    one_arm = _outputs(n_arms=1)  # a single mixture VAE gets the term too
+    single = cplmix_loss(one_arm, target[:1], likelihood="gaussian", lam=1.0, beta=1.0, marginal_entropy_weight=2.0)
+    plain = cplmix_loss(one_arm, target[:1], likelihood="gaussian", lam=1.0, beta=1.0)
+    assert single.total.item() == pytest.approx((plain.total - 2.0 * marginal_entropy(one_arm.q).sum()).item(), rel=1e-6)
+
+
+def test_the_marginal_entropy_pushes_an_unused_category_up():
+    # every cell puts little mass on category 2; maximising the marginal entropy raises that category's logit
+    logits = torch.tensor([[[3.0, 0.0, -2.0], [0.0, 3.0, -2.0]]], requires_grad=True)
+    (-marginal_entropy(torch.softmax(logits, -1)).sum()).backward()
+    assert (logits.grad[..., 2] < 0).all()  # a descent step increases the unused category's logit

@@ -124,6 +124,9 @@ def make_bad_input(name: str, folder: Path):
         return write(logged, folder / "logged.h5ad"), ["--likelihood", "nb"], {"likelihood": "nb"}
     if name == "batch gene variance with NB":
         return good(), ["--likelihood", "nb", "--gene-variance", "batch"], {"likelihood": "nb", "gene_variance": "batch"}
+    if name == "marginal entropy with JointVAE":
+        return (good(), ["--objective", "jointvae", "--marginal-entropy-weight", "1"],
+                {"objective": "jointvae", "marginal_entropy_weight": 1.0})
     raise KeyError(name)
 
 
@@ -150,6 +153,7 @@ BAD_INPUTS = {
     "unknown layer": r"unknown layer 'counts' \(available layers: none\)",
     "NB likelihood without counts": r"the negative-binomial likelihood needs raw counts",
     "batch gene variance with NB": r"--gene-variance batch applies to the Gaussian likelihood only, not to --likelihood nb",
+    "marginal entropy with JointVAE": r"--marginal-entropy-weight applies to the cpl-mixVAE objective only, not to --objective jointvae",
 }
 
 

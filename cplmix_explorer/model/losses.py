@@ -102,6 +102,17 @@ def batch_variance(q: torch.Tensor, reducer=None) -> torch.Tensor:
     return reducer((q - mean).square().sum(dim=1, keepdim=True)) / count
 
 
+def marginal_entropy(q: torch.Tensor, reducer=None) -> torch.Tensor:
+    """H(mean_batch q(c|x)) per arm, the entropy (nats) of each arm's category marginal: (A, B, K) -> (A,).
+
+    ``reducer`` (distributed training) makes the marginal that of the global batch."""
+    if reducer is None:
+        marginal = q.mean(dim=1)
+    else:
+        marginal = reducer(q.sum(dim=1)) / reducer(q.new_full((1,), float(q.shape[1])))
+    return -(marginal * torch.log(marginal + COUPLING_EPS)).sum(dim=-1)
+
+
 def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (a, b) of every pair a < b of arms, each (A*(A-1)/2,)."""
     first, second = torch.triu_indices(n_arms, n_arms, offset=1, device=device)
@@ -207,6 +218,7 @@ def cplmix_loss(
     lam: float,
     beta: float,
     entropy_weight: float = 1.0,
+    marginal_entropy_weight: float = 0.0,
     coupling_floor: float = COUPLING_EPS,
     coupled: bool = True,
     library: torch.Tensor | None = None,
@@ -244,4 +256,6 @@ def cplmix_loss(
     else:
         coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer), floor=coupling_floor)
         total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - entropy_weight * (n_arms - 1) * entropy.sum()
+    if capacity is None and marginal_entropy_weight:
+        total = total - marginal_entropy_weight * marginal_entropy(outputs.q, reducer).sum()
     return LossTerms(total=total, reconstruction=reconstruction, kl=kl, entropy=entropy, coupling=coupling)

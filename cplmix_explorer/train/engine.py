@@ -74,6 +74,8 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
     if config.gene_variance != FIXED_GENE_VARIANCE and config.likelihood != GAUSSIAN:
         raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
+    if config.marginal_entropy_weight and config.objective != "cplmix":
+        raise CplmixError(f"--marginal-entropy-weight applies to the cpl-mixVAE objective only, not to --objective {config.objective}")
     torch.manual_seed(config.seed)
     return CoupledMixtureVAE(
         n_genes=n_genes,
@@ -300,23 +302,32 @@ class Trainer:
     def _loss(self, index: torch.Tensor):
         x, target, nb_library = self._arm_inputs(index)
         outputs = self.forward_model(x, self.config.gumbel_temperature)
-        terms = cplmix_loss(
+        terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
+        return terms.total, terms.metric_vector()
+
+    def _objective(self, outputs, target: torch.Tensor, nb_library: torch.Tensor | None, step, reducer=None):
+        """The configured objective (paper Eq. 7, or JointVAE) on one batch; the one call training and validation share.
+
+        ``target`` (A, B, G), ``nb_library`` (A, B, 1) counts per copy for NB (else None), ``step`` the training
+        step (int or 0-d tensor, for the JointVAE capacities), ``reducer`` the cross-process batch statistics.
+        """
+        return cplmix_loss(
             outputs,
             target,
             likelihood=self.model.likelihood,
             lam=self.config.lam,
             beta=self.config.beta,
             entropy_weight=self.config.entropy_weight,
+            marginal_entropy_weight=self.config.marginal_entropy_weight,
             coupling_floor=self.config.coupling_floor,
             coupled=self.config.coupled,
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
             gene_variance=self.model.gene_variance,
-            reducer=self._reducer,
+            reducer=reducer,
             capacity=self._capacity,
-            step=self._step_counter,
+            step=step,
         )
-        return terms.total, terms.metric_vector()
 
     def _step_body(self) -> None:
         """One training step on ``self._batch_index``; records metrics on the device (no host sync)."""
@@ -421,13 +432,7 @@ class Trainer:
                         counts = self.data.gather(index)
                         target = counts.unsqueeze(0).expand(self.model.n_arms, -1, -1)
                         nb_library = target.sum(dim=-1, keepdim=True)
-                    terms = cplmix_loss(
-                        self.model(x), target, likelihood=self.model.likelihood, lam=self.config.lam,
-                        beta=self.config.beta, entropy_weight=self.config.entropy_weight, coupling_floor=self.config.coupling_floor,
-                        coupled=self.config.coupled, library=nb_library,
-                        log_theta=getattr(self.model, "log_theta", None),
-                        gene_variance=self.model.gene_variance, capacity=self._capacity, step=self.step,
-                    )
+                    terms = self._objective(self.model(x), target, nb_library, step=self.step)
                     losses.append(float(terms.total))
                     weights.append(len(rows))
                 validation_loss = float(np.average(losses, weights=weights))
