@@ -90,26 +90,27 @@ def categorical_entropy(q: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return -(q * log_q).sum(dim=-1).mean(dim=-1)
 
 
-def batch_variance(q: torch.Tensor, reducer=None) -> torch.Tensor:
-    """Variance over the batch of each category's probability: (A, B, K) -> (A, 1, K) (biased, 1/B).
+def batch_mean(values: torch.Tensor, reducer=None) -> torch.Tensor:
+    """Mean over the batch axis: (A, B, K) -> (A, 1, K).
 
-    ``reducer`` (distributed training) turns local sums into global-batch sums, differentiably, so the
-    variance is that of the global batch (not per process, unlike the reference's multi-GPU variant)."""
+    ``reducer`` (distributed training) turns local sums into global-batch sums, differentiably, so the mean is
+    that of the global batch (not per process, unlike the reference's multi-GPU variant)."""
     if reducer is None:
-        return (q - q.mean(dim=1, keepdim=True)).square().mean(dim=1, keepdim=True)
-    count = reducer(q.new_full((1,), float(q.shape[1])))
-    mean = reducer(q.sum(dim=1, keepdim=True)) / count
-    return reducer((q - mean).square().sum(dim=1, keepdim=True)) / count
+        return values.mean(dim=1, keepdim=True)
+    count = reducer(values.new_full((1,), float(values.shape[1])))
+    return reducer(values.sum(dim=1, keepdim=True)) / count
+
+
+def batch_variance(q: torch.Tensor, reducer=None) -> torch.Tensor:
+    """Variance over the (global, with ``reducer``) batch of each category's probability: (A, B, K) -> (A, 1, K)
+    (biased, 1/B)."""
+    return batch_mean((q - batch_mean(q, reducer)).square(), reducer)
 
 
 def marginal_entropy(q: torch.Tensor, reducer=None) -> torch.Tensor:
-    """H(mean_batch q(c|x)) per arm, the entropy (nats) of each arm's category marginal: (A, B, K) -> (A,).
-
-    ``reducer`` (distributed training) makes the marginal that of the global batch."""
-    if reducer is None:
-        marginal = q.mean(dim=1)
-    else:
-        marginal = reducer(q.sum(dim=1)) / reducer(q.new_full((1,), float(q.shape[1])))
+    """H(mean_batch q(c|x)) per arm, the entropy (nats) of each arm's category marginal (of the global batch
+    with ``reducer``): (A, B, K) -> (A,)."""
+    marginal = batch_mean(q, reducer).squeeze(1)
     return -(marginal * torch.log(marginal + COUPLING_EPS)).sum(dim=-1)
 
 

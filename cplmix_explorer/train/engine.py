@@ -74,7 +74,7 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
     if config.gene_variance != FIXED_GENE_VARIANCE and config.likelihood != GAUSSIAN:
         raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
-    if config.marginal_entropy_weight and config.objective != "cplmix":
+    if config.marginal_entropy_weight and config.objective == "jointvae":  # JointVAE has no such term
         raise CplmixError(f"--marginal-entropy-weight applies to the cpl-mixVAE objective only, not to --objective {config.objective}")
     torch.manual_seed(config.seed)
     return CoupledMixtureVAE(
