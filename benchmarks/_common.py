@@ -43,6 +43,17 @@ def config_option(text: str) -> tuple[str, object]:
         return name.strip(), value
 
 
+def single_run_parser(description: str, *, steps: int = 3000) -> argparse.ArgumentParser:
+    """The options every single-run benchmark on the simulator takes: --steps, --seed, --threads (torch CPU
+    threads, default 1) and --set OPTION=VALUE (any CplMixConfig option, repeatable)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
+    return parser
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:

@@ -12,7 +12,6 @@ Prints the tables and one JSON line (ACC, ARI, median best |rho|, categories use
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,18 +21,14 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import config_option  # noqa: E402
+from _common import single_run_parser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = single_run_parser(__doc__.splitlines()[0])
     parser.add_argument("--arms", type=int, default=2)
     parser.add_argument("--genes", type=int, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import cplmix_explorer as cx

@@ -14,7 +14,6 @@ Prints the tables and one JSON line; writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,17 +22,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import config_option  # noqa: E402
+from _common import single_run_parser  # noqa: E402
 
 ALPHAS = (0.5, 1, 2, 4, 8, 16)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
+    parser = single_run_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import cplmix_explorer as cx
