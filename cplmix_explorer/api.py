@@ -70,6 +70,8 @@ class CplMixVAE:
         self.step = 0
         self.history: TrainingResult | None = None
         self.augment_used: str | None = None
+        #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
+        self.type_init: dict | None = None
         self._optimizer_state: dict | None = None
         self._rng_state: dict | None = None
         self._device_data: DeviceData | None = None
@@ -100,6 +102,7 @@ class CplMixVAE:
         )
         trainer.step = self.step
         trainer._step_counter.fill_(self.step)
+        trainer.type_init_summary = self.type_init
         if self._optimizer_state is not None:
             restore_optimizer(trainer.optimizer, self._optimizer_state)
         if self._rng_state:
@@ -134,6 +137,7 @@ class CplMixVAE:
                 bar.close()
             self.step = trainer.step
             self.augment_used = trainer.augment_name
+            self.type_init = trainer.type_init_summary
             self._optimizer_state = trainer.optimizer.state_dict()
             self._rng_state = trainer.rng_state()
             self._invalidate()
@@ -206,6 +210,7 @@ class CplMixVAE:
             "genes": list(self.prepared.genes),
             "preprocessing": {k: v for k, v in self.prepared.preprocessing.to_dict().items() if k != "genes"},
             "augment": self.augment_used,
+            "type_init": self.type_init,
         }
 
     def write_results(self, adata: AnnData | None = None, metrics: dict | None = None) -> AnnData:
@@ -235,7 +240,7 @@ class CplMixVAE:
             step=self.step,
             optimizer=optimizer,
             rng_state=self._rng_state or {"cpu": torch.get_rng_state()},
-            extra={"augment": self.augment_used},
+            extra={"augment": self.augment_used, **({"type_init": self.type_init} if self.type_init else {})},
         )
 
     @classmethod
@@ -257,6 +262,7 @@ class CplMixVAE:
         model.module.to(resolve_device(config.device))
         model.step = checkpoint.step
         model.augment_used = checkpoint.extra.get("augment")
+        model.type_init = checkpoint.extra.get("type_init")
         model._optimizer_state = checkpoint.optimizer_state
         model._rng_state = checkpoint.rng_state or None
         return model

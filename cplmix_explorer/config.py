@@ -25,6 +25,12 @@ TARGET_SUM = 1e4
 #: pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms, seed 0, 4,000 steps: ACC 0.63 with 2 hops, 0.52 with 6).
 NEIGHBOR_STEPS_EXPRESSION = 6
 NEIGHBOR_STEPS_IMAGES = 2
+#: Weight of the cross-entropy that fits the type heads to the initial partition during the first
+#: ``type_init_steps`` steps (per cell and arm; large against the objective so that the partition is taken over).
+TYPE_INIT_WEIGHT = 1000.0
+#: Most training cells the initial partition is computed on (a seeded random subset beyond it; the type heads
+#: are then fitted on those cells only): bounds the neighbour search of data that the walks do not cover.
+TYPE_INIT_MAX_CELLS = 200_000
 
 
 class OptionSet(param.Parameterized):
@@ -106,10 +112,20 @@ class CplMixConfig(OptionSet):
         "type encoder; with neighbour copies it makes that encoder blind to within-type variation, so a shared "
         "state loses the within-type state (simulator: median |rho| 0.24 shared, 0.90 separate).",
     )
+    state_bottleneck = param.Selector(
+        default="linear", objects=["linear", "relu"],
+        doc="Activation of the separate state encoder's bottleneck before its BatchNorm: none (linear), or ReLU "
+        "as in the type encoder (runs before this option): with ReLU some cells had every unit at zero and so "
+        "shared one state.",
+    )
     share_arm_parameters = param.Boolean(False, doc="All arms share one set of weights (ablation).")
 
     # -- objective -----------------------------------------------------------------------------------------
-    lam = param.Number(1.0, bounds=(0.0, None), doc="Coupling weight lambda of the arm-to-arm distance.")
+    lam = param.Number(
+        0.1, bounds=(0.0, None),
+        doc="Coupling weight lambda of the arm-to-arm distance (the paper uses 1 with its double softmax; with the "
+        "engine's single softmax 1 merges small types even when the arms start from the true ones, 0.1 keeps them).",
+    )
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
     coupling_floor = param.Number(
         COUPLING_EPS, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
@@ -150,6 +166,18 @@ class CplMixConfig(OptionSet):
     )
 
     # -- training ------------------------------------------------------------------------------------------
+    type_init = param.Selector(
+        default="leiden", objects=["leiden", "random"],
+        doc="Where the categories start: 'leiden' fits the arms' type heads during the first type_init_steps "
+        "steps to K Leiden communities of the cells' 15-nearest-neighbour graph (top 50 PCs; the graph the "
+        "neighbour walks use), then the objective alone refines them; 'random' starts from the random network, "
+        "as the paper.",
+    )
+    type_init_steps = param.Integer(
+        300, bounds=(0, None),
+        doc="type_init='leiden': training steps during which a cross-entropy toward the initial partition is "
+        "added to the objective (0 = no initial partition).",
+    )
     steps = param.Integer(5000, bounds=(1, None), doc="Training steps (mini-batches); ignored when epochs is set.")
     epochs = param.Number(None, bounds=(0.0, None), allow_None=True, doc="Training epochs over the training cells.")
     batch_size = param.Integer(256, bounds=(2, None), doc="Cells per mini-batch.")

@@ -148,6 +148,21 @@ def test_checkpoint_from_before_the_state_encoder_option_loads_as_trained(mixtur
     assert np.allclose(model.predict().state_mean, loaded.predict().state_mean, atol=1e-6)
 
 
+def test_checkpoint_from_before_the_bottleneck_and_start_options_loads_as_trained(mixture, tmp_path):
+    """Runs saved before ``state_bottleneck`` and ``type_init`` existed had a ReLU in the separate state
+    encoder's bottleneck and started at random: they load (and resume) that way."""
+    from cplmix_explorer.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, state_bottleneck="relu", type_init="random")
+    model.train(steps=20, progress=False)
+    old_config = {k: v for k, v in model.config.to_dict().items() if k not in ("state_bottleneck", "type_init")}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model=model.module, config=old_config,
+                    preprocessing=model.prepared.preprocessing.to_dict(), step=model.step)
+    loaded = CplMixVAE.load(tmp_path, mixture)
+    assert loaded.config.state_bottleneck == "relu" and loaded.config.type_init == "random"
+    assert np.allclose(model.predict().state_mean, loaded.predict().state_mean, atol=1e-6)
+
+
 def test_resumed_training_equals_uninterrupted_training(mixture, tmp_path):
     from cplmix_explorer.train.run import train_run
 

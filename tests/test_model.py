@@ -39,17 +39,18 @@ def _explicit_arm(model, arm, x):
     def norm(module, inputs):
         return (inputs - module.running_mean[arm, 0]) / torch.sqrt(module.running_var[arm, 0] + module.eps)
 
-    def encoder(layers, norms, bottleneck, bottleneck_norm):
+    def encoder(layers, norms, bottleneck, bottleneck_norm, relu=True):
         h = x
         for layer, bn in zip(layers, norms):
             h = norm(bn, torch.relu(linear(layer, h)))
-        return norm(bottleneck_norm, torch.relu(linear(bottleneck, h)))
+        h = linear(bottleneck, h)
+        return norm(bottleneck_norm, torch.relu(h) if relu else h)
 
     h = encoder(model.encoder_layers, model.encoder_norms, model.bottleneck, model.bottleneck_norm)
     logits = linear(model.type_head, h)
     if model.state_encoder == "separate":
         h = encoder(model.state_encoder_layers, model.state_encoder_norms, model.state_bottleneck,
-                    model.state_bottleneck_norm)
+                    model.state_bottleneck_norm, relu=model.state_bottleneck_activation == "relu")
     log_q = torch.log_softmax(logits / model.tau, -1)
     c = F.one_hot(log_q.argmax(-1), model.n_types).float()
     mu, _ = linear(model.state_head, torch.cat([h, c], -1)).chunk(2, -1)
@@ -59,9 +60,9 @@ def _explicit_arm(model, arm, x):
     return log_q, mu, torch.relu(linear(model.decoder_output, out))
 
 
-@pytest.mark.parametrize("state_encoder", ["shared", "separate"])
-def test_stacked_arms_equal_an_explicit_per_arm_computation(state_encoder):
-    model = _model(state_encoder=state_encoder)
+@pytest.mark.parametrize("state_encoder,state_bottleneck", [("shared", "linear"), ("separate", "linear"), ("separate", "relu")])
+def test_stacked_arms_equal_an_explicit_per_arm_computation(state_encoder, state_bottleneck):
+    model = _model(state_encoder=state_encoder, state_bottleneck=state_bottleneck)
     model.train()
     model(torch.rand(3, 32, 30))  # move the BatchNorm running statistics away from their initial values
     model.eval()
@@ -72,6 +73,22 @@ def test_stacked_arms_equal_an_explicit_per_arm_computation(state_encoder):
         assert torch.allclose(out.log_q[arm], log_q, atol=1e-5)
         assert torch.allclose(out.mu[arm], mu, atol=1e-5)
         assert torch.allclose(out.decoded[arm], decoded, atol=1e-5)
+
+
+def test_a_linear_state_bottleneck_gives_every_cell_its_own_state():
+    """With a ReLU before the state bottleneck's BatchNorm, cells for which every unit is below zero all get
+    the same state; the default linear bottleneck has no such dead zone."""
+    x = torch.rand(3, 64, 30)
+    one_type = F.one_hot(torch.zeros(3, 64, dtype=torch.long), 4).float()
+    means = {}
+    for activation in ("relu", "linear"):
+        model = _model(state_bottleneck=activation).eval()
+        with torch.no_grad():
+            model.state_bottleneck.bias.fill_(-50.0)  # every unit below zero for every cell
+            h, _ = model.encode(x)
+            means[activation], _ = model.state_posterior(h, one_type)
+    assert torch.allclose(means["relu"], means["relu"][:, :1])  # one state for all 64 cells of the type
+    assert (means["linear"].std(dim=1) > 1e-3).all()
 
 
 def test_arms_have_independent_weights_unless_shared():

@@ -92,9 +92,10 @@ def test_neighbour_copies_train_the_negative_binomial_model_on_raw_counts():
     assert trainer.data.holds_counts
     index = trainer.train_rows[:8]
     torch.manual_seed(0)
-    x, target, library = trainer._arm_inputs(index)
+    x, target, library, source = trainer._arm_inputs(index)
     torch.manual_seed(0)
     rows = trainer.augmenter.source_rows(index, 2, step=trainer._step_counter)
+    assert torch.equal(source, rows)  # the rows each arm's copies come from
     assert torch.equal(target, trainer.data.gather(rows.reshape(-1)).view(2, 8, -1))  # the neighbours' counts
     assert torch.equal(x, trainer.data.model_input(rows.reshape(-1)).view(2, 8, -1))  # normalised by their own library
     assert torch.equal(library, target.sum(dim=-1, keepdim=True))

@@ -26,7 +26,7 @@ from safetensors.torch import save as save_safetensors
 
 from ..config import CplMixConfig
 from ..errors import CplmixError
-from ..model.network import SHARED_STATE_ENCODER
+from ..model.network import RELU_STATE_BOTTLENECK, SHARED_STATE_ENCODER
 
 FORMAT = "cplmix-checkpoint"
 FORMAT_VERSION = 1
@@ -39,7 +39,11 @@ _DIGEST_KEYS = ("sha256", "metadata_sha256")
 #: Options added to CplMixConfig after checkpoints of this format were first written, with the value those
 #: checkpoints were trained with; filled in on reading, so that an older run loads as it was trained even where
 #: the option's default is now different.
-OPTIONS_OLDER_CHECKPOINTS_LACK = {"state_encoder": SHARED_STATE_ENCODER}
+OPTIONS_OLDER_CHECKPOINTS_LACK = {
+    "state_encoder": SHARED_STATE_ENCODER,
+    "state_bottleneck": RELU_STATE_BOTTLENECK,
+    "type_init": "random",  # resumed older runs go on as they started
+}
 
 
 @dataclass

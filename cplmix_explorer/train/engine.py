@@ -24,12 +24,14 @@ import torch
 
 from ..analysis.consensus import consensus
 from ..analysis.inference import infer
-from ..config import CplMixConfig
+from ..config import TYPE_INIT_MAX_CELLS, TYPE_INIT_WEIGHT, CplMixConfig
 from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augment import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
+from ..model.neighbors import nearest_neighbours
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
+from ..model.type_init import align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -94,6 +96,7 @@ def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         straight_through=config.straight_through,
         state_encoder=config.state_encoder,
         gene_variance=config.gene_variance,
+        state_bottleneck=config.state_bottleneck,
     )
 
 
@@ -216,6 +219,10 @@ class Trainer:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._compiled_loss = None
         self.step = 0
+        #: steps [0, type_init_end) fit the type heads to the initial partition (0: no initial partition)
+        self.type_init_end = config.type_init_steps if config.type_init == "leiden" else 0
+        self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
+        self.type_init_summary: dict | None = None  # what the run records about the initial partition
         self.evaluate_at_end = True  # benchmarks turn this off to time training alone
         self.evaluations: list[Evaluation] = []
         self._history_steps: list[np.ndarray] = []
@@ -276,15 +283,20 @@ class Trainer:
         """Model input (R, G) of data rows ``rows`` (R,), gathered in chunks."""
         return torch.cat([self.data.model_input(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
 
-    def _arm_inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library."""
+    def _arm_inputs(
+        self, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library,
+        and the data rows (A, B) each arm's copies come from."""
         n_arms = self.model.n_arms
         if self.augmenter.chooses_rows:  # each arm sees other stored cells, with their own library sizes
-            rows = self.augmenter.source_rows(index, n_arms, step=self._step_counter).reshape(-1)  # (A * B,)
+            source = self.augmenter.source_rows(index, n_arms, step=self._step_counter)  # (A, B)
+            rows = source.reshape(-1)
             copies = self.data.gather(rows).view(n_arms, len(index), -1)
             copy_library = self.data.library_of(rows)
             copy_library = None if copy_library is None else copy_library.view(n_arms, len(index))
         else:
+            source = index.unsqueeze(0).expand(n_arms, -1)
             values = self.data.gather(index)
             copies = self.augmenter(values, n_arms)
             copy_library = None
@@ -297,13 +309,54 @@ class Trainer:
         else:
             x, nb_library = copies, None
         target = x if self.model.likelihood == GAUSSIAN else copies
-        return x, target, nb_library
+        return x, target, nb_library, source
 
     def _loss(self, index: torch.Tensor):
-        x, target, nb_library = self._arm_inputs(index)
+        x, target, nb_library, _ = self._arm_inputs(index)
         outputs = self.forward_model(x, self.config.gumbel_temperature)
         terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
         return terms.total, terms.metric_vector()
+
+    def _type_init_loss(self, index: torch.Tensor):
+        """The objective plus TYPE_INIT_WEIGHT x the cross-entropy of every arm's q(c|x) against the initial
+        category of the cell it sees (cells without one, outside the partition's subset, are left out); the
+        logged metrics are the objective's alone."""
+        x, target, nb_library, rows = self._arm_inputs(index)
+        outputs = self.forward_model(x, self.config.gumbel_temperature)
+        terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
+        categories = self.type_targets.gather(1, rows)  # (A, B): each arm's category of the cell it sees
+        known = categories >= 0
+        log_q = outputs.log_q.gather(-1, categories.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        cross_entropy = -(log_q * known).sum() / known.sum().clamp_min(1)
+        return terms.total + TYPE_INIT_WEIGHT * cross_entropy, terms.metric_vector()
+
+    @torch.no_grad()
+    def prepare_type_init(self) -> None:
+        """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
+        K Leiden communities of their 15-nearest-neighbour graph (the walks' graph when the run has walks, else
+        found here, on at most TYPE_INIT_MAX_CELLS cells), a Leiden run with its own seed per arm (one for all
+        when the arms share their weights), aligned to the first arm's categories. Deterministic for the
+        config's seed."""
+        rows = self.train_rows
+        if self.augmenter.chooses_rows:  # the walks' table: every training row's neighbours, as data rows
+            position = torch.full((self.data.n_cells,), -1, dtype=torch.long, device=self.device)
+            position[rows] = torch.arange(len(rows), device=self.device)
+            neighbours = position[self.augmenter.table[rows, 1:]]
+        else:
+            if len(rows) > TYPE_INIT_MAX_CELLS:
+                keep = np.sort(np.random.default_rng(self.config.seed).choice(len(rows), TYPE_INIT_MAX_CELLS, replace=False))
+                rows = rows[torch.as_tensor(keep, device=self.device)]
+            neighbours = nearest_neighbours(self._model_input(rows), seed=self.config.seed)
+        neighbours = neighbours.cpu().numpy()
+        n_types, n_arms = self.model.n_types, self.model.n_arms
+        runs = 1 if self.config.share_arm_parameters else n_arms
+        partitions = [leiden_partition(neighbours, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
+        targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
+        for arm in range(n_arms):
+            targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
+        self.type_targets = targets
+        self.type_init_summary = {**partitions[0].summary(), "steps": int(self.type_init_end), "runs": runs}
 
     def _objective(self, outputs, target: torch.Tensor, nb_library: torch.Tensor | None, step, reducer=None):
         """The configured objective (paper Eq. 7, or JointVAE) on one batch; the one call training and validation share.
@@ -331,7 +384,10 @@ class Trainer:
 
     def _step_body(self) -> None:
         """One training step on ``self._batch_index``; records metrics on the device (no host sync)."""
-        loss_fn = self._compiled_loss or self._loss
+        if self.step < self.type_init_end:  # eager: a CUDA graph is captured only after these steps
+            loss_fn = self._type_init_loss
+        else:
+            loss_fn = self._compiled_loss or self._loss
         total, metrics = loss_fn(self._batch_index)
         total.backward()
         self.optimizer.step()
@@ -493,7 +549,8 @@ class Trainer:
             step=self.step,
             optimizer=self.optimizer,
             rng_state=self.rng_state(),
-            extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path},
+            extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path,
+                   **({"type_init": self.type_init_summary} if self.type_init_summary else {})},
         )
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path
@@ -527,6 +584,8 @@ class Trainer:
         allows going back to the last good state with the learning rate times ``nan_restart_lr_factor``.
         """
         self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
+        if self.step < min(self.type_init_end, total_steps) and self.type_targets is None:
+            self.prepare_type_init()
         self.model.train()
         if self.fast_path == "compile" and self._compiled_loss is None:
             self._compiled_loss = torch.compile(self._loss, dynamic=False)
@@ -546,7 +605,7 @@ class Trainer:
         while True:
             try:
                 while self.step < total_steps:
-                    if self.fast_path == "graph" and self._graph is None:
+                    if self.fast_path == "graph" and self._graph is None and self.step >= self.type_init_end:
                         self._capture_graph(warmup_steps=3, last_step=total_steps)
                         continue
                     if self.control.stop_requested:

@@ -1,0 +1,97 @@
+"""Where the categories start: the Leiden partition of the neighbour graph and the warm-up that fits the type
+heads to it (cplmix_explorer.model.type_init, Trainer.prepare_type_init)."""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from conftest import mixture_counts
+
+from cplmix_explorer import CplMixVAE
+from cplmix_explorer.analysis.metrics import compare_to_labels
+from cplmix_explorer.model.neighbors import nearest_neighbours
+from cplmix_explorer.model.type_init import leiden_partition, merge_smallest, neighbour_graph, relabel_by_size
+
+
+def _blobs(sizes, dim=10, spread=0.3, seed=0):
+    """Points of well-separated Gaussian groups and each point's group."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 10.0, size=(len(sizes), dim))
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    points = centres[group] + rng.normal(0.0, spread, size=(len(group), dim))
+    return torch.as_tensor(points, dtype=torch.float32), group
+
+
+def test_leiden_partition_finds_separated_groups_of_very_different_sizes():
+    points, group = _blobs([400, 120, 40, 15])
+    partition = leiden_partition(nearest_neighbours(points, 10).numpy(), 4, seed=0)
+    assert partition.n_types == 4
+    assert compare_to_labels(partition.labels, group)["ari"] == 1.0  # every group whole, the 15-point one too
+    assert np.bincount(partition.labels).tolist() == [400, 120, 40, 15]  # category 0 is the largest
+    again = leiden_partition(nearest_neighbours(points, 10).numpy(), 4, seed=0)
+    assert np.array_equal(partition.labels, again.labels)
+
+
+def test_fewer_types_than_groups_merges_whole_groups():
+    points, group = _blobs([100] * 6)
+    partition = leiden_partition(nearest_neighbours(points, 10).numpy(), 3, seed=1)
+    assert partition.n_types == 3
+    for g in range(6):  # no group is cut in two
+        assert len(np.unique(partition.labels[group == g])) == 1
+    assert partition.summary()["communities"] >= 3 and partition.summary()["cells"] == 600
+
+
+def test_merge_smallest_joins_the_group_with_most_edges_to_it():
+    # groups 0 (cells 0-3), 1 (4-6), 2 (7-8): group 2 has 2 edges to group 1 and 1 to group 0
+    edges = [(0, 1), (1, 2), (2, 3), (4, 5), (5, 6), (7, 8), (7, 5), (8, 6), (8, 0)]
+    rows, cols = zip(*edges)
+    adjacency = sp.csr_matrix((np.ones(len(edges)), (rows, cols)), shape=(9, 9))
+    adjacency = adjacency + adjacency.T
+    merged = merge_smallest(np.array([0, 0, 0, 0, 1, 1, 1, 2, 2]), adjacency, 2)
+    assert merged[7] == merged[8] == merged[4] != merged[0]
+
+
+def test_neighbour_graph_weighs_mutual_neighbours_twice_one_way_ones():
+    table = np.array([[1], [0], [1]])  # 0 <-> 1 mutual, 2 -> 1 one way
+    graph = neighbour_graph(table).toarray()
+    assert graph[0, 1] == graph[1, 0] == 1.0 and graph[1, 2] == graph[2, 1] == 0.5 and graph[0, 2] == 0.0
+
+
+def test_relabel_by_size_puts_the_largest_group_first():
+    assert relabel_by_size(np.array([7, 3, 3, 7, 3, 9])).tolist() == [1, 0, 0, 1, 0, 2]
+
+
+def test_after_the_warm_up_the_arms_type_cells_as_the_initial_partition():
+    adata = mixture_counts(n_cells=600, n_types=4)
+    model = CplMixVAE(adata, n_types=4, n_arms=2, labels="type", seed=0, type_init_steps=60)
+    model.train(steps=60, progress=False)
+    summary = model.info()["type_init"]
+    assert summary["method"] == "leiden" and summary["steps"] == 60 and len(summary["group_sizes"]) == 4
+    assert summary["cells"] == len(model.make_trainer().train_rows)
+    types = model.predict().type_per_arm
+    for arm in range(2):  # the partition is the mixture's types, so the arms now know them
+        assert compare_to_labels(types[arm], adata.obs["type"].to_numpy())["acc"] >= 0.95
+
+
+def test_random_start_trains_exactly_as_without_an_initial_partition():
+    adata = mixture_counts(n_cells=300, n_genes=80)
+
+    def weights(**options):
+        model = CplMixVAE(adata, n_types=4, n_arms=2, seed=2, hidden_dim=32, n_hidden_layers=2, **options)
+        model.train(steps=30, progress=False)
+        assert model.type_init is None
+        return model.module.state_dict()
+
+    random_start, no_steps = weights(type_init="random"), weights(type_init_steps=0)
+    assert all(torch.equal(random_start[k], no_steps[k]) for k in random_start)
+
+
+def test_initial_partition_is_kept_in_the_saved_run_and_without_walks(tmp_path):
+    adata = mixture_counts(n_cells=300, n_genes=80)
+    model = CplMixVAE(adata, n_types=4, n_arms=1, seed=0, hidden_dim=32, n_hidden_layers=2, type_init_steps=20)
+    model.train(steps=25, progress=False)  # one arm: no walks, the neighbours are found for the partition
+    assert model.augment_used == "none" and model.type_init["method"] == "leiden"
+    model.save(tmp_path / "run")
+    loaded = CplMixVAE.load(tmp_path / "run", adata)
+    assert loaded.type_init == model.type_init
+    loaded.train(steps=5, progress=False)  # past the warm-up: the partition is not computed again, still recorded
+    assert loaded.type_init == model.type_init
