@@ -31,6 +31,24 @@ def machine() -> dict:
     return info
 
 
+def initial_partition_scores(model, labels: str) -> dict:
+    """ACC, ARI and NMI against ``obs[labels]`` of the partition the first arm's type head started from (the
+    Leiden communities of ``type_init``, recomputed as training computed them; NaN for a random start), on the
+    training cells it covers: what the objective's refinement started from."""
+    import numpy as np
+
+    from cplmix_explorer.analysis.metrics import compare_to_labels
+
+    if model.type_init is None:
+        return {"init_acc": float("nan"), "init_ari": float("nan"), "init_nmi": float("nan")}
+    trainer = model.make_trainer()
+    trainer.prepare_type_init()
+    start = trainer.type_targets[0].cpu().numpy()
+    covered = start >= 0
+    scores = compare_to_labels(start[covered], np.asarray(model.adata.obs[labels])[covered])
+    return {f"init_{key}": float(scores[key]) for key in ("acc", "ari", "nmi")}
+
+
 def config_option(text: str) -> tuple[str, object]:
     """'name=value' -> (name, value) with the value parsed as JSON when it can be (true, 0.5, 3), else text
     (the ``--set`` option of the quality benchmarks)."""
