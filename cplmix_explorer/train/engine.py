@@ -311,19 +311,23 @@ class Trainer:
         target = x if self.model.likelihood == GAUSSIAN else copies
         return x, target, nb_library, source
 
-    def _loss(self, index: torch.Tensor):
-        x, target, nb_library, _ = self._arm_inputs(index)
+    def _batch_objective(self, index: torch.Tensor):
+        """The arms' outputs on their copies of batch ``index``, the objective's terms, and the data rows (A, B)
+        the copies come from."""
+        x, target, nb_library, rows = self._arm_inputs(index)
         outputs = self.forward_model(x, self.config.gumbel_temperature)
         terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
+        return outputs, terms, rows
+
+    def _loss(self, index: torch.Tensor):
+        _, terms, _ = self._batch_objective(index)
         return terms.total, terms.metric_vector()
 
     def _type_init_loss(self, index: torch.Tensor):
         """The objective plus TYPE_INIT_WEIGHT x the cross-entropy of every arm's q(c|x) against the initial
         category of the cell it sees (cells without one, outside the partition's subset, are left out); the
         logged metrics are the objective's alone."""
-        x, target, nb_library, rows = self._arm_inputs(index)
-        outputs = self.forward_model(x, self.config.gumbel_temperature)
-        terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
+        outputs, terms, rows = self._batch_objective(index)
         categories = self.type_targets.gather(1, rows)  # (A, B): each arm's category of the cell it sees
         known = categories >= 0
         log_q = outputs.log_q.gather(-1, categories.clamp_min(0).unsqueeze(-1)).squeeze(-1)
