@@ -125,7 +125,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 #: Options of CplMixConfig that ``cplmix augmenter train`` takes: the data path, the device and the seed.
-AUGMENTER_DATA_OPTIONS = ("n_genes", "normalize", "layer", "device", "seed")
+AUGMENTER_DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images", "device", "seed")
 
 
 @command("augmenter")

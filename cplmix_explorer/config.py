@@ -230,6 +230,12 @@ class CplMixConfig(OptionSet):
         doc="auto: raw counts are library-size normalised and log1p'd; none: X is used as it is.",
     )
     layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
+    deskew_images = param.Boolean(
+        True,
+        doc="Images (uns['image_shape']): shear each image upright and centre it by its intensity moments "
+        "(deskewing, the standard preprocessing of handwritten digits; LeCun et al. 1998) before the model, the "
+        "neighbour graph and the initial partition see it; ignored for expression data.",
+    )
     labels = param.String(None, allow_None=True, doc="obs column of known labels, used only for evaluation.")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,7 +36,7 @@ def test_zeisel2015_is_the_real_cortex_data_with_its_labels(zeisel):
     assert {"Fos", "Junb", "Egr1", "Arc"} <= set(zeisel.var_names)
 
 
-def test_mnist5k_is_5000_real_digits_as_images():
+def test_mnist5k_is_5000_real_digits_as_images(tmp_path):
     adata = datasets.load("mnist5k")
     assert adata.shape == (5000, 784)
     assert adata.X.dtype == np.float32 and adata.X.min() == 0.0 and adata.X.max() == 1.0
@@ -48,6 +49,8 @@ def test_mnist5k_is_5000_real_digits_as_images():
     # a real handwritten digit: ink in the centre of the image, blank corners, about a fifth of pixels inked
     images = adata.X.reshape(-1, 28, 28)
     assert images[:, :3, :3].max() == 0.0 and images[:, 10:18, 10:18].mean() > 0.2
+    adata.write_h5ad(tmp_path / "digits.h5ad")  # writable as it is, and still images when read back
+    assert tuple(anndata.read_h5ad(tmp_path / "digits.h5ad").uns["image_shape"]) == (28, 28)
     assert 0.1 < (adata.X > 0).mean() < 0.3
     # the mean image of each digit differs from every other digit's
     means = np.stack([adata.X[(digits == str(d)).to_numpy()].mean(axis=0) for d in range(10)])

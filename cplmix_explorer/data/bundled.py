@@ -59,7 +59,7 @@ def _load_mnist5k() -> AnnData:
     )
     var = pd.DataFrame(index=pd.Index([f"pixel-r{r:02d}-c{c:02d}" for r in range(height) for c in range(width)]))
     adata = AnnData(X=pixels.astype(np.float32) / np.float32(255.0), obs=obs, var=var)
-    adata.uns["image_shape"] = MNIST_IMAGE_SHAPE
+    adata.uns["image_shape"] = np.array(MNIST_IMAGE_SHAPE)  # an array, as an .h5ad file stores and returns it
     adata.uns["dataset"] = "mnist5k"
     return adata
 

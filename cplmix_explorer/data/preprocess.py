@@ -4,7 +4,8 @@ Raw counts (non-negative integers) are library-size normalised to ``TARGET_SUM``
 as scanpy's ``normalize_total`` + ``log1p``; the transform is applied per mini-batch on the device, so the
 stored matrix keeps the raw counts (sparse stays sparse) and the negative-binomial likelihood can use them.
 At most ``n_genes`` highly variable genes are kept (Seurat-flavour normalised dispersion for counts, variance
-otherwise), in their original order. Anything else is used as it is.
+otherwise), in their original order. Images (``uns['image_shape']``) keep every pixel and are deskewed
+(:func:`deskew_images`) unless ``deskew_images`` is off; anything else is used as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Preprocessing:
     gene_selection: str = "all"  # "all", "seurat_dispersion" or "variance"
     layer: str | None = None
     image_shape: tuple[int, int] | None = None
+    deskew: bool = False  # images sheared upright and centred by their moments (deskew_images)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +61,8 @@ class Preprocessing:
         for key in ("gene_selection", "layer"):
             if values.get(key) is not None and not isinstance(values[key], str):
                 raise CplmixError(f"preprocessing {key} is not a string")
+        if not isinstance(values.get("deskew", False), bool):
+            raise CplmixError("preprocessing deskew is not true or false")
         shape = values.get("image_shape")
         if shape is not None:
             if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(
@@ -201,6 +205,7 @@ def prepare(
             gene_selection=selection,
             layer=layer,
             image_shape=image_shape,
+            deskew=image_shape is not None and config.deskew_images,
         )
     else:
         position = pd.Index(adata.var_names.astype(str)).get_indexer(preprocessing.genes)
@@ -218,6 +223,8 @@ def prepare(
     if config.likelihood == "nb" and preprocessing.transform != LOG1P_NORMALIZE:
         raise CplmixError("the negative-binomial likelihood needs raw counts with --normalize auto")
     selected = _select_columns(matrix, gene_index)
+    if preprocessing.deskew:
+        selected = deskew_images(selected, preprocessing.image_shape)
     check_types_fit_cells(config.n_types, adata.n_obs)
     return PreparedData(
         matrix=selected,
@@ -226,6 +233,61 @@ def prepare(
         obs_names=adata.obs_names.copy(),
         is_counts=summary.is_counts,
     )
+
+
+#: Images per chunk of :func:`deskew_images` (bounds its working memory to a few chunk x H x W floats).
+DESKEW_CHUNK = 4096
+
+
+def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, int]) -> np.ndarray | sp.csr_matrix:
+    """Flattened images (N, H*W) sheared upright and centred, as (N, H*W) float32 (CSR when the input is).
+
+    Each image's intensity moments (negative values count as 0) give its centre of mass (r, c) and slant
+    alpha = cov(row, col) / var(row); the output pixel (i, j) takes the input's bilinear value at
+    (i + r - r0, j + c - c0 + alpha (i - r0)), with (r0, c0) the image centre and 0 outside the image: the
+    deskewing of LeCun et al. (1998), which removes the slant that writers add to the same digit. An image
+    without intensity is kept as it is. Values stay within the input's range and 0.
+    """
+    import torch
+
+    height, width = image_shape
+    if height * width != values.shape[1]:
+        raise CplmixError(f"image_shape {height}x{width} does not match the data's {values.shape[1]} values per image")
+    rows = torch.arange(height, dtype=torch.float64).view(1, height, 1)
+    cols = torch.arange(width, dtype=torch.float64).view(1, 1, width)
+    row_centre, col_centre = (height - 1) / 2.0, (width - 1) / 2.0
+    blocks = []
+    for start in range(0, values.shape[0], DESKEW_CHUNK):
+        block = values[start : start + DESKEW_CHUNK]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        images = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)).view(-1, height, width)
+        weight = images.clamp(min=0.0)
+        total = weight.sum(dim=(1, 2))
+        has_mass = total > 0
+        total = torch.where(has_mass, total, torch.ones_like(total)).view(-1, 1, 1)
+        row_mean = (weight * rows).sum(dim=(1, 2), keepdim=True) / total
+        col_mean = (weight * cols).sum(dim=(1, 2), keepdim=True) / total
+        row_var = (weight * (rows - row_mean) ** 2).sum(dim=(1, 2), keepdim=True) / total
+        covariance = (weight * (rows - row_mean) * (cols - col_mean)).sum(dim=(1, 2), keepdim=True) / total
+        slant = torch.where(row_var > 0, covariance / row_var.clamp(min=1e-12), torch.zeros_like(row_var))
+        keep = has_mass.view(-1, 1, 1)
+        row_mean = torch.where(keep, row_mean, torch.full_like(row_mean, row_centre))
+        col_mean = torch.where(keep, col_mean, torch.full_like(col_mean, col_centre))
+        slant = torch.where(keep, slant, torch.zeros_like(slant))
+        source_row = rows + (row_mean - row_centre)  # (n, H, 1)
+        source_col = cols + (col_mean - col_centre) + slant * (rows - row_centre)  # (n, H, W)
+        grid = torch.stack(  # grid_sample's (x, y) in [-1, 1], corners on the pixel centres
+            [2.0 * source_col / max(width - 1, 1) - 1.0, (2.0 * source_row / max(height - 1, 1) - 1.0).expand_as(source_col)],
+            dim=-1,
+        )
+        warped = torch.nn.functional.grid_sample(
+            images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        out = warped.view(-1, height * width).numpy().astype(np.float32)
+        blocks.append(sp.csr_matrix(out) if sp.issparse(values) else out)
+    if sp.issparse(values):
+        return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(values.shape, dtype=np.float32)
+    return np.vstack(blocks) if blocks else np.zeros(values.shape, dtype=np.float32)
 
 
 def _select_columns(matrix, gene_index: np.ndarray):

@@ -358,7 +358,7 @@ def train_generative_augmenter(
         "preprocessing": prepared.preprocessing.to_dict(),
         "architecture": {"n_genes": prepared.n_genes, **architecture},
         "options": options.to_dict(),
-        "data_options": {name: getattr(config, name) for name in ("n_genes", "normalize", "layer", "seed")},
+        "data_options": {name: getattr(config, name) for name in ("n_genes", "normalize", "layer", "deskew_images", "seed")},
         "steps": options.steps,
         "n_cells": prepared.n_cells,
         "history": history,
