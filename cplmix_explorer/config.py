@@ -21,8 +21,9 @@ COUPLING_EPS = 1e-8
 #: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
 TARGET_SUM = 1e4
 #: Default hops of the neighbour walks (``neighbor_steps`` None): expression data walk along a type's continuum
-#: (Zeisel classes, 2 arms: ARI 0.769 with 6 hops against 0.618 with 1); images stay near the digit (15-NN purity in
-#: pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms, seed 0, 4,000 steps: ACC 0.63 with 2 hops, 0.52 with 6).
+#: (Zeisel classes, 2 arms: ARI 0.769 with 6 hops against 0.618 with 1); images stay near the digit (raw MNIST pixels,
+#: before deskewing: 15-NN purity in pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms, seed 0, 4,000
+#: steps: ACC 0.63 with 2 hops, 0.52 with 6).
 NEIGHBOR_STEPS_EXPRESSION = 6
 NEIGHBOR_STEPS_IMAGES = 2
 #: Weight of the cross-entropy that fits the type heads to the initial partition during the first
