@@ -29,7 +29,7 @@ import torch
 from cplmix_explorer import CplMixVAE, datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import initial_partition_scores  # noqa: E402
+from _common import config_option, initial_partition_scores  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,12 +60,12 @@ METHODS = {
 }
 
 
-def run_one(dataset: str, method: str, seed: int, steps: int) -> dict:
+def run_one(dataset: str, method: str, seed: int, steps: int, overrides: dict | None = None) -> dict:
     name, labels, data_options = DATASETS[dataset]
     adata = datasets.load(name)
     n_types = int(adata.obs[labels].nunique())
     model = CplMixVAE(adata, n_types=n_types, labels=labels, seed=seed, steps=steps,
-                      **{**data_options, **METHODS[method]})
+                      **{**data_options, **METHODS[method], **(overrides or {})})
     started = time.perf_counter()
     model.train(progress=False)
     seconds = time.perf_counter() - started
@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", nargs="+", type=config_option, default=[], metavar="OPTION=VALUE",
+                        help="CplMixConfig options for every run, on top of the dataset's and the method's")
     parser.add_argument("--out", default=str(RESULTS / "table1"), help="report path without suffix")
     parser.add_argument("--list", action="store_true", help="print the datasets and methods and exit")
     args = parser.parse_args()
@@ -94,7 +96,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "torch": torch.__version__,
-              "command": command, "steps": args.steps, "runs": []}
+              "command": command, "steps": args.steps, "options": dict(args.set), "runs": []}
     lines = ["# Table 1 through the same engine", "", f"{report['date']}, {machine}, torch {torch.__version__}, "
              f"{args.steps} steps per run (the paper trains 40K-300K); command: `{command}`", "",
              "| dataset | method | K | ACC (mean ± sd) | ARI | KL | it/s | start ARI |", "|---|---|---|---|---|---|---|---|"]
@@ -102,7 +104,7 @@ def main() -> None:
         for method in args.methods:
             runs = []
             for seed in args.seeds:
-                runs.append(run_one(dataset, method, seed, args.steps))
+                runs.append(run_one(dataset, method, seed, args.steps, dict(args.set)))
                 print(json.dumps(runs[-1]), flush=True)
             report["runs"].extend(runs)
             mean = {key: float(np.mean([r[key] for r in runs])) for key in ("acc", "ari", "kl", "it_per_s", "init_ari")}
