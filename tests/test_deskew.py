@@ -46,10 +46,19 @@ def test_a_slanted_off_centre_stroke_is_set_upright_and_centred():
     assert out.sum() == pytest.approx(image.sum(), rel=0.05)  # the stroke is moved, not lost
 
 
+def test_the_background_fills_what_the_shift_uncovers():
+    image = slanted_stroke(0.5, row_shift=3, col_shift=-6) * 2.0 - 1.0  # background -1, stroke +1
+    out = deskew_images(image.reshape(1, -1), SHAPE).reshape(SHAPE)
+    assert out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
+    assert np.allclose(out[:, :3], -1.0)  # the columns the shift to the right uncovers are background, not 0
+    row, col, slant = moments(out + 1.0)
+    assert abs(slant) < 0.05 and abs(col - 13.5) < 0.3
+
+
 def test_blank_images_stay_blank_and_sparse_input_gives_the_same_values():
-    images = np.stack([np.zeros(SHAPE, np.float32), slanted_stroke(-0.3)]).reshape(2, -1)
+    images = np.stack([np.zeros(SHAPE, np.float32), slanted_stroke(-0.3), np.full(SHAPE, 0.5, np.float32)]).reshape(3, -1)
     dense = deskew_images(images, SHAPE)
-    assert not dense[0].any()
+    assert not dense[0].any() and np.allclose(dense[2], 0.5)  # uniform images are kept
     sparse = deskew_images(sp.csr_matrix(images), SHAPE)
     assert sp.issparse(sparse) and np.allclose(sparse.toarray(), dense)
     with pytest.raises(CplmixError, match="image_shape 28x28 does not match the data's 100 values"):

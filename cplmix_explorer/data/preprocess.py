@@ -242,11 +242,11 @@ DESKEW_CHUNK = 4096
 def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, int]) -> np.ndarray | sp.csr_matrix:
     """Flattened images (N, H*W) sheared upright and centred, as (N, H*W) float32 (CSR when the input is).
 
-    Each image's intensity moments (negative values count as 0) give its centre of mass (r, c) and slant
-    alpha = cov(row, col) / var(row); the output pixel (i, j) takes the input's bilinear value at
-    (i + r - r0, j + c - c0 + alpha (i - r0)), with (r0, c0) the image centre and 0 outside the image: the
-    deskewing of LeCun et al. (1998), which removes the slant that writers add to the same digit. An image
-    without intensity is kept as it is. Values stay within the input's range and 0.
+    The moments of each image's intensity above its background (its minimum) give its centre of mass (r, c)
+    and slant alpha = cov(row, col) / var(row); the output pixel (i, j) takes the input's bilinear value at
+    (i + r - r0, j + c - c0 + alpha (i - r0)), with (r0, c0) the image centre and the background outside the
+    image: the deskewing of LeCun et al. (1998), which removes the slant that writers add to the same digit.
+    A uniform image is kept as it is. Values stay within each image's range.
     """
     import torch
 
@@ -261,7 +261,8 @@ def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, in
         block = values[start : start + DESKEW_CHUNK]
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         images = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)).view(-1, height, width)
-        weight = images.clamp(min=0.0)
+        background = images.amin(dim=(1, 2), keepdim=True)
+        weight = images - background  # intensity above the background, >= 0
         total = weight.sum(dim=(1, 2))
         has_mass = total > 0
         total = torch.where(has_mass, total, torch.ones_like(total)).view(-1, 1, 1)
@@ -281,9 +282,9 @@ def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, in
             dim=-1,
         )
         warped = torch.nn.functional.grid_sample(
-            images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            weight.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )
-        out = warped.view(-1, height * width).numpy().astype(np.float32)
+        out = (warped.view(-1, height, width) + background).view(-1, height * width).numpy().astype(np.float32)
         blocks.append(sp.csr_matrix(out) if sp.issparse(values) else out)
     if sp.issparse(values):
         return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(values.shape, dtype=np.float32)
