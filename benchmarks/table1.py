@@ -49,6 +49,8 @@ METHODS = {
     "5 arms": {"n_arms": 5},
     "1 arm, random start": {"n_arms": 1, "type_init": "random"},
     "2 arms, random start": {"n_arms": 2, "type_init": "random"},
+    "3 arms, random start": {"n_arms": 3, "type_init": "random"},
+    "5 arms, random start": {"n_arms": 5, "type_init": "random"},
     "2 arms, random start, lambda 1 (the paper's objective and start)": {"n_arms": 2, "type_init": "random", "lam": 1.0},
     "2 arms, no entropy term": {"n_arms": 2, "entropy_weight": 0.0},
     "2 arms, shared parameters": {"n_arms": 2, "share_arm_parameters": True},
