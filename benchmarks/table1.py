@@ -94,11 +94,12 @@ def main() -> None:
         print("datasets:", ", ".join(DATASETS)); print("methods:", ", ".join(METHODS)); return
     if args.threads:
         torch.set_num_threads(args.threads)
+    overrides = dict(args.set)  # CplMixConfig options for every run
     command = "python benchmarks/table1.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "torch": torch.__version__,
-              "command": command, "steps": args.steps, "options": dict(args.set), "runs": []}
+              "command": command, "steps": args.steps, "options": overrides, "runs": []}
     lines = ["# Table 1 through the same engine", "", f"{report['date']}, {machine}, torch {torch.__version__}, "
              f"{args.steps} steps per run (the paper trains 40K-300K); command: `{command}`", "",
              "| dataset | method | K | ACC (mean ± sd) | ARI | KL | it/s | start ARI |", "|---|---|---|---|---|---|---|---|"]
@@ -106,7 +107,7 @@ def main() -> None:
         for method in args.methods:
             runs = []
             for seed in args.seeds:
-                runs.append(run_one(dataset, method, seed, args.steps, dict(args.set)))
+                runs.append(run_one(dataset, method, seed, args.steps, overrides))
                 print(json.dumps(runs[-1]), flush=True)
             report["runs"].extend(runs)
             mean = {key: float(np.mean([r[key] for r in runs])) for key in ("acc", "ari", "kl", "it_per_s", "init_ari")}

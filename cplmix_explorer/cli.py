@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import param
 
-from .config import AugmenterConfig, CplMixConfig, OptionSet, cli_flag
+from .config import DATA_OPTIONS, AugmenterConfig, CplMixConfig, OptionSet, cli_flag
 from .errors import CplmixError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -125,7 +125,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 #: Options of CplMixConfig that ``cplmix augmenter train`` takes: the data path, the device and the seed.
-AUGMENTER_DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images", "device", "seed")
+AUGMENTER_DATA_OPTIONS = (*DATA_OPTIONS, "device", "seed")
 
 
 @command("augmenter")

@@ -26,6 +26,8 @@ TARGET_SUM = 1e4
 #: steps: ACC 0.63 with 2 hops, 0.52 with 6).
 NEIGHBOR_STEPS_EXPRESSION = 6
 NEIGHBOR_STEPS_IMAGES = 2
+#: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
+DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
 #: Weight of the cross-entropy that fits the type heads to the initial partition during the first
 #: ``type_init_steps`` steps (per cell and arm; large against the objective so that the partition is taken over).
 TYPE_INIT_WEIGHT = 1000.0

@@ -263,18 +263,13 @@ def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, in
         images = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)).view(-1, height, width)
         background = images.amin(dim=(1, 2), keepdim=True)
         weight = images - background  # intensity above the background, >= 0
-        total = weight.sum(dim=(1, 2))
-        has_mass = total > 0
-        total = torch.where(has_mass, total, torch.ones_like(total)).view(-1, 1, 1)
+        # a uniform image has no weight: its moments come out 0 and any shift of it is its background again
+        total = weight.sum(dim=(1, 2), keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
         row_mean = (weight * rows).sum(dim=(1, 2), keepdim=True) / total
         col_mean = (weight * cols).sum(dim=(1, 2), keepdim=True) / total
         row_var = (weight * (rows - row_mean) ** 2).sum(dim=(1, 2), keepdim=True) / total
         covariance = (weight * (rows - row_mean) * (cols - col_mean)).sum(dim=(1, 2), keepdim=True) / total
         slant = torch.where(row_var > 0, covariance / row_var.clamp(min=1e-12), torch.zeros_like(row_var))
-        keep = has_mass.view(-1, 1, 1)
-        row_mean = torch.where(keep, row_mean, torch.full_like(row_mean, row_centre))
-        col_mean = torch.where(keep, col_mean, torch.full_like(col_mean, col_centre))
-        slant = torch.where(keep, slant, torch.zeros_like(slant))
         source_row = rows + (row_mean - row_centre)  # (n, H, 1)
         source_col = cols + (col_mean - col_centre) + slant * (rows - row_centre)  # (n, H, W)
         grid = torch.stack(  # grid_sample's (x, y) in [-1, 1], corners on the pixel centres

@@ -45,7 +45,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from ..config import AugmenterConfig, CplMixConfig
+from ..config import DATA_OPTIONS, AugmenterConfig, CplMixConfig
 from ..errors import CplmixError
 from .augment import Augmenter
 
@@ -358,7 +358,7 @@ def train_generative_augmenter(
         "preprocessing": prepared.preprocessing.to_dict(),
         "architecture": {"n_genes": prepared.n_genes, **architecture},
         "options": options.to_dict(),
-        "data_options": {name: getattr(config, name) for name in ("n_genes", "normalize", "layer", "deskew_images", "seed")},
+        "data_options": {name: getattr(config, name) for name in (*DATA_OPTIONS, "seed")},
         "steps": options.steps,
         "n_cells": prepared.n_cells,
         "history": history,
