@@ -136,6 +136,12 @@ class CplMixConfig(OptionSet):
         "as equal in both arms, so confident arms that agree on the type cost nothing whatever their tiny "
         "probabilities (the square root of the batch variance keeps its own 1e-8).",
     )
+    coupling_spread = param.Selector(
+        default="absolute", objects=["absolute", "relative"],
+        doc="sigma of the coupling distance: 'absolute', each category's batch standard deviation (the paper's), "
+        "or 'relative', that deviation over the arm's root mean variance across categories, which keeps the "
+        "distance's scale independent of the number of types K (the absolute form grows like K^2).",
+    )
     entropy_weight = param.Number(
         1.0, bounds=(0.0, None),
         doc="Weight of the arms' type entropy terms -H(c|x) (1 in the paper; 0 drops this confidence penalty).",

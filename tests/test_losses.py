@@ -216,3 +216,39 @@ def test_the_marginal_entropy_pushes_an_unused_category_up():
     logits = torch.tensor([[[3.0, 0.0, -2.0], [0.0, 3.0, -2.0]]], requires_grad=True)
     (-marginal_entropy(torch.softmax(logits, -1)).sum()).backward()
     assert (logits.grad[..., 2] < 0).all()  # a descent step increases the unused category's logit
+
+
+def _arms_disagreeing_on(fraction: float, n_types: int, cells: int = 512, seed: int = 0) -> torch.Tensor:
+    """Two confident arms (0.98 on their type) over balanced types; they disagree on ``fraction`` of the cells."""
+    generator = torch.Generator().manual_seed(seed)
+    types = torch.arange(cells) % n_types
+    other = torch.where(torch.rand(cells, generator=generator) < fraction, (types + 1) % n_types, types)
+    def confident(assigned):
+        q = torch.full((cells, n_types), 0.02 / (n_types - 1))
+        q[torch.arange(cells), assigned] = 0.98
+        return q
+    return torch.stack([confident(types), confident(other)])
+
+
+def test_the_relative_spread_keeps_the_coupling_scale_independent_of_the_number_of_types():
+    # The same 10 % of disagreeing cells: the paper's absolute spread costs over a hundred times more at K = 120
+    # than at K = 10 (K terms, each variance ~1/K); the relative spread grows at least ten times less.
+    def growth(spread):
+        cost = {k: coupling_distance(_arms_disagreeing_on(0.1, k), floor=1e-2, spread=spread).item() for k in (10, 120)}
+        return cost[120] / cost[10]
+
+    assert growth("absolute") > 50
+    assert growth("relative") < growth("absolute") / 10
+    disagreeing = coupling_distance(_arms_disagreeing_on(0.1, 10), floor=1e-2, spread="relative").item()
+    assert disagreeing > 1.0  # the disagreement still costs
+    assert coupling_distance(_arms_disagreeing_on(0.0, 10), floor=1e-2, spread="relative").item() < 1e-6
+
+
+def test_the_relative_spread_still_makes_a_collapsed_category_look_far():
+    q = torch.softmax(3 * torch.randn(64, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
+    collapsed = q.clone()
+    collapsed[:, 0] = 1e-3  # category 0 never used by arm b: no batch spread
+    collapsed = collapsed / collapsed.sum(-1, keepdim=True)
+    agreeing = coupling_distance(torch.stack([q, q]), spread="relative").item()
+    assert agreeing == pytest.approx(0.0, abs=1e-4)
+    assert coupling_distance(torch.stack([q, collapsed]), spread="relative").item() > 1.0

@@ -120,20 +120,41 @@ def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return first, second
 
 
+ABSOLUTE_SPREAD = "absolute"  # the paper's sigma: each category's batch standard deviation
+RELATIVE_SPREAD = "relative"  # that deviation over the arm's typical one (root mean variance over categories)
+
+
 def coupling_distance(
-    q: torch.Tensor, variance: torch.Tensor | None = None, eps: float = COUPLING_EPS, floor: float | None = None
+    q: torch.Tensor,
+    variance: torch.Tensor | None = None,
+    eps: float = COUPLING_EPS,
+    floor: float | None = None,
+    spread: str = ABSOLUTE_SPREAD,
 ) -> torch.Tensor:
     """Perturbed Aitchison distance d2_sigma for every pair of arms a < b -> (P,).
 
-    d2(a, b) = mean_batch sum_k ( log(q_a,k + f) / sqrt(var_a,k + eps) - log(q_b,k + f) / sqrt(var_b,k + eps) )^2
+    d2(a, b) = mean_batch sum_k ( log(q_a,k + f) / sigma_a,k - log(q_b,k + f) / sigma_b,k )^2
 
-    with the log floor f = ``floor`` (``eps`` when not given).
+    with the log floor f = ``floor`` (``eps`` when not given) and sigma_a,k = sqrt(var_a,k + eps) for the
+    ``absolute`` spread (the paper's), or sqrt((var_a,k + 1/B) / (mean_j var_a,j + 1/B)) for the ``relative``
+    spread. Why relative: with K confident, balanced categories each variance is about 1/K, so the absolute
+    form grows like K^2 (K terms, each scaled by K) and the same disagreement costs 100 times more at K = 100
+    than at K = 10; dividing by the arm's mean variance keeps its scale independent of K while a category whose
+    spread collapses below the others' still looks farther away (the point of the perturbation). The 1/B
+    added to each variance (B the batch size) is the spread one cell of the batch gives a category: a rare
+    type absent from a batch is not resolved by it, and without the floor its near-zero spread would blow up
+    arbitrary differences between the arms' tiny probabilities.
 
     q: (A, B, K) category probabilities; variance: (A, 1, K) batch variance of q (computed from ``q`` when
     not given; the distributed engine passes the global-batch variance).
     """
     if variance is None:
         variance = batch_variance(q)
+    if spread == RELATIVE_SPREAD:
+        resolution = 1.0 / q.shape[1] if q.shape[1] > 1 else 1.0  # per-process batch; the global one is larger
+        variance = (variance + resolution) / (variance.mean(dim=-1, keepdim=True) + resolution)
+    elif spread != ABSOLUTE_SPREAD:
+        raise ValueError(f"unknown coupling spread {spread!r}")
     scaled = torch.log(q + (eps if floor is None else floor)) / torch.sqrt(variance + eps)
     first, second = arm_pairs(q.shape[0], q.device)
     return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
@@ -221,6 +242,7 @@ def cplmix_loss(
     entropy_weight: float = 1.0,
     marginal_entropy_weight: float = 0.0,
     coupling_floor: float = COUPLING_EPS,
+    coupling_spread: str = ABSOLUTE_SPREAD,
     coupled: bool = True,
     library: torch.Tensor | None = None,
     log_theta: torch.Tensor | None = None,
@@ -255,7 +277,9 @@ def cplmix_loss(
         coupling = outputs.q.new_zeros(0)
         total = (reconstruction + beta * kl).sum()
     else:
-        coupling = coupling_distance(outputs.q, batch_variance(outputs.q, reducer), floor=coupling_floor)
+        coupling = coupling_distance(
+            outputs.q, batch_variance(outputs.q, reducer), floor=coupling_floor, spread=coupling_spread
+        )
         total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - entropy_weight * (n_arms - 1) * entropy.sum()
     if capacity is None and marginal_entropy_weight:
         total = total - marginal_entropy_weight * marginal_entropy(outputs.q, reducer).sum()

@@ -377,6 +377,7 @@ class Trainer:
             entropy_weight=self.config.entropy_weight,
             marginal_entropy_weight=self.config.marginal_entropy_weight,
             coupling_floor=self.config.coupling_floor,
+            coupling_spread=self.config.coupling_spread,
             coupled=self.config.coupled,
             library=nb_library,
             log_theta=getattr(self.model, "log_theta", None),
