@@ -215,6 +215,13 @@ class CplMixConfig(OptionSet):
         "length from the first step); short walks first let the categories settle on groups before long walks "
         "make a split along a continuum costly.",
     )
+    neighbor_scale_genes = param.Boolean(
+        True,
+        doc="Expression data: find the 15-nearest-neighbour graph (walks and the Leiden start) in the top 50 principal "
+        "components of the genes standardised to unit variance and clipped at 10, as scanpy's standard pipeline "
+        "(sc.pp.scale before sc.pp.pca), so that the markers of small types count as much as those of large "
+        "ones; False: of the unscaled model input. Images always keep their pixels.",
+    )
     augmenter_path = param.String(None, allow_None=True, doc="Trained generative augmenter for augment='generative'.")
     fast_path = param.Selector(
         default="auto", objects=["auto", "eager", "graph", "compile"],

@@ -122,3 +122,19 @@ class NeighbourAugmenter(Augmenter):
 
     def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - not used
         raise RuntimeError("NeighbourAugmenter chooses rows: the trainer calls source_rows")
+
+
+#: Largest |z| of a standardised gene, as scanpy's ``sc.pp.scale(max_value=10)``.
+STANDARDIZED_CLIP = 10.0
+
+
+@torch.no_grad()
+def standardize_genes_(points: torch.Tensor, clip: float = STANDARDIZED_CLIP) -> torch.Tensor:
+    """Centre each column (gene) of ``points`` (N, G) and scale it to unit variance, clipped at +-``clip``, in
+    place (scanpy's ``sc.pp.scale(max_value=10)`` before its PCA): the space in which the neighbours of
+    expression data are found. Unscaled, the principal components follow the genes that vary most across the
+    large types, and the markers of a type of a few dozen cells barely move them, so its cells' nearest
+    neighbours are often cells of a larger type; scaled, every gene counts alike. Constant genes stay 0."""
+    mean = points.mean(dim=0, keepdim=True)
+    std = points.std(dim=0, keepdim=True)
+    return points.sub_(mean).div_(std.clamp_min_(1e-6)).clamp_(-clip, clip)

@@ -29,7 +29,7 @@ from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augment import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
-from ..model.neighbors import nearest_neighbours
+from ..model.neighbors import nearest_neighbours, standardize_genes_
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from ..model.type_init import align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
@@ -182,7 +182,7 @@ class Trainer:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
         if self.augmenter.chooses_rows:  # neighbour copies: find each training cell's neighbours
-            self.augmenter.fit(self._model_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
+            self.augmenter.fit(self._graph_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
         self.validation_rows = validation_rows
         self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
         self.steps_per_epoch = max(len(train_rows) // self.batch_size, 1)
@@ -283,6 +283,14 @@ class Trainer:
         """Model input (R, G) of data rows ``rows`` (R,), gathered in chunks."""
         return torch.cat([self.data.model_input(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
 
+    def _graph_input(self, rows: torch.Tensor) -> torch.Tensor:
+        """What the neighbour graph of data rows ``rows`` is found in: the model input, with each gene
+        standardised for expression data when ``neighbor_scale_genes`` is on (images keep their pixels)."""
+        points = self._model_input(rows)
+        if self.config.neighbor_scale_genes and self.prepared.preprocessing.image_shape is None:
+            standardize_genes_(points)
+        return points
+
     def _arm_inputs(
         self, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -350,7 +358,7 @@ class Trainer:
             if len(rows) > TYPE_INIT_MAX_CELLS:
                 keep = np.sort(np.random.default_rng(self.config.seed).choice(len(rows), TYPE_INIT_MAX_CELLS, replace=False))
                 rows = rows[torch.as_tensor(keep, device=self.device)]
-            neighbours = nearest_neighbours(self._model_input(rows), seed=self.config.seed)
+            neighbours = nearest_neighbours(self._graph_input(rows), seed=self.config.seed)
         neighbours = neighbours.cpu().numpy()
         n_types, n_arms = self.model.n_types, self.model.n_arms
         runs = 1 if self.config.share_arm_parameters else n_arms
