@@ -74,6 +74,8 @@ def browser_cpu_seconds() -> float:
 def with_app(page, server_runs: Path, steps: int, device: str, server_pid: int) -> tuple[float, float, float]:
     """Steps per second of a training started from the page, and the browser's and the server process's CPU
     seconds per second of it (the server's training child not included)."""
+    import psutil  # a test extra, as in browser_cpu_seconds
+
     before = set(server_runs.glob("*")) if server_runs.exists() else set()
     for label, (_flag, value) in OPTIONS.items():
         fill_option(page, label, value)
