@@ -187,6 +187,12 @@ class CplMixConfig(OptionSet):
         doc="type_init='leiden': training steps during which a cross-entropy toward the initial partition is "
         "added to the objective (0 = no initial partition).",
     )
+    type_prior_weight = param.Number(
+        0.0, bounds=(0.0, None),
+        doc="type_init='leiden': after the warm-up, weight (nats per cell and arm) of the cross-entropy that keeps "
+        "each arm's q(c|x) near the initial partition, so that it stays a prior the objective can overrule where "
+        "the data disagree, instead of a start it can drift from; 0 = the objective alone after the warm-up.",
+    )
     steps = param.Integer(5000, bounds=(1, None), doc="Training steps (mini-batches); ignored when epochs is set.")
     epochs = param.Number(None, bounds=(0.0, None), allow_None=True, doc="Training epochs over the training cells.")
     batch_size = param.Integer(256, bounds=(2, None), doc="Cells per mini-batch.")

@@ -239,3 +239,27 @@ def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture):
     assert model.module.n_types == result.chosen_k == model.config.n_types
     assert len(set(model.module.category_ids.tolist())) == result.chosen_k
     assert model.evaluate()["acc"] >= 0.9
+
+
+def test_a_type_prior_keeps_every_start_category_and_adds_its_cross_entropy_to_the_loss(mixture):
+    # Eight categories on four types: the Leiden start cuts each type in two, which the objective alone is free
+    # to merge back; with the start kept as a prior every arm keeps every category the start used.
+    model = CplMixVAE(mixture, n_types=8, n_arms=2, seed=0, type_prior_weight=20.0)
+    trainer = model.make_trainer()
+    trainer.fit(400)
+    start = trainer.type_targets.cpu().numpy()
+    assert trainer.type_prior_weight == 20.0
+    index = trainer._batch_for_step(0)
+    torch.manual_seed(0)
+    with_prior, _ = trainer._loss(index)
+    trainer.type_prior_weight = 0.0
+    torch.manual_seed(0)
+    objective, _ = trainer._loss(index)
+    assert with_prior.item() > objective.item()  # the prior's cross-entropy is added
+    from cplmix_explorer.analysis.inference import infer
+
+    inference = infer(trainer.model, trainer.data)
+    for arm in range(2):
+        covered = start[arm] >= 0
+        assert len(np.unique(inference.type_per_arm[arm])) == len(np.unique(start[arm][covered]))
+        assert (inference.type_per_arm[arm][covered] == start[arm][covered]).mean() > 0.9

@@ -222,6 +222,8 @@ class Trainer:
         #: steps [0, type_init_end) fit the type heads to the initial partition (0: no initial partition)
         self.type_init_end = config.type_init_steps if config.type_init == "leiden" else 0
         self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
+        #: weight of the cross-entropy toward the initial partition after the warm-up (0: the objective alone)
+        self.type_prior_weight = config.type_prior_weight if self.type_init_end else 0.0
         self.type_init_summary: dict | None = None  # what the run records about the initial partition
         self.evaluate_at_end = True  # benchmarks turn this off to time training alone
         self.evaluations: list[Evaluation] = []
@@ -328,19 +330,25 @@ class Trainer:
         return outputs, terms, rows
 
     def _loss(self, index: torch.Tensor):
-        _, terms, _ = self._batch_objective(index)
-        return terms.total, terms.metric_vector()
+        """The objective, plus ``type_prior_weight`` x the cross-entropy toward the initial partition when the
+        partition stays a prior after the warm-up; the logged metrics are the objective's alone."""
+        outputs, terms, rows = self._batch_objective(index)
+        if self.type_targets is None or not self.type_prior_weight:
+            return terms.total, terms.metric_vector()
+        return terms.total + self.type_prior_weight * self._start_cross_entropy(outputs, rows), terms.metric_vector()
 
     def _type_init_loss(self, index: torch.Tensor):
-        """The objective plus TYPE_INIT_WEIGHT x the cross-entropy of every arm's q(c|x) against the initial
-        category of the cell it sees (cells without one, outside the partition's subset, are left out); the
-        logged metrics are the objective's alone."""
+        """The objective plus TYPE_INIT_WEIGHT x the cross-entropy toward the initial partition (the warm-up)."""
         outputs, terms, rows = self._batch_objective(index)
+        return terms.total + TYPE_INIT_WEIGHT * self._start_cross_entropy(outputs, rows), terms.metric_vector()
+
+    def _start_cross_entropy(self, outputs, rows: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of every arm's q(c|x) against the initial category of the cell it sees (rows
+        (A, B); cells without one, outside the partition, are left out)."""
         categories = self.type_targets.gather(1, rows)  # (A, B): each arm's category of the cell it sees
         known = categories >= 0
         log_q = outputs.log_q.gather(-1, categories.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        cross_entropy = -(log_q * known).sum() / known.sum().clamp_min(1)
-        return terms.total + TYPE_INIT_WEIGHT * cross_entropy, terms.metric_vector()
+        return -(log_q * known).sum() / known.sum().clamp_min(1)
 
     @torch.no_grad()
     def prepare_type_init(self) -> None:
@@ -597,7 +605,8 @@ class Trainer:
         allows going back to the last good state with the learning rate times ``nan_restart_lr_factor``.
         """
         self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
-        if self.step < min(self.type_init_end, total_steps) and self.type_targets is None:
+        needs_partition = self.step < min(self.type_init_end, total_steps) or self.type_prior_weight > 0
+        if needs_partition and self.type_init_end and self.type_targets is None:
             self.prepare_type_init()
         self.model.train()
         if self.fast_path == "compile" and self._compiled_loss is None:
