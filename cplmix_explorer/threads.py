@@ -27,9 +27,10 @@ def affinity_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+def cgroup_cpu_limit(root: Path | None = None) -> float | None:
     """CPUs' worth of time the process's cgroups allow (quota / period of ``cpu.max``, the smallest along
     the path to the root, cgroup v1's ``cpu.cfs_quota_us`` likewise), None when no quota is set."""
+    root = CGROUP_ROOT if root is None else root
     limits = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
