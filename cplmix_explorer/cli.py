@@ -313,17 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
 
     evaluate = sub.add_parser("evaluate", help="print a run's ACC, ARI, NMI, KL, consensus and K as JSON")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
     evaluate.add_argument("--labels", default=None, metavar="OBS_KEY", help="obs column of known labels")
     evaluate.add_argument("--data", default=None, help="the data, when not where run.json says")
 
     prune = sub.add_parser("prune", help="remove the types the arms agree on least, fine-tuning between rounds")
-    prune.add_argument("run_dir", metavar="RUN_DIR")
+    prune.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train (pruned in place)")
     prune.add_argument("--min-consensus", type=float, default=0.95, help="agreement every type must reach (default 0.95)")
     prune.add_argument("--min-types", type=int, default=2, help="never prune below this many types (default 2)")
     prune.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: steps / 10)")
     prune.add_argument("--data", default=None, help="the data, when not where run.json says")
-    prune.add_argument("--quiet", action="store_true")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     augmenter = sub.add_parser("augmenter", help="the generative augmenter: train one for --augment generative")
     augmenter_actions = augmenter.add_subparsers(dest="action", required=True, metavar="ACTION")
