@@ -288,7 +288,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name (cplmix datasets)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoints and results")
     schedule = train.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=int, default=None, metavar="N", help="training steps (default: 5000)")
+    schedule.add_argument("--steps", type=int, default=None, metavar="N", help=f"training steps (default: {CplMixConfig().steps})")
     schedule.add_argument("--epochs", type=float, default=None, metavar="E", help="training epochs instead of steps")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
