@@ -23,7 +23,9 @@ from .analysis.results import evaluate_inference, write_results
 from .config import CplMixConfig
 from .data.io import read_data
 from .data.preprocess import PreparedData, Preprocessing, prepare
+from .data.validate import drop_empty_cells
 from .errors import CplmixError
+from .threads import apply_threads, resolve_threads
 from .train.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -64,6 +66,11 @@ class CplMixVAE:
         self.config = (config.copy() if config is not None else CplMixConfig()).update(
             **{k: v for k, v in shape.items() if v is not None}, **options
         )
+        #: cells without counts dropped from ``adata`` (``drop_empty_cells``); ``self.adata`` is then the rest
+        self.dropped_empty_cells = 0
+        if self.config.drop_empty_cells:
+            layer = _preprocessing.layer if _preprocessing is not None else self.config.layer
+            self.adata, self.dropped_empty_cells = drop_empty_cells(self.adata, layer)
         self.prepared: PreparedData = prepare(self.adata, self.config, preprocessing=_preprocessing)
         self.module = build_model(self.config, self.prepared.n_genes)
         self.events = EventBus()
@@ -76,6 +83,14 @@ class CplMixVAE:
         self._rng_state: dict | None = None
         self._device_data: DeviceData | None = None
         self._inference: Inference | None = None
+        #: cores kept free for other work when ``threads`` is unset (the app keeps one for its server)
+        self.reserved_cores = 0
+        #: CPU threads the last training used (``threads``, or the available cores; see cplmix_explorer.threads)
+        self.threads_used: int | None = None
+
+    def training_threads(self) -> int:
+        """The CPU threads training will use (``config.threads`` or the cores available, less reserved_cores)."""
+        return resolve_threads(self.config.threads, self.reserved_cores)
 
     # -- training -------------------------------------------------------------------------------------------
     def make_trainer(
@@ -90,6 +105,7 @@ class CplMixVAE:
         """A :class:`Trainer` for this model that continues from its current step and optimizer state."""
         if device is not None:
             self.config.update(device=str(device))
+        self.threads_used = apply_threads(self.config.threads, self.reserved_cores)
         trainer = Trainer(
             self.module,
             self.prepared,

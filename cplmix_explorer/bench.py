@@ -14,6 +14,7 @@ from anndata import AnnData
 from .analysis.inference import DEFAULT_CHUNK, infer
 from .config import CplMixConfig
 from .data.preprocess import prepare
+from .threads import apply_threads
 from .train.engine import Trainer, build_model, resolve_device
 
 
@@ -73,6 +74,7 @@ def run_benchmark(
     inference: bool = False,
     inference_chunk: int = DEFAULT_CHUNK,
     state_encoder: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train the real model on generated data and report throughput after ``warmup`` steps.
 
@@ -82,7 +84,9 @@ def run_benchmark(
     objective's steps, as every step after the initial ``type_init_steps``.
     With ``inference`` it then assigns every cell in chunks and adds inference_seconds, inference_cells_per_s
     and inference_peak_memory_mb. ``state_encoder``: 'separate' or 'shared' (default: the configuration's).
+    ``threads``: CPU threads (default: the cores available, as training; see :mod:`cplmix_explorer.threads`).
     """
+    threads_used = apply_threads(threads)
     resolved = resolve_device(device)
     cells = cells or max(4 * batch_size, 10000)
     adata = generated_counts(cells, genes, seed, distinct_cells=distinct_cells)
@@ -130,6 +134,7 @@ def run_benchmark(
         "storage": "dense" if dense else "csr",
         "device": str(resolved),
         "device_name": device_description(resolved),
+        "threads": threads_used,
         "fast_path": trainer.fast_path,
         "augment": trainer.augment_name,
         "state_encoder": config.state_encoder,

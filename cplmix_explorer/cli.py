@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -37,27 +38,38 @@ def _print_json(payload: dict) -> None:
 _NOT_FLAGS = {"steps", "epochs"}
 
 
+def _default_text(value) -> str:
+    return "unset" if value is None else str(value)
+
+
 def add_config_arguments(
-    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, config_class: type[OptionSet] = CplMixConfig
+    parser: argparse.ArgumentParser,
+    names: Sequence[str] | None = None,
+    config_class: type[OptionSet] = CplMixConfig,
+    defaults: dict | None = None,
 ) -> None:
     """One flag per option of ``config_class`` (default :class:`CplMixConfig`), typed and documented from
-    its declaration."""
+    its declaration (help: the option's doc and its default, from ``defaults`` where given there)."""
     config = config_class()
+    defaults = defaults or {}
     not_flags = _NOT_FLAGS if config_class is CplMixConfig else set()
     for name in names or [n for n in config.param if n != "name" and n not in not_flags]:
         parameter = config.param[name]
         flag = cli_flag(name)
-        help_text = f"{parameter.doc} (default: {getattr(config, name)})"
+        default = defaults.get(name)
+        help_text = f"{parameter.doc} (default: {_default_text(defaults.get(name, getattr(config, name)))})"
+        # argparse's % formatting: a literal percent sign in a doc must be doubled
+        help_text = help_text.replace("%", "%%")
         if isinstance(parameter, param.Boolean):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(parameter, param.Selector):
-            parser.add_argument(flag, dest=name, choices=parameter.objects, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, choices=parameter.objects, default=default, help=help_text)
         elif isinstance(parameter, param.Integer):
-            parser.add_argument(flag, dest=name, type=int, default=None, metavar="N", help=help_text)
+            parser.add_argument(flag, dest=name, type=int, default=default, metavar="N", help=help_text)
         elif isinstance(parameter, param.Number):
-            parser.add_argument(flag, dest=name, type=float, default=None, metavar="X", help=help_text)
+            parser.add_argument(flag, dest=name, type=float, default=default, metavar="X", help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, default=default, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, base: CplMixConfig | None = None) -> CplMixConfig:
@@ -65,7 +77,7 @@ def config_from_args(args: argparse.Namespace, base: CplMixConfig | None = None)
     values = {name: getattr(args, name) for name in config.param if name != "name" and getattr(args, name, None) is not None}
     if values.get("epochs") is not None:
         values["steps"] = config.steps  # epochs take precedence; steps stay at their default
-    return config.update(**values)
+    return config.update(names=cli_flag, **values)
 
 
 # -- commands ----------------------------------------------------------------------------------------------
@@ -124,6 +136,10 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options of CplMixConfig that ``cplmix bench`` takes, with the benchmark's own defaults where they differ.
+BENCH_CONFIG_OPTIONS = ("n_genes", "n_types", "state_dim", "n_arms", "batch_size", "device", "fast_path", "state_encoder",
+                        "threads")
+BENCH_DEFAULTS = {"n_types": 115}
 #: Options of CplMixConfig that ``cplmix augmenter train`` takes: the data path, the device and the seed.
 AUGMENTER_DATA_OPTIONS = (*DATA_OPTIONS, "device", "seed")
 
@@ -134,10 +150,12 @@ def run_augmenter(args: argparse.Namespace) -> int:
 
     if args.action == "train":
         config = CplMixConfig().update(
-            **{name: getattr(args, name) for name in AUGMENTER_DATA_OPTIONS if getattr(args, name) is not None}
+            names=cli_flag,
+            **{name: getattr(args, name) for name in AUGMENTER_DATA_OPTIONS if getattr(args, name) is not None},
         )
         options = AugmenterConfig().update(
-            **{name: getattr(args, name) for name in AugmenterConfig.param if name != "name" and getattr(args, name, None) is not None}
+            names=cli_flag,
+            **{name: getattr(args, name) for name in AugmenterConfig.param if name != "name" and getattr(args, name, None) is not None},
         )
         training = train_generative_augmenter(args.data, args.out, config, options, progress=not args.quiet)
         if not args.quiet:
@@ -153,12 +171,19 @@ def run_augmenter(args: argparse.Namespace) -> int:
 
 @command("bench")
 def run_bench(args: argparse.Namespace) -> int:
+    # the options the benchmark shares with training are checked as `cplmix train` checks them, by their flags
+    shared = CplMixConfig().update(names=cli_flag, **BENCH_DEFAULTS).update(
+        names=cli_flag, **{name: getattr(args, name) for name in BENCH_CONFIG_OPTIONS if getattr(args, name) is not None}
+    )
+    for flag, value in (("--steps", args.steps), ("--warmup", args.warmup), ("--cells", args.cells)):
+        if value is not None and value < (0 if flag == "--warmup" else 1):
+            raise CplmixError(f"invalid value for {flag}: must be at least {0 if flag == '--warmup' else 1}, not {value}")
     from .bench import run_benchmark
 
     result = run_benchmark(
-        genes=args.genes, types=args.types, state_dim=args.state_dim, arms=args.arms, batch_size=args.batch_size,
-        steps=args.steps, warmup=args.warmup, device=args.device, cells=args.cells, fast_path=args.fast_path,
-        dense=args.dense, state_encoder=args.state_encoder,
+        genes=shared.n_genes, types=shared.n_types, state_dim=shared.state_dim, arms=shared.n_arms,
+        batch_size=shared.batch_size, steps=args.steps, warmup=args.warmup, device=shared.device, cells=args.cells,
+        fast_path=shared.fast_path, dense=args.dense, state_encoder=shared.state_encoder, threads=shared.threads,
     )
     _print_json(result)
     return 0
@@ -175,6 +200,7 @@ def run_datasets(args: argparse.Namespace) -> int:
             "n_cells": dataset.n_cells,
             "n_genes": dataset.n_genes,
             "labels": list(dataset.label_columns),
+            "label_values": dict(zip(dataset.label_columns, dataset.label_counts)),
             "description": dataset.description,
             "provenance": dataset.provenance,
         }
@@ -185,8 +211,8 @@ def run_datasets(args: argparse.Namespace) -> int:
         return 0
     table = [("NAME", "CELLS x GENES", "LABELS", "DESCRIPTION")]
     table += [
-        (row["name"], f"{row['n_cells']:,} x {row['n_genes']:,}", ", ".join(row["labels"]) or "-", row["description"])
-        for row in rows
+        (dataset.name, f"{dataset.n_cells:,} x {dataset.n_genes:,}", dataset.labels_text() or "-", dataset.description)
+        for dataset in list_datasets()
     ]
     widths = [max(len(line[column]) for line in table) for column in range(3)]
     for line in table:
@@ -262,7 +288,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name (cplmix datasets)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoints and results")
     schedule = train.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=int, default=None, metavar="N", help="training steps (default: 5000)")
+    schedule.add_argument("--steps", type=int, default=None, metavar="N", help=f"training steps (default: {CplMixConfig().steps})")
     schedule.add_argument("--epochs", type=float, default=None, metavar="E", help="training epochs instead of steps")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -287,17 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
 
     evaluate = sub.add_parser("evaluate", help="print a run's ACC, ARI, NMI, KL, consensus and K as JSON")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
     evaluate.add_argument("--labels", default=None, metavar="OBS_KEY", help="obs column of known labels")
     evaluate.add_argument("--data", default=None, help="the data, when not where run.json says")
 
     prune = sub.add_parser("prune", help="remove the types the arms agree on least, fine-tuning between rounds")
-    prune.add_argument("run_dir", metavar="RUN_DIR")
+    prune.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train (pruned in place)")
     prune.add_argument("--min-consensus", type=float, default=0.95, help="agreement every type must reach (default 0.95)")
     prune.add_argument("--min-types", type=int, default=2, help="never prune below this many types (default 2)")
     prune.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: steps / 10)")
     prune.add_argument("--data", default=None, help="the data, when not where run.json says")
-    prune.add_argument("--quiet", action="store_true")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     augmenter = sub.add_parser("augmenter", help="the generative augmenter: train one for --augment generative")
     augmenter_actions = augmenter.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -313,23 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(augmenter_train, AUGMENTER_DATA_OPTIONS)
     add_config_arguments(augmenter_train, config_class=AugmenterConfig)
 
-    bench = sub.add_parser("bench", help="measure training throughput on generated data (JSON)")
-    bench.add_argument("--genes", type=int, default=5000)
-    bench.add_argument("--types", type=int, default=115)
-    bench.add_argument("--state-dim", type=int, default=2)
-    bench.add_argument("--arms", type=int, default=2)
-    bench.add_argument("--batch-size", type=int, default=256)
-    bench.add_argument("--steps", type=int, default=200, help="timed steps after warm-up")
-    bench.add_argument("--warmup", type=int, default=20)
-    bench.add_argument("--cells", type=int, default=None, help="generated cells (default: max(4 x batch, 10000))")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--fast-path", default="auto", choices=["auto", "eager", "graph", "compile"])
-    bench.add_argument("--dense", action="store_true", help="store the data dense instead of CSR")
-    bench.add_argument("--state-encoder", default=None, choices=CplMixConfig.param["state_encoder"].objects,
-                       help=f"the state's encoder (default: {CplMixConfig.param['state_encoder'].default}, as in training)")
+    bench = sub.add_parser(
+        "bench", help="measure training throughput on generated data (JSON)",
+        description="Train the real model on generated Poisson counts and print its throughput (steps and cells "
+        "per second after the warm-up), peak memory and the one-off cost of the initial partition as JSON. "
+        "The model options are those of cplmix train; defaults here are the benchmark's shape.",
+    )
+    add_config_arguments(bench, BENCH_CONFIG_OPTIONS, defaults=BENCH_DEFAULTS)
+    bench.add_argument("--steps", type=int, default=200, metavar="N", help="timed steps after the warm-up (default: 200)")
+    bench.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed steps first (default: 20)")
+    bench.add_argument("--cells", type=int, default=None, metavar="N", help="generated cells (default: max(4 x batch size, 10000))")
+    bench.add_argument("--dense", action="store_true", help="store the data dense instead of CSR (default: CSR)")
 
     datasets = sub.add_parser("datasets", help="list the bundled datasets")
-    datasets.add_argument("--json", action="store_true")
+    datasets.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")
 
     traverse = sub.add_parser(
         "traverse", help="sweep a state dimension of a type; write a heatmap (.png .svg .pdf) or table (.csv .parquet)",
@@ -382,18 +405,35 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"cplmix: warning: {message}\n"
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it again at exit does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     warnings.formatwarning = _one_line_warning
     try:
-        args = parser.parse_args(argv)
-        return COMMANDS[args.command](args)
-    except CplmixError as error:
-        print(f"cplmix: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("cplmix: interrupted", file=sys.stderr)
-        return 130
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return COMMANDS[args.command](args)
+        except CplmixError as error:
+            print(f"cplmix: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            print("cplmix: interrupted", file=sys.stderr)
+            return 130
+        finally:  # within the try, so a reader that went away (`cplmix ... | head`) is caught here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader of our output closed it, as `head` does: stop quietly, as command-line tools do
+        _discard_stdout()
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import param
@@ -53,19 +55,23 @@ class OptionSet(param.Parameterized):
         config.update(**values)
         return config
 
-    def update(self, **values: Any):
-        """Set options with validation; unknown names and out-of-bounds values raise :class:`CplmixError`."""
+    def update(self, *, names: Callable[[str], str] | None = None, **values: Any):
+        """Set options with validation; unknown names and out-of-bounds values raise :class:`CplmixError`.
+
+        The message names the option as ``names(option)`` (the CLI passes :func:`cli_flag`, so a user reads
+        ``--types``) or, by default, by its keyword (``n_types``), as the Python API takes it."""
+        names = names or str
         known = set(self.param) - {"name"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise CplmixError(f"unknown option(s): {', '.join(unknown)}")
+            raise CplmixError(f"unknown option(s): {', '.join(names(u) for u in unknown)}")
         for key, value in values.items():
             if isinstance(value, float) and not math.isfinite(value) and isinstance(self.param[key], param.Number):
-                raise CplmixError(f"invalid value for {key}: {value} is not a finite number")
+                raise CplmixError(f"invalid value for {names(key)}: {value} is not a finite number")
             try:
                 setattr(self, key, value)
             except (ValueError, TypeError) as error:
-                raise CplmixError(f"invalid value for {key}: {_first_line(error)}") from None
+                raise CplmixError(f"invalid value for {names(key)}: {_param_message(error)}") from None
         return self
 
     def copy(self, **changes: Any):
@@ -161,17 +167,17 @@ class CplMixConfig(OptionSet):
         "on its own with both KL terms pushed toward a growing capacity (use with --arms 1).",
     )
     capacity_gamma = param.Number(
-        30.0, bounds=(0.0, None), doc="JointVAE: weight gamma of gamma * |KL - C| for each latent (Dupont's default 30)."
+        30.0, bounds=(0.0, None), doc="JointVAE: weight gamma of gamma * |KL - C| for each latent (Dupont's value)."
     )
     state_capacity = param.Number(
-        5.0, bounds=(0.0, None), doc="JointVAE: final capacity C (nats) of the continuous state KL (default 5)."
+        5.0, bounds=(0.0, None), doc="JointVAE: final capacity C (nats) of the continuous state KL."
     )
     type_capacity = param.Number(
         5.0, bounds=(0.0, None),
-        doc="JointVAE: final capacity C (nats) of the type KL against a uniform prior, capped at log K (default 5).",
+        doc="JointVAE: final capacity C (nats) of the type KL against a uniform prior, capped at log K.",
     )
     capacity_steps = param.Integer(
-        25000, bounds=(1, None), doc="JointVAE: steps over which both capacities grow linearly from 0 (default 25000)."
+        25000, bounds=(1, None), doc="JointVAE: steps over which both capacities grow linearly from 0."
     )
 
     # -- training ------------------------------------------------------------------------------------------
@@ -236,6 +242,17 @@ class CplMixConfig(OptionSet):
     log_every = param.Integer(25, bounds=(1, None), doc="Steps between reads of the loss metrics (one host sync).")
     eval_every = param.Integer(250, bounds=(1, None), doc="Steps between arm-agreement and validation evaluations.")
     checkpoint_every = param.Integer(1000, bounds=(1, None), doc="Steps between periodic checkpoints of a run.")
+    checkpoint_seconds = param.Number(
+        60.0, bounds=(0.0, None),
+        doc="Also checkpoint once this many seconds of training have passed since the last checkpoint, whichever "
+        "of steps and seconds comes first, so a killed run loses at most this much work (0: by steps only).",
+    )
+    threads = param.Integer(
+        None, bounds=(1, 4096), allow_None=True,
+        doc="CPU threads of the training process (torch.set_num_threads). Unset: the cores this process may use "
+        "(its CPU affinity and cgroup CPU quota, at most OMP_NUM_THREADS when set), one fewer when the app "
+        "trains, so its server keeps a core; the number used is recorded in run.json and metrics.json.",
+    )
     nan_restarts = param.Integer(
         0, bounds=(0, 100),
         doc="After a non-finite loss, restart this many times from the last good checkpoint with a lower learning rate.",
@@ -257,6 +274,11 @@ class CplMixConfig(OptionSet):
         doc="Images (uns['image_shape']): shear each image upright and centre it by its intensity moments "
         "(deskewing, the standard preprocessing of handwritten digits; LeCun et al. 1998) before the model, the "
         "neighbour graph and the initial partition see it; ignored for expression data.",
+    )
+    drop_empty_cells = param.Boolean(
+        False,
+        doc="Drop the cells without any counts (all-zero rows of X or the layer) before training instead of "
+        "refusing the data; how many were dropped is recorded in run.json and metrics.json.",
     )
     labels = param.String(None, allow_None=True, doc="obs column of known labels, used only for evaluation.")
 
@@ -289,6 +311,14 @@ class AugmenterConfig(OptionSet):
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def _param_message(error: Exception) -> str:
+    """param's message without its internal name: "Integer parameter 'CplMixConfig.n_types' must be at most
+    1000, not 5000." -> "must be at most 1000, not 5000"."""
+    text = re.sub(r"^\w+ parameter '[\w.]+' ", "", _first_line(error)).rstrip(".")
+    text = re.sub(r"not value of <class '([\w.]+)'>", r"not a value of type \1", text)
+    return re.sub(r"<class '([\w.]+)'>", r"\1", text)
 
 
 #: Flags of ``cplmix train`` for each option (the CLI contract of the README); other options get

@@ -24,6 +24,8 @@ def test_every_registered_dataset_loads_with_its_registered_size_and_label_colum
         adata = zeisel if entry.name == "zeisel2015" else datasets.load(entry.name)
         assert adata.shape == (entry.n_cells, entry.n_genes), entry.name
         assert set(entry.label_columns) <= set(adata.obs.columns), entry.name
+        # what `cplmix datasets` says about the labels is what the data holds ('(none)' counts as a value)
+        assert entry.label_counts == tuple(adata.obs[c].nunique() for c in entry.label_columns), entry.name
         assert adata.obs_names.is_unique and adata.var_names.is_unique, entry.name
         assert entry.provenance and entry.description
 
@@ -33,6 +35,8 @@ def test_zeisel2015_is_the_real_cortex_data_with_its_labels(zeisel):
     assert sp.issparse(zeisel.X) and np.issubdtype(zeisel.X.dtype, np.integer)
     assert zeisel.obs["class"].nunique() == 7
     assert zeisel.obs["subclass"].nunique() == 48  # 47 subclasses and '(none)'
+    none = int((zeisel.obs["subclass"] == "(none)").sum())
+    assert f"'(none)': {none} cells" in datasets.DATASETS["zeisel2015"].description
     assert {"Fos", "Junb", "Egr1", "Arc"} <= set(zeisel.var_names)
 
 
@@ -94,9 +98,9 @@ def test_cli_lists_name_size_labels_and_description_without_loading(registry_tha
     assert lines[0].split()[:2] == ["NAME", "CELLS"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) >= {"zeisel2015", "mnist5k", "synthetic"}
-    assert "3,005 x 3,529" in rows["zeisel2015"] and "class, subclass" in rows["zeisel2015"]
-    assert "5,000 x 784" in rows["mnist5k"] and "digit" in rows["mnist5k"]
-    assert "3,000 x 1,500" in rows["synthetic"] and "true_type, true_class" in rows["synthetic"]
+    assert "3,005 x 3,529" in rows["zeisel2015"] and "class (7), subclass (48)" in rows["zeisel2015"]
+    assert "5,000 x 784" in rows["mnist5k"] and "digit (10)" in rows["mnist5k"]
+    assert "3,000 x 1,500" in rows["synthetic"] and "true_type (10), true_class (3)" in rows["synthetic"]
 
 
 def test_cli_lists_datasets_as_json(registry_that_cannot_load, capsys):
@@ -105,6 +109,7 @@ def test_cli_lists_datasets_as_json(registry_that_cannot_load, capsys):
     entries = {entry["name"]: entry for entry in payload["datasets"]}
     assert entries["mnist5k"]["n_cells"] == 5000 and entries["mnist5k"]["n_genes"] == 784
     assert entries["zeisel2015"]["labels"] == ["class", "subclass"]
+    assert entries["zeisel2015"]["label_values"] == {"class": 7, "subclass": 48}
     assert all(entry["description"] and entry["provenance"] for entry in entries.values())
 
 

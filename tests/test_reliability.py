@@ -447,4 +447,4 @@ def test_nan_restart_options_are_cli_flags(tiny_h5ad, tmp_path, capsys):
     config = json.loads((run_dir / "run.json").read_text())["config"]
     assert config["nan_restarts"] == 2 and config["nan_restart_lr_factor"] == 0.25
     assert main(["train", str(tiny_h5ad), "--out", str(tmp_path / "x"), "--nan-restart-lr-factor", "1.5"]) == 2
-    assert "nan_restart_lr_factor" in one_error_line(capsys)
+    assert "invalid value for --nan-restart-lr-factor: must be less than 1.0" in one_error_line(capsys)

@@ -146,7 +146,7 @@ BAD_INPUTS = {
     "zero genes": r"the data has no genes \(0 columns\)",
     "duplicate gene names": r"duplicate gene names \('Actb'\); make them unique first \(adata\.var_names_make_unique\(\)\)",
     "duplicate cell names": r"duplicate cell names \('cell9'\); make them unique first \(adata\.obs_names_make_unique\(\)\)",
-    "empty cells": r"2 cells without any counts \(first: 'cell11'\); remove them first",
+    "empty cells": r"2 cells without any counts \(first: 'cell11'\); pass --drop-empty-cells \(drop_empty_cells=True in Python\) to drop them",
     "all cells empty": r"every cell has zero expression",
     "unknown labels column": r"unknown labels column 'cell_type' \(obs columns: type\)",
     "more types than cells": r"more types \(50\) than cells \(40\); lower --types",

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CplmixError
+from ..train.progress import ProgressBar
 from .consensus import Consensus, consensus
 
 
@@ -114,7 +115,14 @@ def prune(
         keep = np.delete(np.arange(model.module.n_types), worst)
         remove_categories(model, keep)
         if steps > 0:
-            result = model.train(steps=steps, progress=progress, control=control, run_dir=run_dir)
+            # one bar per round, cleared when the round ends: the rounds are in the result, and a terminal
+            # shows no leftover lines (blank ones where it reports no width) before the command's JSON
+            bar = ProgressBar(model.events, leave=False, desc=f"pruning K={model.module.n_types}") if progress else None
+            try:
+                result = model.train(steps=steps, progress=False, control=control, run_dir=run_dir)
+            finally:
+                if bar is not None:
+                    bar.close()
             if result.status == "stopped":
                 status = "stopped"
     trajectory = pd.DataFrame([vars(r) for r in rounds])

@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ..config import cli_flag
 from ..errors import CplmixError
 
 #: Rows scanned per chunk when checking large matrices (bounded memory) ...
@@ -204,7 +205,8 @@ def validate_anndata(
     if summary.n_empty_cells and summary.is_counts:
         raise CplmixError(
             f"{plural(summary.n_empty_cells, 'cell')} without any counts (first: {names.cell(summary.first_empty_cell)}); "
-            "remove them first, e.g. scanpy.pp.filter_cells(adata, min_counts=1)"
+            f"pass {cli_flag('drop_empty_cells')} (drop_empty_cells=True in Python) to drop them, or remove them "
+            "first, e.g. scanpy.pp.filter_cells(adata, min_counts=1)"
         )
     if summary.n_empty_cells:
         warnings.warn(
@@ -219,6 +221,32 @@ def validate_anndata(
             stacklevel=2,
         )
     return summary
+
+
+def empty_cells(matrix) -> np.ndarray:
+    """Boolean mask (N,) of the rows without any non-zero value, scanned in row chunks."""
+    masks = []
+    for block in _iter_row_chunks(matrix):
+        nonzero = sp.csr_matrix(block != 0) if sp.issparse(block) else sp.csr_matrix(np.asarray(block) != 0)
+        masks.append(np.diff(nonzero.indptr) == 0)
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def drop_empty_cells(adata: AnnData, layer: str | None = None) -> tuple[AnnData, int]:
+    """``adata`` without its cells that have no counts (all-zero rows of X or ``layer``), and how many were
+    dropped (a warning says so); ``adata`` itself is returned unchanged when none is empty, and a copy
+    otherwise (the caller's object is never modified)."""
+    empty = empty_cells(expression_matrix(adata, layer))
+    n_empty = int(empty.sum())
+    if n_empty == 0:
+        return adata, 0
+    if n_empty == adata.n_obs:
+        raise CplmixError("every cell has zero expression")
+    first = adata.obs_names[int(np.argmax(empty))]
+    warnings.warn(f"dropped {plural(n_empty, 'cell')} without any counts (first: '{first}'; {cli_flag('drop_empty_cells')})",
+                  stacklevel=2)
+    kept = adata[~empty]
+    return (kept.to_memory() if adata.isbacked else kept.copy()), n_empty
 
 
 def check_types_fit_cells(n_types: int, n_cells: int) -> None:

@@ -596,6 +596,20 @@ class Trainer:
             learning_rate=float(self.optimizer.param_groups[0]["lr"]), restarts_left=restarts_left,
         )
 
+    def _checkpoint_time_due(self, last_checkpoint_time: float) -> bool:
+        """``checkpoint_seconds`` of wall time have passed since the last checkpoint (0: never by time).
+        In distributed training rank 0's clock decides for all at each log read (one collective per
+        ``log_every`` steps), so every process saves at the same step."""
+        seconds = self.config.checkpoint_seconds
+        if not seconds:
+            return False
+        if self.distributed is not None and self.step % self.log_every:
+            return False
+        due = time.perf_counter() - last_checkpoint_time >= seconds
+        if self.distributed is not None:
+            due = bool(self.distributed.broadcast_object(due))
+        return due
+
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, total_steps: int | None = None) -> TrainingResult:
         """Train until step ``total_steps`` (counted from 0, so a resumed run continues to the same end).
@@ -620,7 +634,7 @@ class Trainer:
         )
         started = last_time = time.perf_counter()
         first_step = last_read = self.step
-        last_checkpoint = self.step
+        last_checkpoint, last_checkpoint_time = self.step, started
         status, message = "completed", f"trained to step {total_steps}"
         restarts_left, restarts = self.config.nan_restarts, []
         last_good = self.snapshot() if restarts_left > 0 else None
@@ -640,9 +654,10 @@ class Trainer:
                     evaluation_due = self.step % self.config.eval_every == 0 or (
                         self.step == total_steps and self.evaluate_at_end
                     )
-                    checkpoint_due = self.step - last_checkpoint >= self.config.checkpoint_every and (
-                        self.checkpoint_path is not None or last_good is not None
-                    )
+                    checkpoint_due = (
+                        self.step - last_checkpoint >= self.config.checkpoint_every
+                        or self._checkpoint_time_due(last_checkpoint_time)
+                    ) and (self.checkpoint_path is not None or last_good is not None)
                     # metrics are read (and checked for non-finite values) before any evaluation or checkpoint
                     if self.step - last_read >= self.log_every or evaluation_due or checkpoint_due:
                         event = self._read_metrics(last_read, started, last_time)
@@ -655,7 +670,7 @@ class Trainer:
                         self.save()  # checks the weights first, with or without a checkpoint path
                         if last_good is not None:
                             last_good = self.snapshot()
-                        last_checkpoint = self.step
+                        last_checkpoint, last_checkpoint_time = self.step, time.perf_counter()
                 event = self._read_metrics(last_read, started, last_time)
                 if event is not None:
                     self.events.publish(event)
@@ -674,7 +689,7 @@ class Trainer:
                 warnings.warn(restarted.message, stacklevel=2)
                 self.events.publish(restarted)
                 last_read = last_checkpoint = self.step
-                last_time = time.perf_counter()
+                last_time = last_checkpoint_time = time.perf_counter()
             except BaseException as error:
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 self.events.publish(TrainingFinished(self.step, "failed", message, time.perf_counter() - started))

@@ -21,7 +21,8 @@ class ProgressBar:
             self._bar.n = event.start_step
             self._bar.refresh()
         elif isinstance(event, TrainingStarted):
-            self._bar = tqdm(total=event.total_steps, initial=event.start_step, desc=f"cplmix [{event.device}]", **self._options)
+            options = {"desc": f"cplmix [{event.device}]", **self._options}
+            self._bar = tqdm(total=event.total_steps, initial=event.start_step, **options)
         elif self._bar is None:
             return
         elif isinstance(event, StepMetrics):

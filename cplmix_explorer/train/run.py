@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,26 @@ def _remove_unstarted_run(run_dir: Path, created_folder: bool) -> None:
         run_dir.rmdir()
 
 
+def _never_checkpointed(run_dir: Path) -> bool:
+    """A run folder that holds run.json but no checkpoint: its run stopped (was killed) before the first one."""
+    return (run_dir / RUN_FILE).exists() and not (run_dir / CHECKPOINT_NAME).exists() and not (run_dir / PREVIOUS_NAME).exists()
+
+
+#: Options a resumed run takes from the resuming command when it gives them (they decide where and how fast
+#: it runs, not what it learns); every other option is the run's own.
+EXECUTION_OPTIONS = ("device", "threads")
+
+
+def _execution_options_of(given: CplMixConfig | None, saved: CplMixConfig) -> CplMixConfig:
+    """``saved`` with the device of ``given`` and its thread count when ``given`` sets one."""
+    if given is None:
+        return saved
+    changes = {"device": given.device}
+    if given.threads is not None:
+        changes["threads"] = given.threads
+    return saved.update(**changes)
+
+
 def check_run_dir_free(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists() or (run_dir / RUN_FILE).exists():
         raise CplmixError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out")
@@ -149,29 +170,39 @@ def train_run(
     command: list[str] | None = None,
     write_outputs_when_stopped: bool = True,
     distributed=None,
+    reserved_cores: int = 0,
 ) -> RunOutcome:
     """Train a model on ``source`` into ``run_dir`` (or continue it with ``resume``) and write its outputs.
 
     ``on_model(model)`` is called once the model exists, before training starts (the app uses it to
     subscribe to the model's events). With ``distributed`` (torchrun) every process trains and only rank 0
-    writes files.
+    writes files. ``reserved_cores``: cores left to other work when the ``threads`` option is unset (the app
+    keeps one for its server). ``resume`` on a folder whose run never reached its first checkpoint (run.json
+    only) starts that run afresh with its recorded configuration, and a warning says so.
     """
     from ..api import CplMixVAE
 
     run_dir = Path(run_dir)
     adata = read_data(source)
+    if resume and distributed is None and _never_checkpointed(run_dir):
+        recorded = read_run_info(run_dir).get("config")
+        fresh = CplMixConfig.from_dict(recorded) if recorded is not None else (config or CplMixConfig())
+        warnings.warn(f"'{run_dir}' holds {RUN_FILE} but no checkpoint (the run stopped before its first one): "
+                      "starting it afresh", stacklevel=2)
+        config = _execution_options_of(config, fresh)
+        (run_dir / RUN_FILE).unlink()
+        resume = False
     if resume:
         run_info = read_run_info(run_dir) if (run_dir / RUN_FILE).exists() else {}
         checkpoint = load_run_checkpoint(run_dir)
         if Path(checkpoint.path).name == PREVIOUS_NAME and (run_dir / CHECKPOINT_NAME).exists():
             # keep the damaged file for inspection, out of the way of the next checkpoint rotation
             os.replace(run_dir / CHECKPOINT_NAME, run_dir / DAMAGED_NAME)
-        saved = CplMixConfig.from_dict(checkpoint.config)
-        if config is not None and config.device != saved.device:
-            saved.update(device=config.device)
-        config = saved
+        config = _execution_options_of(config, CplMixConfig.from_dict(checkpoint.config))
         resolve_device(config.device)
+        checkpoint.config = config.to_dict()
         model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
+        model.reserved_cores = reserved_cores
     else:
         config = config.copy() if config is not None else CplMixConfig()
         if distributed is None or distributed.is_main:
@@ -179,6 +210,7 @@ def train_run(
         if distributed is None:
             resolve_device(config.device)
         model = CplMixVAE(adata, config=config)
+        model.reserved_cores = reserved_cores
         augmenter_for(config, model.prepared, model.module.likelihood)  # a mismatched augmenter: refuse now
         run_info = {
             "data": data_source_text(source),
@@ -186,7 +218,10 @@ def train_run(
             "command": command or [],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": sys.version.split()[0],
+            "threads": model.training_threads(),
         }
+        if model.dropped_empty_cells:
+            run_info["dropped_empty_cells"] = model.dropped_empty_cells
         if distributed is not None:
             run_info["processes"] = distributed.world_size
             distributed.barrier()  # every process has checked the folder before rank 0 creates it
@@ -212,6 +247,9 @@ def train_run(
     metrics["steps_per_second"] = result.steps_per_second
     metrics["device"] = str(model.device)
     metrics["augment"] = model.augment_used
+    metrics["threads"] = model.threads_used
+    if model.dropped_empty_cells:
+        metrics["dropped_empty_cells"] = model.dropped_empty_cells
     if result.restarts:
         metrics["nan_restarts"] = result.restarts
     metrics["history"] = history_summary(result, config.log_every)

@@ -29,8 +29,11 @@ from pathlib import Path
 
 from ..config import CplMixConfig
 from ..errors import CplmixError, describe_failure
+from ..threads import resolve_threads
 from .events import EventBus, TrainingControl
 
+#: Cores a child job leaves to the app's server when the ``threads`` option is unset.
+APP_RESERVED_CORES = 1
 #: Seconds between checks of the control object and of the child being alive.
 POLL_SECONDS = 0.2
 #: Seconds the child gets to finish after its last message before it is terminated.
@@ -143,6 +146,7 @@ class ProcessTraining(ChildJob):
 
     def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
         self.source, self.run_dir, self.config = source, Path(run_dir), config.copy()
+        threads = threads or resolve_threads(self.config.threads, APP_RESERVED_CORES)
         super().__init__((source, str(self.run_dir), self.config.to_dict()), threads)
 
     @staticmethod
@@ -150,7 +154,8 @@ class ProcessTraining(ChildJob):
         from .run import train_run
 
         outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
-                            on_model=lambda model: model.events.subscribe(lambda event: send("event", event)))
+                            on_model=lambda model: model.events.subscribe(lambda event: send("event", event)),
+                            reserved_cores=APP_RESERVED_CORES)
         return outcome.result
 
     def _outcome(self, result):
@@ -179,6 +184,7 @@ class ProcessPruning(ChildJob):
         from ..api import CplMixVAE
 
         model = CplMixVAE.load(run_dir, adata, device=device)
+        model.reserved_cores = APP_RESERVED_CORES
         model.events.subscribe(lambda event: send("event", event))
         result = pruning.prune(model, control=control, progress=False, on_round=lambda round_: send("round", round_),
                                **options)
