@@ -86,10 +86,12 @@ def standard_pipeline(adata, as_is: bool = False):
     if not as_is:
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)
+        genes = f"all {adata.n_vars} genes"
         if adata.n_vars > N_TOP_GENES:
             sc.pp.highly_variable_genes(adata, n_top_genes=N_TOP_GENES, flavor="seurat")
             adata = adata[:, adata.var["highly_variable"]].copy()
-        pipeline = f"normalize_total 1e4, log1p, {N_TOP_GENES} HVG (seurat), " + pipeline
+            genes = f"{N_TOP_GENES} HVG (seurat)"
+        pipeline = f"normalize_total 1e4, log1p, {genes}, " + pipeline
     sc.pp.scale(adata, max_value=10)
     sc.tl.pca(adata, n_comps=min(50, adata.n_vars - 1, adata.n_obs - 1), random_state=0)
     sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
