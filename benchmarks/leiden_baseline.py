@@ -1,9 +1,11 @@
 """The standard single-cell pipeline as a baseline: scanpy + Leiden on PCA, at a number of clusters
 comparable to the published labels of the bundled Zeisel 2015 data.
 
-Needs scanpy and leidenalg (not dependencies of cplmix-explorer):
+Needs scanpy (in the ``test`` extra: ``pip install -e .[test]``; Leiden runs on igraph, a dependency), or a
+separate environment:
     python -m venv /tmp/scanpy-env && /tmp/scanpy-env/bin/pip install scanpy leidenalg igraph
     /tmp/scanpy-env/bin/python benchmarks/leiden_baseline.py
+benchmarks/quality_suite.py uses the same pipeline (``standard_pipeline``, ``leiden_scores``) on every dataset.
 Writes benchmarks/results/leiden_zeisel2015.json (read by benchmarks/zeisel_quality.py). Metrics are
 computed with scikit-learn (installed with scanpy) and agree with cplmix_explorer.analysis.metrics.
 
