@@ -137,7 +137,16 @@ def merged_start_categories(start: np.ndarray, end: np.ndarray) -> int:
 
 
 def run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, trace: bool, threads: int) -> dict:
-    """Train and score one run (in a worker process with ``--jobs``); returns its JSONL row."""
+    """Train and score one run (in a worker process with ``--jobs``); returns its JSONL row. A run that fails
+    (e.g. a non-finite loss) gives a row with its ``error`` instead of ending the suite; --resume redoes it."""
+    try:
+        return _run_one(name, seed, steps, overrides, quick, trace, threads)
+    except Exception as error:  # noqa: BLE001 - recorded in the row and the report
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return {"dataset": name, "seed": seed, "error": f"{type(error).__name__}: {message}"}
+
+
+def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, trace: bool, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -232,8 +241,9 @@ SUMMARY_KEYS = ("ari", "acc", "nmi", "consensus_ari", "agreement", "categories_u
 def summarize(rows: list[dict], leiden: dict, names: list[str]) -> dict:
     table = {}
     for name in names:
-        runs = [row for row in rows if row["dataset"] == name]
-        entry = {"k": runs[0]["k"] if runs else None, "n_cells": runs[0]["n_cells"] if runs else None,
+        failed = [row for row in rows if row["dataset"] == name and "error" in row]
+        runs = [row for row in rows if row["dataset"] == name and "error" not in row]
+        entry = {"failed_seeds": sorted(row["seed"] for row in failed),"k": runs[0]["k"] if runs else None, "n_cells": runs[0]["n_cells"] if runs else None,
                  "seeds": sorted(row["seed"] for row in runs),
                  **{key: mean_sd([row.get(key) for row in runs]) for key in SUMMARY_KEYS}}
         entry["seeds_with_merged_start_categories"] = sum(1 for row in runs if (row.get("start_categories_merged") or 0) > 0)
@@ -294,6 +304,9 @@ def markdown(report: dict) -> list[str]:
             f"{fmt(e['confidence_median'])} | {fmt(e['state_rho_median'])} | {fmt(e['leiden_ari'])} | "
             f"{fmt(e['leiden_acc'])} | {fmt(e['train_seconds'], 0)} ({fmt(e['train_cpu_seconds'], 0)}) |"
         )
+    for row in report["runs"]:
+        if "error" in row:
+            lines.append(f"\n{row['dataset']}, seed {row['seed']} failed: {row['error']}")
     rank = summary["mean_rank"]
     if summary["ranked_datasets"]:
         lines += ["", f"Mean rank by ARI over {summary['ranked_datasets']} datasets (1 = best of the two): "
@@ -345,7 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="any CplMixConfig option for every run (repeatable)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report path without suffix (default benchmarks/results/quality_suite, --quick: quality_suite_quick)")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already in <out>.jsonl with the same configuration")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in <out>.jsonl with the same configuration (without it the JSONL starts empty)")
     parser.add_argument("--trace", action="store_true", help="record every evaluation against the labels (see the docstring)")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI-sized smoke run: {QUICK_STEPS} steps, small simulated sets, the first seed")
@@ -380,7 +393,7 @@ def main(argv=None) -> None:
     jsonl = args.out.with_suffix(".jsonl")
     cache_path = args.out.parent / ("quality_suite_leiden_quick.json" if args.quick else "quality_suite_leiden.json")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = {row["key"]: row for row in read_jsonl(jsonl)} if args.resume else {}
+    done = {row["key"]: row for row in read_jsonl(jsonl) if "error" not in row} if args.resume else {}
     if not args.resume:
         jsonl.write_text("")
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
@@ -440,6 +453,11 @@ def main(argv=None) -> None:
               "datasets": {name: {"key": DATASETS[name].key(args.quick)} for name in names},
               "summary": summarize(rows, leiden, names), "leiden": leiden, "runs": rows}
     write_report(args.out, report, markdown(report))
+    failed = [row for row in rows if "error" in row]
+    if failed:
+        print(f"quality_suite: error: {len(failed)} run(s) failed ({failed[0]['dataset']}, seed {failed[0]['seed']}: "
+              f"{failed[0]['error']}); the report lists them", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

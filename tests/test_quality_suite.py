@@ -80,6 +80,18 @@ def test_resume_keeps_finished_runs_and_the_cached_baseline(quick_suite):
     assert report["runs"] == report_before["runs"] and report["leiden"] == report_before["leiden"]
 
 
+def test_a_failed_run_is_reported_and_the_suite_exits_non_zero(quick_suite, capsys):
+    out, _ = quick_suite
+    failing = out.parent / "failing"  # same folder: the cached Leiden baseline is reused
+    with pytest.raises(SystemExit) as exit_info:
+        quality_suite.main(["--quick", "--datasets", "sim10", "--set", "augment=generative", "--out", str(failing)])
+    assert exit_info.value.code == 1
+    assert "1 run(s) failed (sim10, seed 0: CplmixError: augment 'generative' needs a trained augmenter" in capsys.readouterr().err
+    assert "sim10, seed 0 failed: CplmixError" in failing.with_suffix(".md").read_text()
+    row = json.loads(failing.with_suffix(".jsonl").read_text())
+    assert row["error"].startswith("CplmixError") and "ari" not in row
+
+
 def test_bad_options_are_one_line_errors(capsys):
     for argv, message in [
         (["--set", "nope=1"], "--set: unknown option(s): nope"),
