@@ -152,6 +152,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
     torch.set_num_threads(threads)
     from _common import initial_partition, initial_partition_scores
     from cplmix_explorer import CplMixVAE
+    from cplmix_explorer.train.events import TrainingFinished, TrainingStarted
 
     dataset = DATASETS[name]
     started, cpu = time.perf_counter(), time.process_time()
@@ -163,9 +164,13 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
         from cplmix_explorer.train.trace import EvaluationTrace
 
         recorder = EvaluationTrace(model.module, model.prepared, adata.obs[dataset.labels], seed=seed).attach(model.events)
+    loop_cpu = {}  # CPU seconds at the start and the end of the step loop (after the set-up: walks, start partition)
+    model.events.subscribe(lambda event: loop_cpu.setdefault(type(event).__name__, time.process_time())
+                           if isinstance(event, (TrainingStarted, TrainingFinished)) else None)
     training, training_cpu = time.perf_counter(), time.process_time()
-    model.train(progress=False)
+    result = model.train(progress=False)
     train_seconds, train_cpu_seconds = time.perf_counter() - training, time.process_time() - training_cpu
+    steps_cpu = loop_cpu["TrainingFinished"] - loop_cpu["TrainingStarted"]
     metrics = model.evaluate()
     inference = model.predict()
     start = initial_partition(model)
@@ -185,6 +190,10 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
         "state_rho_median": None,
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,  # on a shared machine the budget figure (1 thread: ~ wall alone)
+        # the set-up before the first step, and the steps: a budget is setup + steps x step_cpu_ms
+        "setup_cpu_seconds": train_cpu_seconds - steps_cpu,
+        "step_cpu_ms": 1000 * steps_cpu / max(result.step, 1),
+        "steps_per_second": result.steps_per_second,
     }
     if "simulation" in adata.uns:
         from simulator_quality import median_state_rho
@@ -235,7 +244,8 @@ def mean_sd(values) -> dict | None:
 
 
 SUMMARY_KEYS = ("ari", "acc", "nmi", "consensus_ari", "agreement", "categories_used", "start_categories",
-                "start_categories_merged", "init_ari", "confidence_median", "state_rho_median", "train_seconds", "train_cpu_seconds")
+                "start_categories_merged", "init_ari", "confidence_median", "state_rho_median", "train_seconds", "train_cpu_seconds",
+                "setup_cpu_seconds", "step_cpu_ms")
 
 
 def summarize(rows: list[dict], leiden: dict, names: list[str]) -> dict:
