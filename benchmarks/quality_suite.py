@@ -314,6 +314,17 @@ def markdown(report: dict) -> list[str]:
             f"{fmt(e['confidence_median'])} | {fmt(e['state_rho_median'])} | {fmt(e['leiden_ari'])} | "
             f"{fmt(e['leiden_acc'])} | {fmt(e['train_seconds'], 0)} ({fmt(e['train_cpu_seconds'], 0)}) |"
         )
+    timed = [(name, e) for name, e in summary["datasets"].items() if e["seeds"]]
+    if timed:
+        lines += ["", f"Time per run (CPU seconds of one process, {report['threads']} torch thread(s); the set-up is the "
+                  "neighbour walks and the start partition; a run costs about set-up + steps x ms/step):", "",
+                  "| dataset | set-up CPU s | CPU ms/step | CPU min at 10,000 steps (estimate) | Leiden baseline CPU s |",
+                  "|---|---|---|---|---|"]
+        for name, e in timed:
+            setup, step = e["setup_cpu_seconds"]["mean"], e["step_cpu_ms"]["mean"]
+            leiden = report["leiden"].get(name, {}).get("cpu_seconds")
+            lines.append(f"| {name} | {setup:.0f} | {step:.0f} | {(setup + 10 * step) / 60:.1f} | "
+                         f"{'-' if leiden is None else f'{leiden:.0f}'} |")
     for row in report["runs"]:
         if "error" in row:
             lines.append(f"\n{row['dataset']}, seed {row['seed']} failed: {row['error']}")
