@@ -16,7 +16,7 @@ the defaults otherwise, plus ``--set``):
 - sim10, sim40, sim120: ``cplmix_explorer.datasets.simulate`` (data seed 0) with 10 / 40 / 120 types whose
   sizes fall evenly from 900 to 30 cells (4,650 / 18,600 / 55,800 cells), 2,000 genes, 4 classes and the
   simulator's type-dependent two-dimensional state; ``--quick`` makes them 4 / 6 / 8 types of 90 to 30 cells
-  and 400 genes.
+  and 400 genes, and keeps 600 random cells of each bundled dataset.
 
 Per run (one JSONL row, appended as the run finishes: ``<out>.jsonl``): ACC, ARI, NMI (mean over arms) and the
 consensus type's ARI; the arms' mean agreement at the end; categories used at the end (consensus type, and per
@@ -52,6 +52,7 @@ from _common import RESULTS, config_option, machine, write_report  # noqa: E402
 
 DEFAULT_STEPS = 10000
 QUICK_STEPS = 30
+QUICK_CELLS = 600  # --quick: cells kept of each bundled dataset
 SIMULATED_GENES = 2000
 SIMULATED_CLASSES = 4
 LARGEST_TYPE, SMALLEST_TYPE = 900, 30
@@ -84,7 +85,12 @@ class Dataset:
         from cplmix_explorer import datasets
 
         if self.bundled is not None:
-            return datasets.load(self.bundled)
+            adata = datasets.load(self.bundled)
+            if quick and adata.n_obs > QUICK_CELLS:  # a fixed random subset of the cells
+                keep = np.sort(np.random.default_rng(0).choice(adata.n_obs, QUICK_CELLS, replace=False))
+                adata = adata[keep].copy()
+                adata.obs[self.labels] = adata.obs[self.labels].astype(str)  # only the labels present
+            return adata
         return datasets.simulate(**self.simulation(quick))
 
     def n_types(self, quick: bool) -> int:
@@ -95,7 +101,7 @@ class Dataset:
 
     def key(self, quick: bool) -> str:
         """Names the data exactly (cache and resume key)."""
-        spec = self.simulation(quick) if self.types else {"bundled": self.bundled}
+        spec = self.simulation(quick) if self.types else {"bundled": self.bundled, "cells": QUICK_CELLS if quick else "all"}
         return f"{self.name} " + json.dumps({**spec, "labels": self.labels}, sort_keys=True)
 
 
@@ -382,7 +388,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep the runs already in <out>.jsonl with the same configuration (without it the JSONL starts empty)")
     parser.add_argument("--trace", action="store_true", help="record every evaluation against the labels (see the docstring)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI-sized smoke run: {QUICK_STEPS} steps, small simulated sets, the first seed")
+                        help=f"CI-sized smoke run: {QUICK_STEPS} steps, small simulated sets, {QUICK_CELLS} cells of the others, the first seed")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
