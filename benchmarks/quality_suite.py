@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, config_option, machine, write_report  # noqa: E402
+from _common import RESULTS, config_option, machine, write_json, write_report  # noqa: E402
 
 DEFAULT_STEPS = 10000
 QUICK_STEPS = 30
@@ -445,9 +445,9 @@ def main(argv=None) -> None:
                 entry = cache.setdefault(DATASETS[name].key(args.quick), {"runs": {}})
                 entry["runs"].update(result.pop("runs"))
                 entry.update(result)
-                from _common import write_json
-
-                write_json(cache_path, cache)
+                # merged into the file as it is now: another suite may have cached other datasets meanwhile
+                stored = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+                write_json(cache_path, {**stored, DATASETS[name].key(args.quick): entry})
             else:
                 result["key"] = key
                 rows.append(result)
