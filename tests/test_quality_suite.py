@@ -29,12 +29,15 @@ def quick_suite(tmp_path_factory):
 def test_quick_suite_writes_one_table_with_every_column_for_every_dataset(quick_suite):
     out, _ = quick_suite
     lines = out.with_suffix(".md").read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| dataset"))
-    assert [cell.strip() for cell in header.strip("|").split("|")] == COLUMNS
-    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| sim")}
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset"))
+    assert [cell.strip() for cell in lines[start].strip("|").split("|")] == COLUMNS
+    table = lines[start + 2 : lines.index("", start)]
+    rows = {line.split("|")[1].strip(): line for line in table}
     assert set(rows) == {"sim10", "sim40"}
     assert all(line.count("|") == len(COLUMNS) + 1 and "(no runs)" not in line for line in rows.values())
     assert any(line.startswith("Mean rank by ARI over 2 datasets") for line in lines)
+    timing = next(i for i, line in enumerate(lines) if line.startswith("| dataset | set-up CPU s"))
+    assert [line.split("|")[1].strip() for line in lines[timing + 2 : timing + 4]] == ["sim10", "sim40"]
 
     report = json.loads(out.with_suffix(".json").read_text())
     table = report["summary"]["datasets"]
