@@ -31,19 +31,28 @@ def machine() -> dict:
     return info
 
 
-def initial_partition_scores(model, labels: str) -> dict:
-    """ACC, ARI and NMI against ``obs[labels]`` of the partition the first arm's type head started from (the
-    Leiden communities of ``type_init``, recomputed as training computed them; NaN for a random start), on the
-    training cells it covers: what the objective's refinement started from."""
+def initial_partition(model):
+    """(cells,) the category of the partition the first arm's type head started from (the Leiden communities
+    of ``type_init``, recomputed as training computed them), -1 for cells it does not cover (validation cells);
+    None for a random start."""
+    if model.type_init is None:
+        return None
+    trainer = model.make_trainer()
+    trainer.prepare_type_init()
+    return trainer.type_targets[0].cpu().numpy()
+
+
+def initial_partition_scores(model, labels: str, start=None) -> dict:
+    """ACC, ARI and NMI against ``obs[labels]`` of the partition the first arm's type head started from
+    (:func:`initial_partition`, or ``start`` when already computed; NaN for a random start), on the training
+    cells it covers: what the objective's refinement started from."""
     import numpy as np
 
     from cplmix_explorer.analysis.metrics import compare_to_labels
 
-    if model.type_init is None:
+    start = initial_partition(model) if start is None else start
+    if start is None:
         return {"init_acc": float("nan"), "init_ari": float("nan"), "init_nmi": float("nan")}
-    trainer = model.make_trainer()
-    trainer.prepare_type_init()
-    start = trainer.type_targets[0].cpu().numpy()
     covered = start >= 0
     scores = compare_to_labels(start[covered], np.asarray(model.adata.obs[labels])[covered])
     return {f"init_{key}": float(scores[key]) for key in ("acc", "ari", "nmi")}

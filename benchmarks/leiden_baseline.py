@@ -1,9 +1,11 @@
 """The standard single-cell pipeline as a baseline: scanpy + Leiden on PCA, at a number of clusters
 comparable to the published labels of the bundled Zeisel 2015 data.
 
-Needs scanpy and leidenalg (not dependencies of cplmix-explorer):
+Needs scanpy (in the ``test`` extra: ``pip install -e .[test]``; Leiden runs on igraph, a dependency), or a
+separate environment:
     python -m venv /tmp/scanpy-env && /tmp/scanpy-env/bin/pip install scanpy leidenalg igraph
     /tmp/scanpy-env/bin/python benchmarks/leiden_baseline.py
+benchmarks/quality_suite.py uses the same pipeline (``standard_pipeline``, ``leiden_scores``) on every dataset.
 Writes benchmarks/results/leiden_zeisel2015.json (read by benchmarks/zeisel_quality.py). Metrics are
 computed with scikit-learn (installed with scanpy) and agree with cplmix_explorer.analysis.metrics.
 
@@ -73,6 +75,48 @@ def leiden_at(adata, n_target: int, seed: int) -> tuple[np.ndarray, float]:
     return best[0], best[1]
 
 
+N_TOP_GENES = 2000
+
+
+def standard_pipeline(adata, as_is: bool = False):
+    """scanpy's standard pipeline up to the neighbour graph, on a copy: normalize_total 1e4, log1p, the
+    N_TOP_GENES highly variable genes (seurat flavour; all genes when there are no more), scale (max 10), PCA
+    50, 15 nearest neighbours. ``as_is`` (pixels, not counts) skips normalisation, log1p and gene selection.
+    Returns the AnnData with the graph and a one-line description of the pipeline."""
+    adata = adata.copy()
+    pipeline = "scale (max 10), PCA 50, kNN 15, Leiden (igraph, resolution bisected to K)"
+    if not as_is:
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        genes = f"all {adata.n_vars} genes"
+        if adata.n_vars > N_TOP_GENES:
+            sc.pp.highly_variable_genes(adata, n_top_genes=N_TOP_GENES, flavor="seurat")
+            adata = adata[:, adata.var["highly_variable"]].copy()
+            genes = f"{N_TOP_GENES} HVG (seurat)"
+        pipeline = f"normalize_total 1e4, log1p, {genes}, " + pipeline
+    sc.pp.scale(adata, max_value=10)
+    sc.tl.pca(adata, n_comps=min(50, adata.n_vars - 1, adata.n_obs - 1), random_state=0)
+    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    return adata, pipeline
+
+
+def leiden_scores(graph, truth, seeds) -> list[dict]:
+    """Leiden at K = the number of distinct ``truth`` labels on a graph from :func:`standard_pipeline`, per
+    seed: resolution, communities found, ACC, ARI, NMI."""
+    truth = np.asarray(truth).astype(str)
+    n_target = len(np.unique(truth))
+    runs = []
+    for seed in seeds:
+        labels, resolution = leiden_at(graph, n_target, seed)
+        runs.append({
+            "seed": int(seed), "resolution": float(resolution), "k": int(len(np.unique(labels))),
+            "acc": hungarian_accuracy(labels, truth),
+            "ari": float(adjusted_rand_score(truth, labels)),
+            "nmi": float(normalized_mutual_info_score(truth, labels)),
+        })
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help=".h5ad of raw counts (default: Zeisel 2015)")
@@ -81,36 +125,17 @@ def main() -> None:
     parser.add_argument("--as-is", action="store_true",
                         help="X is not counts (e.g. pixels): no normalize_total, log1p or HVG selection")
     args = parser.parse_args()
-    adata = anndata.read_h5ad(args.data)
-    pipeline = "scale, PCA 50, kNN 15, Leiden (igraph)"
-    if not args.as_is:
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-        sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat")
-        adata = adata[:, adata.var["highly_variable"]].copy()
-        pipeline = "normalize_total 1e4, log1p, 2000 HVG (seurat), " + pipeline
-    sc.pp.scale(adata, max_value=10)
-    sc.tl.pca(adata, n_comps=50, random_state=0)
-    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    adata, pipeline = standard_pipeline(anndata.read_h5ad(args.data), as_is=args.as_is)
     results = {"pipeline": pipeline,
                "scanpy": sc.__version__, "date": time.strftime("%Y-%m-%d"), "levels": {}}
     results["data"] = str(args.data.name)
     results["genes_used"] = int(adata.n_vars)  # 2000 HVG requested; fewer when the data has fewer genes
     for column in args.labels:
         truth = adata.obs[column].astype(str).to_numpy()
-        n_target = len(np.unique(truth))
-        runs = []
-        for seed in range(3):
-            labels, resolution = leiden_at(adata, n_target, seed)
-            runs.append({
-                "seed": seed, "resolution": resolution, "k": int(len(np.unique(labels))),
-                "acc": hungarian_accuracy(labels, truth),
-                "ari": float(adjusted_rand_score(truth, labels)),
-                "nmi": float(normalized_mutual_info_score(truth, labels)),
-            })
+        runs = leiden_scores(adata, truth, range(3))
         summary = {key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
                    for key in ("acc", "ari", "nmi", "k")}
-        results["levels"][column] = {"n_labels": n_target, "runs": runs, "mean_sd": summary}
+        results["levels"][column] = {"n_labels": len(np.unique(truth)), "runs": runs, "mean_sd": summary}
         print(column, json.dumps(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

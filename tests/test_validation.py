@@ -132,7 +132,7 @@ def make_bad_input(name: str, folder: Path):
 
 #: bad input -> the message (a regular expression) the user reads, through the API and the CLI
 BAD_INPUTS = {
-    "missing file": r"no such file or bundled dataset: '.*missing\.h5ad' \(bundled: mnist5k, synthetic, zeisel2015\)",
+    "missing file": r"no such file or bundled dataset: '.*missing\.h5ad' \(bundled: han2018_bladder, mnist5k, synthetic, zeisel2015\)",
     "unreadable file": r"cannot read '.*damaged\.h5ad': not an HDF5 file \(damaged, truncated or another format\)",
     "truncated file": r"cannot read '.*truncated\.h5ad'",
     "HDF5 but not AnnData": r"'.*plain\.h5ad' is an HDF5 file but not an AnnData \.h5ad \(no obs or var group\)",

@@ -74,6 +74,27 @@ def _load_mnist5k() -> AnnData:
     return adata
 
 
+def _load_han2018_bladder() -> AnnData:
+    """2,100 mouse bladder cells (Microwell-seq), raw counts (uint16 CSR) of the genes detected in at least 10
+    cells; ``var_names`` keep the source's column names (gene0 ...: the selection shipped no gene symbols)."""
+    import numpy as np  # imported here: ``cplmix --help`` does not load the data stack
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    with np.load(data_file("han2018_bladder.npz"), allow_pickle=False) as stored:
+        genes, labels = stored["genes"].astype(np.int64), stored["labels"]
+        counts = sp.csr_matrix(
+            (stored["data"], stored["indices"].astype(np.int32), stored["indptr"]), shape=(len(labels), len(genes))
+        )
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(labels.astype(str))}, index=pd.Index([f"cell{i}" for i in range(len(labels))])
+    )
+    adata = AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index([f"gene{g}" for g in genes])))
+    adata.uns["dataset"] = "han2018_bladder"
+    return adata
+
+
 def _load_synthetic() -> AnnData:
     from .simulate import simulate
 
@@ -118,6 +139,20 @@ register(
         ),
         n_cells=5000,
         n_genes=MNIST_IMAGE_SHAPE[0] * MNIST_IMAGE_SHAPE[1],
+    )
+)
+register(
+    BundledDataset(
+        name="han2018_bladder",
+        description="Mouse bladder scRNA-seq (Microwell-seq), raw counts, 16 imbalanced types (550 to 8 cells; Han et al. 2018)",
+        label_columns=("cell_type",),
+        loader=_load_han2018_bladder,
+        provenance=(
+            "Han et al. 2018, Cell 172:1091 (Mouse Cell Atlas); the 2,100-cell labelled selection of the "
+            "scDeepCluster repository (Apache-2.0), genes detected in at least 10 cells"
+        ),
+        n_cells=2100,
+        n_genes=12804,
     )
 )
 register(
