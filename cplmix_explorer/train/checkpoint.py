@@ -43,6 +43,9 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "state_encoder": SHARED_STATE_ENCODER,
     "state_bottleneck": RELU_STATE_BOTTLENECK,
     "type_init": "random",  # resumed older runs go on as they started
+    "coupling_spread": "absolute",
+    "neighbor_scale_genes": False,
+    "type_prior_weight": 0.0,
 }
 
 
