@@ -227,6 +227,7 @@ class CplMixVAE:
             "preprocessing": {k: v for k, v in self.prepared.preprocessing.to_dict().items() if k != "genes"},
             "augment": self.augment_used,
             "type_init": self.type_init,
+            **({"dropped_empty_cells": self.dropped_empty_cells} if self.dropped_empty_cells else {}),
         }
 
     def write_results(self, adata: AnnData | None = None, metrics: dict | None = None) -> AnnData:

@@ -145,7 +145,7 @@ def test_drop_empty_cells_trains_on_the_others_and_records_it(with_empty_cells, 
     assert metrics["dropped_empty_cells"] == 2 and metrics["n_cells"] == 118
     result = anndata.read_h5ad(run_dir / "result.h5ad")
     assert result.n_obs == 118 and not {"cell5", "cell17"} & set(result.obs_names)
-    assert result.obs["cplmix_type"].notna().all()
+    assert result.obs["cplmix_type"].notna().all() and result.uns["cplmix"]["dropped_empty_cells"] == 2
     # the run loads again on the same file (the same cells are dropped) and evaluates as it was trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -145,10 +145,7 @@ def _execution_options_of(given: CplMixConfig | None, saved: CplMixConfig) -> Cp
     """``saved`` with the device of ``given`` and its thread count when ``given`` sets one."""
     if given is None:
         return saved
-    changes = {"device": given.device}
-    if given.threads is not None:
-        changes["threads"] = given.threads
-    return saved.update(**changes)
+    return saved.update(**{name: getattr(given, name) for name in EXECUTION_OPTIONS if getattr(given, name) is not None})
 
 
 def check_run_dir_free(run_dir: Path) -> None:
@@ -184,14 +181,14 @@ def train_run(
 
     run_dir = Path(run_dir)
     adata = read_data(source)
-    if resume and distributed is None and _never_checkpointed(run_dir):
+    restarting = resume and distributed is None and _never_checkpointed(run_dir)
+    if restarting:
         recorded = read_run_info(run_dir).get("config")
         fresh = CplMixConfig.from_dict(recorded) if recorded is not None else (config or CplMixConfig())
         warnings.warn(f"'{run_dir}' holds {RUN_FILE} but no checkpoint (the run stopped before its first one): "
                       "starting it afresh", stacklevel=2)
         config = _execution_options_of(config, fresh)
-        (run_dir / RUN_FILE).unlink()
-        resume = False
+        resume = False  # run.json is rewritten below and kept if the new start fails
     if resume:
         run_info = read_run_info(run_dir) if (run_dir / RUN_FILE).exists() else {}
         checkpoint = load_run_checkpoint(run_dir)
@@ -205,7 +202,7 @@ def train_run(
         model.reserved_cores = reserved_cores
     else:
         config = config.copy() if config is not None else CplMixConfig()
-        if distributed is None or distributed.is_main:
+        if (distributed is None or distributed.is_main) and not restarting:
             check_run_dir_free(run_dir)
         if distributed is None:
             resolve_device(config.device)
@@ -235,7 +232,7 @@ def train_run(
     try:
         result = model.train(until_step=planned, progress=progress, control=control, run_dir=run_dir, distributed=distributed)
     except BaseException:
-        if not resume and (distributed is None or distributed.is_main):
+        if not resume and not restarting and (distributed is None or distributed.is_main):
             _remove_unstarted_run(run_dir, created_folder)
         raise
     if distributed is not None and not distributed.is_main:
