@@ -68,6 +68,22 @@ def neighbour_graph(neighbours: np.ndarray) -> sp.csr_matrix:
     return ((adjacency + adjacency.T) * 0.5).tocsr()
 
 
+#: Edges handed to igraph per call (bounds the temporary Python objects to a few hundred MB).
+EDGE_CHUNK = 2_000_000
+
+
+def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
+    """An undirected igraph Graph on ``n`` vertices with the edges (sources[i], targets[i]), added in chunks
+    of EDGE_CHUNK so that a graph of millions of edges never needs all of them as Python objects at once."""
+    import igraph
+
+    graph = igraph.Graph(n=n)
+    for start in range(0, len(sources), EDGE_CHUNK):
+        stop = start + EDGE_CHUNK
+        graph.add_edges(list(zip(sources[start:stop].tolist(), targets[start:stop].tolist())))
+    return graph
+
+
 def leiden_partition(neighbours: np.ndarray, n_types: int, seed: int = 0) -> TypePartition:
     """K = ``n_types`` groups of the rows of a k-nearest-neighbour table (R, k): Leiden communities
     (modularity with a resolution parameter, igraph's implementation) at the resolution, found by geometric
@@ -81,8 +97,9 @@ def leiden_partition(neighbours: np.ndarray, n_types: int, seed: int = 0) -> Typ
         raise ValueError(f"cannot split {n} cells into {n_types} groups")
     adjacency = neighbour_graph(neighbours)
     upper = sp.triu(adjacency, k=1).tocoo()
-    graph = igraph.Graph(n=n, edges=np.column_stack([upper.row, upper.col]).tolist())
+    graph = igraph_graph(n, upper.row, upper.col)
     weights = upper.data.tolist()
+    del upper
     low, high = RESOLUTION_RANGE
     above: tuple[int, np.ndarray, float] | None = None  # fewest communities >= K so far
     below: tuple[int, np.ndarray, float] | None = None  # most communities < K so far
