@@ -31,7 +31,7 @@ from ..model.augment import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.neighbors import find_neighbours
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import align_to, leiden_partition
+from ..model.type_init import LeidenGraph, align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -356,7 +356,9 @@ class Trainer:
         neighbours = neighbours.cpu().numpy()
         n_types, n_arms = self.model.n_types, self.model.n_arms
         runs = 1 if self.config.share_arm_parameters else n_arms
-        partitions = [leiden_partition(neighbours, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        graph = LeidenGraph.from_neighbours(neighbours)  # built once for every arm's run
+        partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
         for arm in range(n_arms):
