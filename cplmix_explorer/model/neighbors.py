@@ -41,8 +41,9 @@ WALK_STEPS = NEIGHBOR_STEPS_EXPRESSION
 RAMP_STEPS = CplMixConfig.param["neighbor_ramp_steps"].default
 #: Cells per chunk of the distance computation, at most (bounds its memory to chunk x N floats) ...
 DISTANCE_CHUNK = 2048
-#: ... and at most this many distances per chunk (2**25 float32 = 128 MiB).
+#: ... and at most this many distances per chunk (2**25 float32 = 128 MiB; 1 GiB on CUDA).
 DISTANCE_CHUNK_VALUES = 2**25
+DISTANCE_CHUNK_VALUES_CUDA = 2**28
 #: Cells per chunk of the principal component pass (bounds its memory to chunk x genes floats).
 PCA_CHUNK = 8192
 #: On the CPU the exact search (N^2 distances) is used up to this many cells; above it pynndescent's
@@ -119,7 +120,8 @@ def exact_neighbours(scores: torch.Tensor, k: int, queries: torch.Tensor | None 
     queries = torch.arange(scores.shape[0], device=device) if queries is None else queries.to(device)
     squared = scores.square().sum(dim=1)
     out = torch.empty(len(queries), k, dtype=torch.long, device=device)
-    chunk = max(1, min(DISTANCE_CHUNK, DISTANCE_CHUNK_VALUES // max(scores.shape[0], 1)))
+    values = DISTANCE_CHUNK_VALUES_CUDA if device.type == "cuda" else DISTANCE_CHUNK_VALUES
+    chunk = max(1, min(DISTANCE_CHUNK, values // max(scores.shape[0], 1)))
     for start in range(0, len(queries), chunk):
         rows = queries[start : start + chunk]
         distance = squared[rows, None] - 2.0 * scores[rows] @ scores.T + squared[None, :]
