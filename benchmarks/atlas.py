@@ -248,17 +248,18 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
     results = []
+    out = args.out or RESULTS / ("atlas_quick" if args.quick else "atlas")
     try:
         for n in sizes:
             results.append(measure_size(n, args, work))
             print(json.dumps(results[-1]), flush=True)
+            info["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+            # after every size, so that the sizes done are kept when a larger one is stopped
+            write_report(out, {"machine": info, "steps": args.steps, "panel_fraction": args.panel_fraction,
+                               "results": results}, markdown(results, info))
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    info["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    out = args.out or RESULTS / ("atlas_quick" if args.quick else "atlas")
-    write_report(out, {"machine": info, "steps": args.steps, "panel_fraction": args.panel_fraction, "results": results},
-                 markdown(results, info))
 
 
 if __name__ == "__main__":
