@@ -124,6 +124,12 @@ def test_preparing_a_backed_sparse_file_never_holds_a_dense_cells_by_genes_matri
     assert peak < dense_bytes / 3
 
 
+def test_the_estimate_knows_where_the_approximate_search_starts():
+    from cplmix_explorer.model.neighbors import EXACT_MAX_CELLS
+
+    assert memory.APPROXIMATE_ABOVE_CELLS == EXACT_MAX_CELLS  # data cannot import model: the value is repeated
+
+
 def test_neighbours_read_the_rows_in_chunks():
     points = torch.randn(3 * PCA_CHUNK + 5, 30, generator=torch.Generator().manual_seed(0))
     asked = []

@@ -31,8 +31,12 @@ MEMORY_LIMIT_ENV = "CPLMIX_MEMORY_LIMIT"
 #: Resident memory of the interpreter with torch, anndata and the libraries loaded.
 BASE_BYTES = 700 * 2**20
 #: Bytes per cell of the neighbour search beyond the principal component scores: pynndescent's graph and
-#: search trees, and the walks' table (N x 16 int64) (measured at 1e5 cells: docs/scale.md).
+#: search trees, and the walks' table (N x 16 int64) (checked at 1e5 cells: docs/scale.md).
 NEIGHBOUR_BYTES_PER_CELL = 1200
+#: Resident memory that the approximate search adds once (numba's compiled code and compiler), and the cells
+#: above which it is used on the CPU (model.neighbors.EXACT_MAX_CELLS).
+APPROXIMATE_SEARCH_BYTES = 500 * 2**20
+APPROXIMATE_ABOVE_CELLS = 50_000
 #: Bytes per cell of the Leiden start: the symmetric graph (scipy), igraph's copy and the edge weights.
 LEIDEN_BYTES_PER_CELL = 2500
 #: Bytes per cell of the results of inference (types, confidence, states and latent of every arm) and the
@@ -132,14 +136,16 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
         selected = n * kept * 4
         engine = 0 if on_gpu else n * kept * 4
     held = BASE_BYTES + read + selected + n * 8  # library sizes, obs tables
+    search = APPROXIMATE_SEARCH_BYTES if n > APPROXIMATE_ABOVE_CELLS and not on_gpu else 0  # stays once loaded
+    later = held + engine + search + n * 16 * 8  # ... and the walks' table
     stages = {
         "read": BASE_BYTES + read + n * 200,
         "prepare": BASE_BYTES + read + int(selected * 1.25) + n * 8,
         "data": held + engine,
-        "neighbours": held + engine + n * COMPONENTS * 4 + n * NEIGHBOUR_BYTES_PER_CELL,
-        "leiden": held + engine + n * 16 * 8 + n * LEIDEN_BYTES_PER_CELL,
-        "training": held + engine + n * 16 * 8 + n * n_arms * 8 + TRAINING_BYTES,
-        "inference": held + engine + n * 16 * 8 + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4),
+        "neighbours": held + engine + search + n * COMPONENTS * 4 + n * NEIGHBOUR_BYTES_PER_CELL,
+        "leiden": later + n * LEIDEN_BYTES_PER_CELL,
+        "training": later + n * n_arms * 8 + TRAINING_BYTES,
+        "inference": later + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4),
     }
     return MemoryEstimate(stages=stages, backed=backed, shape=shape)
 
