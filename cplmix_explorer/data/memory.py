@@ -73,18 +73,21 @@ class H5adShape:
         return self.nnz / max(self.n_cells * self.n_genes, 1)
 
 
-def h5ad_shape(path: str | os.PathLike, layer: str | None = None) -> H5adShape:
-    """The shape, stored values and dtypes of X (or ``layers[layer]``) of an ``.h5ad`` file, from its header."""
+def h5ad_shape(path: str | os.PathLike, layer: str | None = None) -> H5adShape | None:
+    """The shape, stored values and dtypes of X (or ``layers[layer]``) of an ``.h5ad`` file, from its header;
+    None when the file has no such matrix (validation then says what is missing)."""
     try:
         with h5py.File(path, "r") as handle:
-            node = handle["X"] if layer is None else handle["layers"][layer]
+            node = handle.get("X") if layer is None else handle.get(f"layers/{layer}")
+            if node is None:
+                return None
             if isinstance(node, h5py.Dataset):
                 n_cells, n_genes = node.shape
                 return H5adShape(int(n_cells), int(n_genes), int(n_cells) * int(n_genes), False, node.dtype.itemsize, 0)
             n_cells, n_genes = (int(v) for v in node.attrs["shape"])
             data, indices = node["data"], node["indices"]
             return H5adShape(n_cells, n_genes, int(data.shape[0]), True, data.dtype.itemsize, indices.dtype.itemsize)
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, TypeError) as error:
         raise CplmixError(f"cannot read the matrix header of '{path}': {error}") from None
 
 
@@ -128,7 +131,7 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
     kept = min(n_genes, shape.n_genes)
     read = 0 if backed else shape.x_bytes
     if shape.sparse:
-        share = kept / shape.n_genes
+        share = kept / max(shape.n_genes, 1)
         selected_nnz = shape.nnz if kept >= shape.n_genes else int(min(1.0, SELECTED_DENSITY_FACTOR * share) * shape.nnz)
         selected = selected_nnz * 8 + (n + 1) * 8
         engine = 0 if on_gpu else selected_nnz * 8 + (n + 1) * 8
@@ -223,6 +226,8 @@ def estimate_for_file(path: str | os.PathLike, n_genes: int, layer: str | None =
                       on_gpu: bool = False, **shape_options) -> MemoryEstimate:
     """:func:`estimate_training_memory` for an ``.h5ad`` file read as :func:`should_read_backed` decides."""
     shape = h5ad_shape(path, layer)
+    if shape is None:
+        raise CplmixError(f"'{path}' has no {'X' if layer is None else f'layer {layer!r}'}")
     return estimate_training_memory(shape, n_genes, backed=should_read_backed(shape, backed), on_gpu=on_gpu,
                                     **shape_options)
 

@@ -148,6 +148,9 @@ def open_training_data(source, config: CplMixConfig, check_memory: bool = True):
         return read_data(source)
     adata = read_data(source, backed=True)  # checks the file; loads obs and var only
     shape = h5ad_shape(adata.filename, config.layer)
+    if shape is None:  # no such matrix: validation of the file read as usual says what is missing
+        adata.file.close()
+        return read_data(source)
     backed = should_read_backed(shape, config.backed)
     if check_memory:
         on_gpu = resolve_device(config.device).type == "cuda"
