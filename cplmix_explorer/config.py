@@ -33,10 +33,6 @@ DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
 #: Weight of the cross-entropy that fits the type heads to the initial partition during the first
 #: ``type_init_steps`` steps (per cell and arm; large against the objective so that the partition is taken over).
 TYPE_INIT_WEIGHT = 1000.0
-#: Most training cells the initial partition is computed on (a seeded random subset beyond it; the type heads
-#: are then fitted on those cells only): bounds the neighbour search of data that the walks do not cover.
-TYPE_INIT_MAX_CELLS = 200_000
-
 
 class OptionSet(param.Parameterized):
     """Validated options with JSON round trips; one-line :class:`CplmixError` for unknown or bad values."""
@@ -210,8 +206,8 @@ class CplMixConfig(OptionSet):
     )
     augment = param.Selector(
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
-        doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (up to 250 million "
-        "cells x genes) and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
+        doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (any number of cells) "
+        "and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
         "of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
@@ -269,6 +265,11 @@ class CplMixConfig(OptionSet):
         doc="auto: raw counts are library-size normalised and log1p'd; none: X is used as it is.",
     )
     layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
+    backed = param.Boolean(
+        None, allow_None=True,
+        doc="Read an .h5ad file backed: X stays on disk and is scanned in row chunks, only the selected genes are "
+        "held (unset: backed when X is larger than 1 GiB). The result is the same either way.",
+    )
     deskew_images = param.Boolean(
         True,
         doc="Images (uns['image_shape']): shear each image upright and centre it by its intensity moments "

@@ -62,9 +62,9 @@ def test_mnist5k_is_5000_real_digits_as_images(tmp_path):
     assert distances[~np.eye(10, dtype=bool)].min() > 1.0
 
 
-def test_synthetic_is_the_simulator_with_its_defaults():
+def test_synthetic_is_the_simulator_with_its_defaults_and_every_umi_on_its_genes():
     adata = datasets.load("synthetic")
-    again = datasets.simulate()
+    again = datasets.simulate(panel_fraction=1.0)
     assert (adata.X != again.X).nnz == 0
     assert adata.obs["true_type"].nunique() == 10 and adata.obs["true_class"].nunique() == 3
     assert adata.uns["dataset"] == "synthetic"

@@ -2,11 +2,12 @@
 own neighbourhood (so they keep its type), and a real training run uses them."""
 
 import numpy as np
+import pytest
 import torch
 
 from cplmix_explorer.api import CplMixVAE
-from cplmix_explorer.model.augment import AUTO_NEIGHBOURS_MAX_VALUES, resolve_auto
-from cplmix_explorer.model.neighbors import NeighbourAugmenter, nearest_neighbours
+from cplmix_explorer.model.augment import resolve_auto
+from cplmix_explorer.model.neighbors import NeighbourAugmenter, find_neighbours, nearest_neighbours, search_method
 
 
 def _two_clouds(n: int = 60, genes: int = 20) -> tuple[torch.Tensor, np.ndarray]:
@@ -135,10 +136,9 @@ def test_auto_gives_expression_data_neighbour_walks_when_there_are_arms_to_coupl
     single = CplMixVAE(mixture, n_types=4, n_arms=1, seed=0, device="cpu")
     single.train(steps=5, progress=False)
     assert single.augment_used == "none"  # one arm has nothing to agree with
-    assert resolve_auto(None, 2, AUTO_NEIGHBOURS_MAX_VALUES + 1) == "none"  # too large to find neighbours
-    assert resolve_auto((28, 28), 2, 784) == "neighbors"  # coupled arms see other digits of the neighbourhood
-    assert resolve_auto((28, 28), 1, 784) == "affine"  # one arm keeps its warps
-    assert resolve_auto((28, 28), 2, AUTO_NEIGHBOURS_MAX_VALUES + 1) == "affine"
+    assert resolve_auto(None, 2) == "neighbors"  # at any size: no size where the method changes
+    assert resolve_auto((28, 28), 2) == "neighbors"  # coupled arms see other digits of the neighbourhood
+    assert resolve_auto((28, 28), 1) == "affine"  # one arm keeps its warps
 
 
 def test_default_walk_length_depends_on_the_data_kind():
@@ -147,7 +147,7 @@ def test_default_walk_length_depends_on_the_data_kind():
     from cplmix_explorer.config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
     from cplmix_explorer.model.augment import make_augmenter
 
-    common = dict(is_counts=False, strength=0.1, n_arms=2, n_input_values=1000)
+    common = dict(is_counts=False, strength=0.1, n_arms=2)
     expression, _ = make_augmenter("auto", image_shape=None, **common)
     images, name = make_augmenter("auto", image_shape=(28, 28), **common)
     chosen, _ = make_augmenter("neighbors", image_shape=(28, 28), neighbor_steps=4, **common)
@@ -156,3 +156,47 @@ def test_default_walk_length_depends_on_the_data_kind():
         NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES, 4
     )
     assert NEIGHBOR_STEPS_IMAGES < NEIGHBOR_STEPS_EXPRESSION
+
+
+def test_approximate_neighbours_agree_with_exact_ones_on_simulated_cells():
+    """pynndescent (the CPU search above EXACT_MAX_CELLS) finds at least 90 % of the exact 15 neighbours of
+    simulated cells, and the recall it records is the one measured here against the exact search."""
+    from cplmix_explorer.data.preprocess import prepare
+    from cplmix_explorer.datasets import simulate
+
+    prepared = prepare(simulate(n_cells=3000, n_genes=600, n_types=8, n_classes=2, markers_per_type=10,
+                                markers_per_class=10, n_ieg=40, n_hkg=80, seed=2))
+    points = torch.as_tensor(prepared.model_input())
+    rows_of = lambda index: points[index]  # noqa: E731
+    exact = find_neighbours(rows_of, 3000, method="exact")
+    approximate = find_neighbours(rows_of, 3000, method="pynndescent", seed=1)
+    assert exact.method == "exact" and exact.recall == 1.0
+    assert approximate.method == "pynndescent" and approximate.checked_cells == 1000
+    assert approximate.indices.shape == (3000, 15)
+    assert not (approximate.indices == torch.arange(3000)[:, None]).any()  # never the cell itself
+    found = (approximate.indices.unsqueeze(-1) == exact.indices.unsqueeze(1)).any(-1).float().mean(dim=1)
+    assert found.mean() >= 0.9
+    sample = np.sort(np.random.default_rng(1).choice(3000, 1000, replace=False))
+    assert approximate.recall == pytest.approx(float(found[sample].mean()), abs=1e-6)
+    assert approximate.summary()["method"] == "pynndescent" and approximate.summary()["recall"] >= 0.9
+
+
+def test_search_is_exact_on_small_data_and_on_cuda_and_approximate_above():
+    from cplmix_explorer.model.neighbors import EXACT_MAX_CELLS
+
+    assert search_method(EXACT_MAX_CELLS, "cpu") == "exact"
+    assert search_method(EXACT_MAX_CELLS + 1, "cpu") == "pynndescent"
+    assert search_method(10 * EXACT_MAX_CELLS, "cuda") == "exact"
+
+
+def test_a_run_records_which_neighbour_search_it_used(mixture, tmp_path):
+    import json
+
+    from cplmix_explorer.config import CplMixConfig
+    from cplmix_explorer.train.run import train_run
+
+    config = CplMixConfig(n_types=4, n_arms=2, steps=5, type_init_steps=5, device="cpu")
+    train_run(mixture, tmp_path / "run", config, progress=False)
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["neighbours"]
+    assert recorded["method"] == "exact" and recorded["recall"] == 1.0 and recorded["neighbours"] == 15
+    assert recorded["cells"] == 540  # every training cell (600 less the 10 % held out)

@@ -287,15 +287,24 @@ def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, in
 
 
 def _select_columns(matrix, gene_index: np.ndarray):
-    """Column subset as float32, CSR when the input is sparse (in row chunks for backed files)."""
-    blocks = []
+    """Column subset as float32, CSR when the input is sparse, read in row chunks (backed files too) and
+    written into one growing buffer (sparse) or one preallocated array (dense), so the peak stays near the
+    output's size instead of the chunks plus their concatenation."""
+    from .simulate import _CsrBuilder
+
+    n_rows = matrix.shape[0]
+    builder = dense = None
+    start = 0
     for block in _iter_row_chunks(matrix):
         if sp.issparse(block):
-            blocks.append(sp.csr_matrix(block)[:, gene_index].astype(np.float32))
+            block = sp.csr_matrix(block)[:, gene_index].astype(np.float32)
+            block.sort_indices()
+            builder = builder or _CsrBuilder(n_rows, len(gene_index))
+            builder.append(block.data, block.indices, np.diff(block.indptr))
         else:
-            blocks.append(np.asarray(block)[:, gene_index].astype(np.float32))
-    if sp.issparse(blocks[0]):
-        out = sp.vstack(blocks, format="csr")
-        out.sort_indices()
-        return out
-    return np.ascontiguousarray(np.vstack(blocks))
+            dense = np.empty((n_rows, len(gene_index)), np.float32) if dense is None else dense
+            dense[start : start + block.shape[0]] = np.asarray(block)[:, gene_index]
+        start += block.shape[0]
+    if builder is not None:
+        return builder.finish()
+    return dense if dense is not None else np.zeros((n_rows, len(gene_index)), np.float32)

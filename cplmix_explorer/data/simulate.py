@@ -44,7 +44,7 @@ from ..errors import CplmixError
 #: Cells per random stream of the count draws (fixed, so chunked and one-shot generation agree).
 RNG_BLOCK_CELLS = 1024
 #: Version of the generative model recorded in ``uns['simulation']`` (bump when the output changes).
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2  # 2: panel_fraction (default 0.2; 1.0 gives version 1's counts)
 PROGRAMS = ("marker", "ieg", "hkg", "background")
 
 _PARAMETER_STREAM, _CELL_STREAM, _COUNT_STREAM = 0, 1, 2
@@ -107,6 +107,7 @@ def simulate(
     n_unresponsive: int = 1,
     gains: np.ndarray | Sequence[Sequence[float]] | None = None,
     library_size: float = 3000.0,
+    panel_fraction: float = 0.2,
     library_spread: float = 0.3,
     dispersion: float = 0.2,
     dropout_midpoint: float | None = -1.0,
@@ -130,7 +131,11 @@ def simulate(
         Activity gains get a type-dependent magnitude and sign (about a third of the responsive types go
         down); ``n_unresponsive`` of the larger types get zero activity gain. Metabolic gains are positive.
         ``gains`` (n_types, state_dim) overrides all of this.
-    library_size: median expected counts per cell; ``library_spread``: sd of its log across cells.
+    library_size: median UMIs per cell over its whole transcriptome (10x: a few thousand);
+        ``panel_fraction``: the share of them that falls on the simulated genes (a panel of variable genes of
+        the transcriptome; 0.2 gives about 10 % non-zeros at 2,000 genes, as 10x data restricted to 2,000
+        variable genes; 1.0 puts every UMI on the panel: denser data, as deep full-length protocols);
+        ``library_spread``: sd of the log library size across cells.
     dispersion: mean negative-binomial dispersion (variance = mu + dispersion * mu^2), varies per gene.
     dropout_midpoint, dropout_slope: log mean count at which half of the non-zero counts drop out, and the
         steepness; ``dropout_midpoint=None`` disables dropout.
@@ -143,7 +148,7 @@ def simulate(
         X: CSR float32 raw counts (integers); obs_names ``sim-cell-<i>``, var_names unique;
         obs['true_type'] (categorical 'T01'.. by decreasing abundance), obs['true_class'] (categorical
         'C1'.., when hierarchical), obs['true_state_<j>'] (float in [0, 1]) for each state dimension,
-        obs['true_library_size'] (expected total counts);
+        obs['true_library_size'] (expected counts on the simulated genes);
         obsm['true_state'] (n_cells, S) float32;
         var['program'] (categorical: marker, ieg, hkg, background), var['marker_of'] (the type or class of a
         marker gene, '' otherwise), var['state_dimension'] (the state dimension driving an IEG/HKG gene,
@@ -164,6 +169,8 @@ def simulate(
         n_cells, n_genes, n_types, n_classes, state_dim, abundance_ratio, markers_per_type, markers_per_class,
         marker_log_fold, n_ieg, n_hkg, n_unresponsive, library_size, library_spread, dispersion, chunk_size,
     )
+    if not 0 < panel_fraction <= 1:
+        _fail(f"panel_fraction must be in (0, 1], got {panel_fraction}")
     if type_sizes is None:
         sizes = geometric_sizes(n_cells, n_types, abundance_ratio)
 
@@ -224,7 +231,7 @@ def simulate(
     cells = np.random.default_rng([seed, _CELL_STREAM])
     cell_type = cells.permutation(np.repeat(np.arange(n_types), sizes))
     state = cells.uniform(0.0, 1.0, (n_cells, state_dim))
-    library = library_size * type_library[cell_type] * cells.lognormal(0.0, library_spread, n_cells)
+    library = library_size * panel_fraction * type_library[cell_type] * cells.lognormal(0.0, library_spread, n_cells)
 
     # -- counts, in chunks of whole RNG blocks --------------------------------------------------------------
     chunk_rows = int(np.ceil(chunk_size / RNG_BLOCK_CELLS)) * RNG_BLOCK_CELLS
@@ -281,6 +288,7 @@ def simulate(
         "metabolic_gain": float(metabolic_gain),
         "n_unresponsive": int(n_unresponsive),
         "library_size": float(library_size),
+        "panel_fraction": float(panel_fraction),
         "library_spread": float(library_spread),
         "dispersion": float(dispersion),
         "dropout": dropout_midpoint is not None,

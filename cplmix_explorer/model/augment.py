@@ -112,16 +112,10 @@ class AffineImageAugmenter(Augmenter):
         return warped.reshape(n_arms, batch, height * width)
 
 
-#: 'auto' gives neighbour walks when finding the neighbours (one pass over the dense model input of all cells)
-#: stays within this many values: 1 GB in float32, e.g. 50,000 cells x 5,000 genes. Beyond it, 'auto' means
-#: affine for images and none for expression data; ``augment='neighbors'`` still forces walks.
-AUTO_NEIGHBOURS_MAX_VALUES = 250_000_000
-
-
-def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int, n_input_values: int) -> str:
-    """What ``augment='auto'`` means for a run: neighbour walks when there is a second arm to couple with and
-    the data are small enough to find the neighbours (``n_input_values`` = cells x model genes (or pixels) <=
-    AUTO_NEIGHBOURS_MAX_VALUES); otherwise affine warps for images and none for expression data.
+def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int) -> str:
+    """What ``augment='auto'`` means for a run: neighbour walks when there is a second arm to couple with,
+    whatever the data's size (the neighbours are found in chunks, approximately above a size, see
+    :mod:`.neighbors`); otherwise affine warps for images and none for expression data.
 
     Why walks: arms that see the same cell can agree on any deterministic partition of it, also one that cuts
     a type along its continuous state; arms that see different cells of one neighbourhood can only agree on
@@ -131,7 +125,7 @@ def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int, n_input_value
     in pixel PCs raised the 2-arm ACC from 0.30 (affine warps of the same digit) to about 0.6 (README, Table 1):
     a warped copy of the digit itself lets the arms agree on the digit's style, another digit of the
     neighbourhood does not."""
-    if n_arms > 1 and n_input_values <= AUTO_NEIGHBOURS_MAX_VALUES:
+    if n_arms > 1:
         return "neighbors"
     if image_shape is not None:
         return "affine"
@@ -151,16 +145,15 @@ def make_augmenter(
     neighbor_steps: int | None = None,
     neighbor_ramp_steps: int | None = None,
     n_arms: int,
-    n_input_values: int,
 ) -> tuple[Augmenter, str]:
     """The augmenter for an option value and the name actually used ('auto' resolved by :func:`resolve_auto`
-    from the image shape, the number of arms and the data size ``n_input_values`` = cells x model genes).
+    from the image shape and the number of arms).
 
     ``genes`` and ``transform`` (the data's model genes and normalisation) are checked against a trained
     generative augmenter; it produces log-expression, so it needs the Gaussian likelihood.
     """
     if name == "auto":
-        name = resolve_auto(image_shape, n_arms, n_input_values)
+        name = resolve_auto(image_shape, n_arms)
     if name == "none":
         return IdentityAugmenter(), name
     if name == "neighbors":
@@ -209,5 +202,4 @@ def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
         neighbor_steps=config.neighbor_steps,
         neighbor_ramp_steps=config.neighbor_ramp_steps,
         n_arms=config.n_arms,
-        n_input_values=prepared.n_cells * prepared.n_genes,
     )

@@ -23,6 +23,10 @@ one category unused on the others), walks grown over 300 steps on every seed tri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from ..config import NEIGHBOR_STEPS_EXPRESSION, CplMixConfig
@@ -35,8 +39,144 @@ NEIGHBOURS = 15
 WALK_STEPS = NEIGHBOR_STEPS_EXPRESSION
 #: Training steps over which the walks grow from one hop to their full length (CplMixConfig.neighbor_ramp_steps).
 RAMP_STEPS = CplMixConfig.param["neighbor_ramp_steps"].default
-#: Cells per chunk of the distance computation (bounds its memory to chunk x N floats).
+#: Cells per chunk of the distance computation, at most (bounds its memory to chunk x N floats) ...
 DISTANCE_CHUNK = 2048
+#: ... and at most this many distances per chunk (2**25 float32 = 128 MiB; 1 GiB on CUDA).
+DISTANCE_CHUNK_VALUES = 2**25
+DISTANCE_CHUNK_VALUES_CUDA = 2**28
+#: Cells per chunk of the principal component pass (bounds its memory to chunk x genes floats).
+PCA_CHUNK = 8192
+#: On the CPU the exact search (N^2 distances) is used up to this many cells; above it pynndescent's
+#: approximate graph (scanpy's choice), whose recall is measured on a sample and recorded. CUDA stays exact.
+EXACT_MAX_CELLS = 50_000
+#: Cells whose approximate neighbours are checked against the exact ones (the recorded recall).
+RECALL_SAMPLE = 1000
+
+RowSource = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class NeighbourSearch:
+    """Each row's k nearest other rows and how they were found.
+
+    ``indices`` (N, k) row indices; ``method`` 'exact' (all distances, in chunks) or 'pynndescent'
+    (approximate); ``recall`` the mean fraction of the exact k neighbours found, over ``checked_cells``
+    sampled rows (1.0 for the exact search, which is its own reference)."""
+
+    indices: torch.Tensor
+    method: str
+    recall: float
+    checked_cells: int
+    components: int
+
+    def summary(self) -> dict:
+        """What a run records about its neighbour search (JSON-ready)."""
+        return {
+            "method": self.method,
+            "cells": int(self.indices.shape[0]),
+            "neighbours": int(self.indices.shape[1]),
+            "components": int(self.components),
+            "recall": round(float(self.recall), 4),
+            "recall_checked_cells": int(self.checked_cells),
+        }
+
+
+@torch.no_grad()
+def principal_scores(rows_of: RowSource, n: int, n_components: int = NEIGHBOUR_COMPONENTS,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scores (N, q) of ``n`` rows on their top ``q = min(n_components, N, G)`` principal components, exact
+    (eigenvectors of the gene covariance), reading the rows ``rows_of(index)`` -> (r, G) in chunks: memory is
+    a chunk of rows, the G x G covariance and the scores, never all rows at once."""
+    device = torch.device(device)
+    total = gram = None
+    for start in range(0, n, PCA_CHUNK):
+        block = rows_of(torch.arange(start, min(start + PCA_CHUNK, n), device=device)).float()
+        if gram is None:
+            gram = torch.zeros(block.shape[1], block.shape[1], dtype=torch.float64, device=device)
+            total = torch.zeros(block.shape[1], dtype=torch.float64, device=device)
+        gram += (block.T @ block).double()
+        total += block.sum(dim=0, dtype=torch.float64)
+    mean = total / n
+    covariance = gram / n - torch.outer(mean, mean)
+    q = min(n_components, n, covariance.shape[0])
+    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    basis = vectors[:, -q:].flip(1)
+    # a deterministic sign per component: its largest loading positive
+    largest = basis.gather(0, basis.abs().argmax(dim=0, keepdim=True))
+    basis = (basis * torch.sign(largest)).float()
+    mean32 = mean.float()
+    scores = torch.empty(n, q, device=device)
+    for start in range(0, n, PCA_CHUNK):
+        stop = min(start + PCA_CHUNK, n)
+        scores[start:stop] = (rows_of(torch.arange(start, stop, device=device)).float() - mean32) @ basis
+    return scores
+
+
+@torch.no_grad()
+def exact_neighbours(scores: torch.Tensor, k: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (Q, k) of the k nearest other rows of ``scores`` (N, q) for the rows ``queries`` (Q,) (all by
+    default), by all distances in chunks of queries (memory: at most DISTANCE_CHUNK_VALUES distances)."""
+    device = scores.device
+    queries = torch.arange(scores.shape[0], device=device) if queries is None else queries.to(device)
+    squared = scores.square().sum(dim=1)
+    out = torch.empty(len(queries), k, dtype=torch.long, device=device)
+    values = DISTANCE_CHUNK_VALUES_CUDA if device.type == "cuda" else DISTANCE_CHUNK_VALUES
+    chunk = max(1, min(DISTANCE_CHUNK, values // max(scores.shape[0], 1)))
+    for start in range(0, len(queries), chunk):
+        rows = queries[start : start + chunk]
+        distance = squared[rows, None] - 2.0 * scores[rows] @ scores.T + squared[None, :]
+        distance[torch.arange(len(rows), device=device), rows] = float("inf")
+        out[start : start + len(rows)] = distance.topk(k, dim=1, largest=False).indices
+    return out
+
+
+def approximate_neighbours(scores: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Indices (N, k) of approximately the k nearest other rows of ``scores`` (N, q) float32: pynndescent's
+    nearest-neighbour descent (Euclidean), as scanpy finds its neighbours."""
+    from pynndescent import NNDescent
+
+    index = NNDescent(scores, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
+                      compressed=True, verbose=False)
+    found, _ = index.neighbor_graph
+    del index
+    n = scores.shape[0]
+    is_self = found == np.arange(n)[:, None]
+    # drop the row itself (pynndescent lists it first); rows where it is missing drop their farthest instead
+    is_self[~is_self.any(axis=1), -1] = True
+    first_self = is_self.argmax(axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), first_self] = False
+    return found[keep].reshape(n, k).astype(np.int64)
+
+
+def search_method(n: int, device: torch.device | str) -> str:
+    """The search :func:`find_neighbours` uses for ``n`` rows on ``device``: exact on CUDA and for at most
+    EXACT_MAX_CELLS rows, pynndescent above that on the CPU."""
+    return "exact" if torch.device(device).type == "cuda" or n <= EXACT_MAX_CELLS else "pynndescent"
+
+
+@torch.no_grad()
+def find_neighbours(rows_of: RowSource, n: int, k: int = NEIGHBOURS, n_components: int = NEIGHBOUR_COMPONENTS,
+                    seed: int = 0, device: torch.device | str = "cpu", method: str | None = None) -> NeighbourSearch:
+    """Each of ``n`` rows' k nearest other rows (Euclidean) in their top ``n_components`` principal
+    components; rows are read in chunks with ``rows_of(index (r,)) -> (r, G)``. The search is
+    :func:`search_method`'s unless ``method`` ('exact' or 'pynndescent') is given; an approximate search is
+    checked against the exact neighbours of RECALL_SAMPLE seeded random rows and the recall recorded."""
+    device = torch.device(device)
+    k = min(k, n - 1)
+    scores = principal_scores(rows_of, n, n_components, device)
+    method = method or search_method(n, device)
+    if method == "exact":
+        return NeighbourSearch(exact_neighbours(scores, k), "exact", 1.0, 0, scores.shape[1])
+    if method != "pynndescent":
+        raise ValueError(f"unknown neighbour search '{method}' (exact, pynndescent)")
+    host = scores.cpu().numpy()
+    found = torch.as_tensor(approximate_neighbours(host, k, seed), device=device)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(RECALL_SAMPLE, n), replace=False))
+    sample_t = torch.as_tensor(sample, device=device)
+    exact = exact_neighbours(scores, k, sample_t)
+    hits = (found[sample_t].unsqueeze(-1) == exact.unsqueeze(1)).any(-1).float().mean()
+    return NeighbourSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1])
 
 
 @torch.no_grad()
@@ -44,26 +184,9 @@ def nearest_neighbours(
     points: torch.Tensor, k: int = NEIGHBOURS, n_components: int = NEIGHBOUR_COMPONENTS, seed: int = 0
 ) -> torch.Tensor:
     """Indices (N, k) of each row's k nearest other rows (Euclidean) in the top ``n_components`` principal
-    components of ``points`` (N, G), computed exactly in chunks on the points' device."""
-    n = points.shape[0]
-    k = min(k, n - 1)
-    centred = points - points.mean(dim=0, keepdim=True)
-    q = min(n_components, *centred.shape)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # pca_lowrank draws a random start; keep the global stream untouched
-    try:
-        _, _, basis = torch.pca_lowrank(centred, q=q, center=False, niter=4)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    scores = centred @ basis  # (N, q)
-    squared = scores.square().sum(dim=1)
-    out = torch.empty(n, k, dtype=torch.long, device=points.device)
-    for start in range(0, n, DISTANCE_CHUNK):
-        stop = min(start + DISTANCE_CHUNK, n)
-        distance = squared[start:stop, None] - 2.0 * scores[start:stop] @ scores.T + squared[None, :]
-        distance[torch.arange(stop - start, device=points.device), torch.arange(start, stop, device=points.device)] = float("inf")
-        out[start:stop] = distance.topk(k, dim=1, largest=False).indices
-    return out
+    components of ``points`` (N, G) (:func:`find_neighbours` on rows held in memory)."""
+    return find_neighbours(lambda index: points[index], points.shape[0], k, n_components, seed,
+                           device=points.device).indices
 
 
 class NeighbourAugmenter(Augmenter):
@@ -88,12 +211,16 @@ class NeighbourAugmenter(Augmenter):
         self.walk_steps = int(walk_steps)
         self.ramp_steps = int(ramp_steps)
         self.register_buffer("table", torch.zeros(0, self.k + 1, dtype=torch.long), persistent=False)
+        self.search: NeighbourSearch | None = None  # how fit found the neighbours
 
-    def fit(self, points: torch.Tensor, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighbourAugmenter:
+    def fit(self, points: torch.Tensor | RowSource, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighbourAugmenter:
         """Find the neighbours among ``rows`` (R,) of the data's ``n_data`` rows, from their model input
-        ``points`` (R, G). The table maps every data row to itself and its k neighbours, as data row
-        indices (n_data, k + 1); rows outside ``rows`` map to themselves only."""
-        neighbours = rows[nearest_neighbours(points, self.k, seed=seed)]  # (R, k) data rows
+        ``points``: (R, G), or a function giving the model input of positions ``index`` into ``rows`` (read in
+        chunks). The table maps every data row to itself and its k neighbours, as data row indices
+        (n_data, k + 1); rows outside ``rows`` map to themselves only. ``search`` records how they were found."""
+        rows_of = points if callable(points) else (lambda index: points[index])
+        self.search = find_neighbours(rows_of, len(rows), self.k, seed=seed, device=rows.device)
+        neighbours = rows[self.search.indices]  # (R, k) data rows
         table = torch.arange(n_data, device=rows.device).unsqueeze(1).repeat(1, neighbours.shape[1] + 1)
         table[rows, 1:] = neighbours
         self.table = table
@@ -129,12 +256,24 @@ STANDARDIZED_CLIP = 10.0
 
 
 @torch.no_grad()
-def standardize_genes_(points: torch.Tensor, clip: float = STANDARDIZED_CLIP) -> torch.Tensor:
-    """Centre each column (gene) of ``points`` (N, G) and scale it to unit variance, clipped at +-``clip``, in
-    place (scanpy's ``sc.pp.scale(max_value=10)`` before its PCA): the space in which the neighbours of
-    expression data are found. Unscaled, the principal components follow the genes that vary most across the
-    large types, and the markers of a type of a few dozen cells barely move them, so its cells' nearest
-    neighbours are often cells of a larger type; scaled, every gene counts alike. Constant genes stay 0."""
-    mean = points.mean(dim=0, keepdim=True)
-    std = points.std(dim=0, keepdim=True)
-    return points.sub_(mean).div_(std.clamp_min_(1e-6)).clamp_(-clip, clip)
+def standardized(rows_of: RowSource, n: int, clip: float = STANDARDIZED_CLIP, device: torch.device | str = "cpu") -> RowSource:
+    """The rows of ``rows_of`` (a RowSource over ``n`` rows) with each column (gene) centred, scaled to unit
+    variance and clipped at +-``clip`` (scanpy's ``sc.pp.scale(max_value=10)`` before its PCA): the space in
+    which the neighbours of expression data are found. Unscaled, the principal components follow the genes
+    that vary most across the large types, and the markers of a type of a few dozen cells barely move them, so
+    its cells' nearest neighbours are often cells of a larger type; scaled, every gene counts alike. The
+    moments take one pass over the rows in chunks (memory: a chunk and two G-vectors); constant genes give 0."""
+    device = torch.device(device)
+    total = squares = None
+    for start in range(0, n, PCA_CHUNK):
+        block = rows_of(torch.arange(start, min(start + PCA_CHUNK, n), device=device)).double()
+        if total is None:
+            total = torch.zeros(block.shape[1], dtype=torch.float64, device=device)
+            squares = torch.zeros_like(total)
+        total += block.sum(dim=0)
+        squares += block.square().sum(dim=0)
+    mean = total / n
+    variance = (squares / n - mean.square()) * (n / max(n - 1, 1))  # unbiased, as torch.std
+    scale = variance.clamp_min(0).sqrt().clamp_min(1e-6)
+    mean, scale = mean.float(), scale.float()
+    return lambda index: ((rows_of(index).float() - mean) / scale).clamp_(-clip, clip)

@@ -68,21 +68,53 @@ def neighbour_graph(neighbours: np.ndarray) -> sp.csr_matrix:
     return ((adjacency + adjacency.T) * 0.5).tocsr()
 
 
-def leiden_partition(neighbours: np.ndarray, n_types: int, seed: int = 0) -> TypePartition:
-    """K = ``n_types`` groups of the rows of a k-nearest-neighbour table (R, k): Leiden communities
-    (modularity with a resolution parameter, igraph's implementation) at the resolution, found by geometric
-    bisection, that gives K of them. When no resolution gives exactly K, the partition with the fewest
-    communities above K is taken and its smallest community merged into the one it shares most edge weight
-    with, until K remain. Deterministic for a seed."""
+#: Edges handed to igraph per call (bounds the temporary Python objects to a few hundred MB).
+EDGE_CHUNK = 2_000_000
+
+
+def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
+    """An undirected igraph Graph on ``n`` vertices with the edges (sources[i], targets[i]), added in chunks
+    of EDGE_CHUNK so that a graph of millions of edges never needs all of them as Python objects at once."""
     import igraph
 
-    n = neighbours.shape[0]
+    graph = igraph.Graph(n=n)
+    for start in range(0, len(sources), EDGE_CHUNK):
+        stop = start + EDGE_CHUNK
+        graph.add_edges(list(zip(sources[start:stop].tolist(), targets[start:stop].tolist())))
+    return graph
+
+
+@dataclass(frozen=True)
+class LeidenGraph:
+    """The weighted neighbour graph Leiden runs on, built once for every arm's run: the symmetric adjacency
+    (scipy, for merging communities) and igraph's graph with the weights as its edge attribute 'weight'
+    (converted once, not at every resolution tried)."""
+
+    adjacency: sp.csr_matrix
+    graph: object
+
+    @classmethod
+    def from_neighbours(cls, neighbours: np.ndarray) -> LeidenGraph:
+        adjacency = neighbour_graph(neighbours)
+        upper = sp.triu(adjacency, k=1).tocoo()
+        graph = igraph_graph(neighbours.shape[0], upper.row, upper.col)
+        graph.es["weight"] = upper.data.tolist()
+        return cls(adjacency, graph)
+
+
+def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
+    """K = ``n_types`` groups of the rows of a k-nearest-neighbour table (R, k) (or its :class:`LeidenGraph`):
+    Leiden communities (modularity with a resolution parameter, igraph's implementation) at the resolution,
+    found by geometric bisection, that gives K of them. When no resolution gives exactly K, the partition with
+    the fewest communities above K is taken and its smallest community merged into the one it shares most
+    edge weight with, until K remain. Deterministic for a seed."""
+    import igraph
+
+    prepared = neighbours if isinstance(neighbours, LeidenGraph) else LeidenGraph.from_neighbours(neighbours)
+    adjacency, graph = prepared.adjacency, prepared.graph
+    n = adjacency.shape[0]
     if not 1 <= n_types <= n:
         raise ValueError(f"cannot split {n} cells into {n_types} groups")
-    adjacency = neighbour_graph(neighbours)
-    upper = sp.triu(adjacency, k=1).tocoo()
-    graph = igraph.Graph(n=n, edges=np.column_stack([upper.row, upper.col]).tolist())
-    weights = upper.data.tolist()
     low, high = RESOLUTION_RANGE
     above: tuple[int, np.ndarray, float] | None = None  # fewest communities >= K so far
     below: tuple[int, np.ndarray, float] | None = None  # most communities < K so far
@@ -91,7 +123,7 @@ def leiden_partition(neighbours: np.ndarray, n_types: int, seed: int = 0) -> Typ
             resolution = math.sqrt(low * high)
             igraph.set_random_number_generator(random.Random(seed))
             membership = np.asarray(
-                graph.community_leiden(objective_function="modularity", weights=weights, resolution=resolution,
+                graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
                                        n_iterations=-1).membership
             )
             found = int(membership.max()) + 1

@@ -24,14 +24,14 @@ import torch
 
 from ..analysis.consensus import consensus
 from ..analysis.inference import infer
-from ..config import TYPE_INIT_MAX_CELLS, TYPE_INIT_WEIGHT, CplMixConfig
+from ..config import TYPE_INIT_WEIGHT, CplMixConfig
 from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augment import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
-from ..model.neighbors import nearest_neighbours, standardize_genes_
+from ..model.neighbors import find_neighbours, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import align_to, leiden_partition
+from ..model.type_init import LeidenGraph, align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -181,8 +181,11 @@ class Trainer:
         if len(train_rows) < 2:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
-        if self.augmenter.chooses_rows:  # neighbour copies: find each training cell's neighbours
+        #: how the training cells' neighbours were found (NeighbourSearch.summary()), None until they are
+        self.neighbour_search: dict | None = None
+        if self.augmenter.chooses_rows:  # neighbour copies: find each training cell's neighbours (rows read in chunks)
             self.augmenter.fit(self._graph_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
+            self.neighbour_search = self.augmenter.search.summary()
         self.validation_rows = validation_rows
         self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
         self.steps_per_epoch = max(len(train_rows) // self.batch_size, 1)
@@ -281,17 +284,18 @@ class Trainer:
             start += self.distributed.rank * self.local_batch_size
         return self._permutation[start : start + self.local_batch_size]
 
-    def _model_input(self, rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-        """Model input (R, G) of data rows ``rows`` (R,), gathered in chunks."""
-        return torch.cat([self.data.model_input(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+    def _rows_input(self, rows: torch.Tensor):
+        """A function giving the model input (r, G) of positions ``index`` into the data rows ``rows``."""
+        return lambda index: self.data.model_input(rows[index])
 
-    def _graph_input(self, rows: torch.Tensor) -> torch.Tensor:
-        """What the neighbour graph of data rows ``rows`` is found in: the model input, with each gene
-        standardised for expression data when ``neighbor_scale_genes`` is on (images keep their pixels)."""
-        points = self._model_input(rows)
+    def _graph_input(self, rows: torch.Tensor):
+        """A function giving what the neighbour graph of data rows ``rows`` is found in, for positions
+        ``index`` into them: the model input, with each gene standardised for expression data when
+        ``neighbor_scale_genes`` is on (images keep their pixels)."""
+        rows_of = self._rows_input(rows)
         if self.config.neighbor_scale_genes and self.prepared.preprocessing.image_shape is None:
-            standardize_genes_(points)
-        return points
+            return standardized(rows_of, len(rows), device=self.device)
+        return rows_of
 
     def _arm_inputs(
         self, index: torch.Tensor
@@ -354,7 +358,7 @@ class Trainer:
     def prepare_type_init(self) -> None:
         """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
         K Leiden communities of their 15-nearest-neighbour graph (the walks' graph when the run has walks, else
-        found here, on at most TYPE_INIT_MAX_CELLS cells), a Leiden run with its own seed per arm (one for all
+        found here on every training cell), a Leiden run with its own seed per arm (one for all
         when the arms share their weights), aligned to the first arm's categories. Deterministic for the
         config's seed."""
         rows = self.train_rows
@@ -363,20 +367,22 @@ class Trainer:
             position[rows] = torch.arange(len(rows), device=self.device)
             neighbours = position[self.augmenter.table[rows, 1:]]
         else:
-            if len(rows) > TYPE_INIT_MAX_CELLS:
-                keep = np.sort(np.random.default_rng(self.config.seed).choice(len(rows), TYPE_INIT_MAX_CELLS, replace=False))
-                rows = rows[torch.as_tensor(keep, device=self.device)]
-            neighbours = nearest_neighbours(self._graph_input(rows), seed=self.config.seed)
+            search = find_neighbours(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
+            neighbours = search.indices
+            self.neighbour_search = search.summary()
         neighbours = neighbours.cpu().numpy()
         n_types, n_arms = self.model.n_types, self.model.n_arms
         runs = 1 if self.config.share_arm_parameters else n_arms
-        partitions = [leiden_partition(neighbours, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        graph = LeidenGraph.from_neighbours(neighbours)  # built once for every arm's run
+        partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
         for arm in range(n_arms):
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
         self.type_targets = targets
-        self.type_init_summary = {**partitions[0].summary(), "steps": int(self.type_init_end), "runs": runs}
+        self.type_init_summary = {**partitions[0].summary(), "steps": int(self.type_init_end), "runs": runs,
+                                  "neighbours": self.neighbour_search}
 
     def _objective(self, outputs, target: torch.Tensor, nb_library: torch.Tensor | None, step, reducer=None):
         """The configured objective (paper Eq. 7, or JointVAE) on one batch; the one call training and validation share.
@@ -571,7 +577,8 @@ class Trainer:
             optimizer=self.optimizer,
             rng_state=self.rng_state(),
             extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path,
-                   **({"type_init": self.type_init_summary} if self.type_init_summary else {})},
+                   **({"type_init": self.type_init_summary} if self.type_init_summary else {}),
+                   **({"neighbours": self.neighbour_search} if self.neighbour_search else {})},
         )
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path

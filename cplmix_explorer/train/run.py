@@ -155,6 +155,34 @@ def check_run_dir_free(run_dir: Path) -> None:
         raise CplmixError(f"'{run_dir}' exists and is not a folder")
 
 
+def open_training_data(source, config: CplMixConfig, check_memory: bool = True):
+    """The AnnData of ``source`` for a run with ``config``: an ``.h5ad`` file is read backed when
+    ``config.backed`` says so or (unset) when its X is large (data.memory.should_read_backed), and, with
+    ``check_memory``, refused with one line before anything is loaded when the run's estimated memory
+    (data.memory.estimate_training_memory, from the file's header) exceeds what is available."""
+    from ..data.memory import check_training_memory, estimate_training_memory, h5ad_shape, should_read_backed
+
+    if isinstance(source, AnnData) or not str(os.fspath(source)).lower().endswith(".h5ad"):
+        return read_data(source)
+    adata = read_data(source, backed=True)  # checks the file; loads obs and var only
+    shape = h5ad_shape(adata.filename, config.layer)
+    if shape is None:  # no such matrix: validation of the file read as usual says what is missing
+        adata.file.close()
+        return read_data(source)
+    backed = should_read_backed(shape, config.backed)
+    if check_memory:
+        on_gpu = resolve_device(config.device).type == "cuda"
+        estimate = estimate_training_memory(shape, config.n_genes, backed=backed, on_gpu=on_gpu, n_arms=config.n_arms,
+                                            state_dim=config.state_dim, bottleneck_dim=config.bottleneck_dim)
+        check_training_memory(estimate, config.n_genes, on_gpu)
+    if backed:
+        return adata
+    try:
+        return read_data(source)
+    finally:
+        adata.file.close()
+
+
 def train_run(
     source,
     run_dir: str | os.PathLike,
@@ -180,7 +208,6 @@ def train_run(
     from ..api import CplMixVAE
 
     run_dir = Path(run_dir)
-    adata = read_data(source)
     restarting = resume and distributed is None and _never_checkpointed(run_dir)
     if restarting:
         recorded = read_run_info(run_dir).get("config")
@@ -198,6 +225,7 @@ def train_run(
         config = _execution_options_of(config, CplMixConfig.from_dict(checkpoint.config))
         resolve_device(config.device)
         checkpoint.config = config.to_dict()
+        adata = open_training_data(source, config)
         model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
         model.reserved_cores = reserved_cores
     else:
@@ -206,6 +234,7 @@ def train_run(
             check_run_dir_free(run_dir)
         if distributed is None:
             resolve_device(config.device)
+        adata = open_training_data(source, config, check_memory=distributed is None)
         model = CplMixVAE(adata, config=config)
         model.reserved_cores = reserved_cores
         augmenter_for(config, model.prepared, model.module.likelihood)  # a mismatched augmenter: refuse now
@@ -247,6 +276,7 @@ def train_run(
     metrics["threads"] = model.threads_used
     if model.dropped_empty_cells:
         metrics["dropped_empty_cells"] = model.dropped_empty_cells
+    metrics["neighbours"] = model.neighbours  # which search found the neighbours, its recall against exact
     if result.restarts:
         metrics["nan_restarts"] = result.restarts
     metrics["history"] = history_summary(result, config.log_every)
@@ -287,7 +317,9 @@ def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None)
             raise CplmixError(f"'{info_path}' does not name the data; pass the data explicitly")
         if source == "in-memory":
             raise CplmixError(f"the run in '{run_dir}' was trained on in-memory data; pass the data explicitly")
-    return CplMixVAE.from_checkpoint(checkpoint, source, device=device or "cpu")
+    config = CplMixConfig.from_dict(checkpoint.config)
+    adata = open_training_data(source, config, check_memory=False)
+    return CplMixVAE.from_checkpoint(checkpoint, adata, device=device or "cpu")
 
 
 PRUNING_FILE = "pruning.json"
