@@ -84,7 +84,7 @@ def standard_pipeline(adata, as_is: bool = False):
     50, 15 nearest neighbours. ``as_is`` (pixels, not counts) skips normalisation, log1p and gene selection.
     Returns the AnnData with the graph and a one-line description of the pipeline."""
     adata = adata.copy()
-    pipeline = "scale (max 10), PCA 50, kNN 15, Leiden (igraph, resolution bisected to K)"
+    pipeline = "scale (max 10), PCA 50, exact kNN 15, Leiden (igraph, resolution bisected to K)"
     if not as_is:
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)
@@ -96,7 +96,9 @@ def standard_pipeline(adata, as_is: bool = False):
         pipeline = f"normalize_total 1e4, log1p, {genes}, " + pipeline
     sc.pp.scale(adata, max_value=10)
     sc.tl.pca(adata, n_comps=min(50, adata.n_vars - 1, adata.n_obs - 1), random_state=0)
-    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    # exact neighbours (scikit-learn): scanpy 1.11's approximate path for 8,192 cells and more fails with scipy 1.17
+    # (csr_array has no getnnz); below that size scanpy computes exact neighbours too
+    sc.pp.neighbors(adata, n_neighbors=15, random_state=0, transformer="sklearn")
     return adata, pipeline
 
 

@@ -220,7 +220,16 @@ def _config(values: dict):
 
 
 def leiden_one(name: str, quick: bool, seeds: list[int]) -> dict:
-    """scanpy + Leiden at K on the standard pipeline, per seed (in a worker process with ``--jobs``)."""
+    """scanpy + Leiden at K on the standard pipeline, per seed (in a worker process with ``--jobs``); a failure
+    gives ``{"error": ...}`` (not cached) instead of ending the suite."""
+    try:
+        return _leiden_one(name, quick, seeds)
+    except Exception as error:  # noqa: BLE001 - recorded in the report
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return {"error": f"{type(error).__name__}: {message}"}
+
+
+def _leiden_one(name: str, quick: bool, seeds: list[int]) -> dict:
     from leiden_baseline import leiden_scores, standard_pipeline
 
     dataset = DATASETS[name]
@@ -328,12 +337,14 @@ def markdown(report: dict) -> list[str]:
                   "|---|---|---|---|---|"]
         for name, e in timed:
             setup, step = e["setup_cpu_seconds"]["mean"], e["step_cpu_ms"]["mean"]
-            leiden = report["leiden"].get(name, {}).get("cpu_seconds")
+            leiden = (report["leiden"].get(name) or {}).get("cpu_seconds")
             lines.append(f"| {name} | {setup:.0f} | {step:.0f} | {(setup + 10 * step) / 60:.1f} | "
                          f"{'-' if leiden is None else f'{leiden:.0f}'} |")
     for row in report["runs"]:
         if "error" in row:
             lines.append(f"\n{row['dataset']}, seed {row['seed']} failed: {row['error']}")
+    for name, error in report.get("leiden_errors", {}).items():
+        lines.append(f"\n{name}: the scanpy + Leiden baseline failed: {error}")
     rank = summary["mean_rank"]
     if summary["ranked_datasets"]:
         lines += ["", f"Mean rank by ARI over {summary['ranked_datasets']} datasets (1 = best of the two): "
@@ -439,9 +450,12 @@ def main(argv=None) -> None:
 
     started = time.perf_counter()
     rows = [done[key] for _, _, key in kept]
+    leiden_errors: dict[str, str] = {}
     with tqdm(total=len(todo) + len(leiden_todo), desc="quality suite", unit="job") as bar:
         def finished(kind, name, key, result):
-            if kind == "leiden":
+            if kind == "leiden" and "error" in result:
+                leiden_errors[name] = result["error"]
+            elif kind == "leiden":
                 entry = cache.setdefault(DATASETS[name].key(args.quick), {"runs": {}})
                 entry["runs"].update(result.pop("runs"))
                 entry.update(result)
@@ -473,14 +487,15 @@ def main(argv=None) -> None:
 
     order = {(name, seed): i for i, (name, seed) in enumerate((n, s) for n in names for s in args.seeds)}
     rows = sorted((row for row in rows if (row["dataset"], row["seed"]) in order), key=lambda r: order[(r["dataset"], r["seed"])])
-    leiden = {name: cache[DATASETS[name].key(args.quick)] for name in names}
+    leiden = {name: cache[DATASETS[name].key(args.quick)] for name in names if name not in leiden_errors}
     leiden = {name: {**entry, "runs": {s: entry["runs"][s] for s in map(str, args.seeds)}} for name, entry in leiden.items()}
     report = {"machine": machine(), "steps": args.steps, "seeds": args.seeds, "options": args.set, "quick": args.quick,
               "threads": args.threads, "jobs": args.jobs, "trace": args.trace, "wall_seconds": time.perf_counter() - started,
               "datasets": {name: {"key": DATASETS[name].key(args.quick)} for name in names},
-              "summary": summarize(rows, leiden, names), "leiden": leiden, "runs": rows}
+              "summary": summarize(rows, leiden, names), "leiden": leiden, "leiden_errors": leiden_errors, "runs": rows}
     write_report(args.out, report, markdown(report))
-    failed = [row for row in rows if "error" in row]
+    failed = [row for row in rows if "error" in row] + [{"dataset": name, "seed": "(Leiden baseline)", "error": error}
+                                                       for name, error in leiden_errors.items()]
     if failed:
         print(f"quality_suite: error: {len(failed)} run(s) failed ({failed[0]['dataset']}, seed {failed[0]['seed']}: "
               f"{failed[0]['error']}); the report lists them", file=sys.stderr)
