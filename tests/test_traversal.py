@@ -212,7 +212,8 @@ def test_one_cell_custom_groups_and_labels(model, simulated_run, true_types, tmp
     gene_file.write_text("# two activity genes and one that is not measured\n" + "\n".join(activity) + "\nNotAGene\n")
     modelled = model.prepared.genes[-1]
     result = traverse(model, dim=0, cell=cell, genes=["IEG", str(gene_file), ("mine", [modelled, "Nope"])])
-    assert result.type == type_index and result.type_label == name and result.cell == cell
+    assert result.type == type_index and result.cell == cell
+    assert result.type_label == model.type_names()[type_index] == f"{type_index} · {name}"  # named by its label
     assert list(result.groups) == ["IEG", "picked", "mine"]
     assert result.groups["picked"].missing == ["NotAGene"]
     assert result.groups["picked"].genes == [] and result.groups["picked"].duplicates == activity
