@@ -68,20 +68,24 @@ class MarkerStatistics:
         """Types with cells (the rows the table shows)."""
         return np.flatnonzero(self.n_cells > 0)
 
+    def order(self, type_index: int) -> np.ndarray:
+        """Genes of one type from the best marker down: by score, ties (e.g. genes every cell of the type
+        expresses above all other cells) by the larger log fold change."""
+        return np.lexsort((-np.nan_to_num(self.logfoldchange[type_index], nan=-np.inf), -self.score[type_index]))
+
     def top_genes(self, type_index: int, n: int = DEFAULT_TOP) -> list[str]:
-        """The ``n`` genes with the highest score for one type (empty for a type without cells)."""
+        """The ``n`` best marker genes of one type (empty for a type without cells)."""
         if self.n_cells[type_index] == 0:
             return []
-        order = np.argsort(-self.score[type_index], kind="stable")[:n]
-        return [self.genes[g] for g in order]
+        return [self.genes[g] for g in self.order(type_index)[:n]]
 
     def table(self, top: int | None = DEFAULT_TOP, names: list[str] | None = None) -> pd.DataFrame:
-        """One row per (type, marker): the ``top`` genes of every type with cells by score (None: all genes),
+        """One row per (type, marker): the ``top`` best genes of every type with cells (None: all genes),
         columns :data:`COLUMNS`; ``names`` (K,) fills the ``name`` column (default: the type index)."""
         top = check_top(top, allow_none=True)
         frames = []
         for t in self.types:
-            order = np.argsort(-self.score[t], kind="stable")[: top or None]
+            order = self.order(t)[: top or None]
             frames.append(pd.DataFrame({
                 "type": int(t),
                 "name": names[t] if names is not None else str(t),
