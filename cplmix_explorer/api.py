@@ -222,8 +222,7 @@ class CplMixVAE:
         if stored is not None and stored.get("automatic") is not None and (
             stored.get("step") == self.step and stored.get("n_cells") == self.prepared.n_cells
             and stored.get("category_ids") == self.module.category_ids.cpu().numpy().tolist()
-            and stored.get("labels") in (None, self.config.labels)
-            and (stored.get("labels") is not None or self.config.labels not in self.adata.obs.columns)
+            and stored.get("labels") == (self.config.labels if self.config.labels in self.adata.obs.columns else None)
         ):
             return list(stored["automatic"]), stored.get("labels")
         inference = self.predict()
