@@ -211,3 +211,41 @@ def test_the_api_returns_markers_and_a_dot_plot(run, simulated):
     assert (table["score"] > 0).all() and (table["frac_in"] > table["frac_out"]).mean() > 0.9
     figure = model.dotplot(top=2)
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == [model.type_names()[t] for t in sorted(set(table["type"]))]
+
+
+def test_the_markers_view_renames_a_run_type_and_every_view_shows_it(run):
+    from cplmix_explorer.views import plots
+    from cplmix_explorer.views.cells import CellsView
+    from cplmix_explorer.views.markers import MarkersView
+    from cplmix_explorer.views.state import ExplorerState
+    from cplmix_explorer.views.traversal import TraversalView
+
+    state = ExplorerState()
+    state.open_run(run)
+    names = state.type_names()
+    view, cells, traversal = MarkersView(state), CellsView(state), TraversalView(state)
+    assert set(view.table.object["type"]) == {names[t] for t in np.unique(state.inference.consensus_type)}
+    assert view.export_bytes("png").startswith(b"\x89PNG\r\n\x1a\n") and b"<svg" in view.export_bytes("svg")[:2000]
+    try:
+        view.rename_type.value = 1
+        view.new_name.value = "Fast spiking"
+        view.rename_button.clicks += 1
+        assert view.message.visible is False, view.message.object
+        assert state.type_names()[1] == "Fast spiking"
+        assert "Fast spiking" in set(view.table.object["type"])
+        assert "Fast spiking" in cells.highlight.options
+        assert "Fast spiking" in list(cells.cell_table()["type"].cat.categories)
+        assert any(text.startswith("Fast spiking (") for text in traversal.type.options)
+        assert "Fast spiking" in plots.order_consensus(state.consensus, state.type_names()).rows
+        assert "Fast spiking" in cells.comparison("true_type").matrix.rows
+        assert "Fast spiking" in pd.read_csv(pd.io.common.BytesIO(view.export_bytes("csv")))["name"].tolist()
+        assert ad.read_h5ad(run / RESULT_FILE).obs["cplmix_type"].cat.categories[1] == "Fast spiking"
+
+        view.rename_type.value = 2
+        view.new_name.value = "fast SPIKING"
+        view.rename_button.clicks += 1
+        assert view.message.visible and "already named" in view.message.object
+        assert state.type_names()[2] == names[2]
+    finally:
+        state.rename_type(1, "")
+    assert load_run(run).type_names() == names
