@@ -19,7 +19,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEMO = Path(__file__).resolve().parent.parent / "models" / "zeisel2015_demo"
 #: The option texts of the Select whose title is ``title`` (null when none is on the page).
 JS_SELECT_OPTIONS = """(title) => { for (const d of Bokeh.documents) for (const m of d.all_models)
-    if (m.type == 'Select' && m.title == title) return JSON.stringify(m.options); return null }"""
+    if (m.title == title && m.options !== undefined) return JSON.stringify(m.options); return null }"""
 
 
 @pytest.fixture(scope="module")

@@ -305,13 +305,12 @@ def dotplot_figure(
     ax.set_ylim(len(rows) - 0.4, -0.6)  # first type at the top
     ax.grid(True, color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
-    bar = figure.colorbar(points, ax=ax, fraction=0.04, pad=0.01, aspect=20)
+    bar = figure.colorbar(points, ax=ax, fraction=0.04, pad=0.01, aspect=20, shrink=0.8)
     bar.set_label("mean log-expression in type", fontsize=8)
     bar.ax.tick_params(labelsize=7)
-    for share in (0.25, 0.5, 0.75, 1.0):
-        ax.scatter([], [], s=share * 160, color="0.6", edgecolors="0.35", linewidths=0.4, label=f"{share:.0%}")
-    ax.legend(title="cells expressing", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0),
-              frameon=False, labelspacing=1.1)
+    sizes = [ax.scatter([], [], s=share * 160, color="0.6", edgecolors="0.35", linewidths=0.4) for share in (0.25, 0.5, 0.75, 1.0)]
+    figure.legend(sizes, ["25%", "50%", "75%", "100%"], title="cells\nexpressing", fontsize=7, title_fontsize=7,
+                  loc="outside right upper", frameon=False, labelspacing=1.2)
     if title:
         ax.set_title(title, fontsize=10)
     return figure

@@ -17,6 +17,8 @@ from ..analysis.markers import DEFAULT_TOP, dotplot_figure, marker_statistics
 from ..errors import CplmixError
 from .state import ExplorerState, format_exception
 
+#: Most markers per type the dot plot shows (the table shows as many as asked).
+DOTPLOT_TOP = 5
 TABLE_COLUMNS = {"name": "type", "rank": "rank", "gene": "gene", "score": "score (z)", "logfoldchange": "log2 FC",
                  "pval_adj": "adj. p", "frac_in": "in type", "frac_out": "in rest"}
 
@@ -38,7 +40,8 @@ class MarkersView(pn.viewable.Viewer):
         self.note = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "0.9em"})
         self.table = pn.pane.DataFrame(None, index=False, sizing_mode="stretch_width", max_height=520,
                                        float_format="{:.3g}".format)
-        self.figure = pn.pane.Matplotlib(None, dpi=110, tight=True, format="png", sizing_mode="stretch_width")
+        # at the figure's own size (inches x dpi): gene and type names stay readable however many there are
+        self.figure = pn.pane.Matplotlib(None, dpi=96, format="png", sizing_mode="fixed")
         self.downloads = {fmt: pn.widgets.FileDownload(
             label=f"Download {label}", color="default", callback=lambda fmt=fmt: io.BytesIO(self.export_bytes(fmt)),
             filename=f"markers.{fmt}", width=170, disabled=True,
@@ -66,7 +69,7 @@ class MarkersView(pn.viewable.Viewer):
         model = self.state.model
         if model is None:
             raise CplmixError("no model: train one or open a run")
-        return dotplot_figure(marker_statistics(model), min(self.top.value, 10), self.state.type_names())
+        return dotplot_figure(marker_statistics(model), min(self.top.value, DOTPLOT_TOP), self.state.type_names())
 
     def export_bytes(self, file_format: str) -> bytes:
         """The table as CSV or the dot plot as PNG / SVG, for the download buttons."""
@@ -98,7 +101,7 @@ class MarkersView(pn.viewable.Viewer):
             self.note.object = (
                 "Genes ranked by a Wilcoxon rank-sum test of each type's cells against all other cells on the "
                 "log-expression (as scanpy's `rank_genes_groups`, method `wilcoxon`); *adj. p*: Benjamini-Hochberg; "
-                "*in type* / *in rest*: fraction of cells expressing the gene. Dot plot: up to 10 markers per type."
+                f"*in type* / *in rest*: fraction of cells expressing the gene. Dot plot: up to {DOTPLOT_TOP} markers per type."
             )
         except Exception as error:
             self._show(format_exception(error))
@@ -122,7 +125,7 @@ class MarkersView(pn.viewable.Viewer):
         return pn.Column(
             pn.Row(self.top, *self.downloads.values(), sizing_mode="stretch_width"), self.message, self.note,
             pn.pane.Markdown("**Rename a type** (the name shows in every tab, in result.h5ad and in exports)", margin=(10, 5, 0, 5)),
-            rename, self.figure, self.table, sizing_mode="stretch_width",
+            rename, pn.Column(self.figure, scroll=True, sizing_mode="stretch_width"), self.table, sizing_mode="stretch_width",
         )
 
 
