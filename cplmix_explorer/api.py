@@ -317,13 +317,16 @@ class CplMixVAE:
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/checkpoint.safetensors`` (weights, configuration, genes, optimizer state)."""
+        """Write ``directory/checkpoint.safetensors`` (weights, configuration, genes, optimizer state) and,
+        when types were renamed, ``directory/type_names.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         optimizer = None
         if self._optimizer_state is not None:
             optimizer = torch.optim.Adam(self.module.parameters())
             restore_optimizer(optimizer, self._optimizer_state)
+        if self.type_renames:  # the user's names go with the model (e.g. the copy the app prunes)
+            self.save_type_names(directory)
         return save_checkpoint(
             directory / CHECKPOINT_NAME,
             model=self.module,

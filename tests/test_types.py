@@ -249,3 +249,11 @@ def test_the_markers_view_renames_a_run_type_and_every_view_shows_it(run):
     finally:
         state.rename_type(1, "")
     assert load_run(run).type_names() == names
+
+
+def test_a_saved_model_keeps_its_renames(run, simulated, tmp_path):
+    model = load_run(run)
+    model.rename_type(2, "Kept with the model")
+    model.save(tmp_path / "copy")
+    assert CplMixVAE.load(tmp_path / "copy", simulated).type_names()[2] == "Kept with the model"
+    assert load_run(run).type_names()[2] != "Kept with the model", "a rename without run_dir leaves the run as it was"

@@ -172,6 +172,7 @@ def train_run(
         config = saved
         resolve_device(config.device)
         model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
+        model.load_type_names(run_dir)  # the user's renames stay with the resumed run
     else:
         config = config.copy() if config is not None else CplMixConfig()
         if distributed is None or distributed.is_main:
