@@ -352,7 +352,7 @@ def test_traverse_command_end_to_end(simulated_run, model, true_types, tmp_path,
                  "--max-genes", "6", "--mark", "0.0", "--dpi", "60"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["written"] == [str(figure)]
-    assert report["types"][0]["type"] == type_index and report["types"][0]["label"] == name
+    assert report["types"][0]["type"] == type_index and report["types"][0]["label"] == f"{type_index} · {name}"  # its name
     assert [g["group"] for g in report["types"][0]["groups"]] == ["MG", "IEG", "HKG"]
 
     gene_file = tmp_path / "activity.txt"
