@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -89,6 +90,10 @@ class CplMixVAE:
         self.reserved_cores = 0
         #: CPU threads the last training used (``threads``, or the available cores; see cplmix_explorer.threads)
         self.threads_used: int | None = None
+        #: the user's own names for types, by category id (``module.category_ids``); see :meth:`type_names`
+        self.type_renames: dict[int, str] = {}
+        self._automatic_names: tuple | None = None  # (inference, names, labels column used)
+        self._stored_names: dict | None = None  # a run folder's type_names.json, used while it matches
 
     def training_threads(self) -> int:
         """The CPU threads training will use (``config.threads`` or the cores available, less reserved_cores)."""
@@ -220,6 +225,92 @@ class CplMixVAE:
             result.update(evaluate_inference(inference, self.adata.obs[labels].to_numpy()))
         return result
 
+    # -- type names and markers ----------------------------------------------------------------------------
+    def type_names(self) -> list[str]:
+        """The name of every type 0..K-1: the user's rename, else the automatic name (the label most of the
+        type's cells carry when ``config.labels`` is set, else its top two marker genes: ``3 · Gad1/Pvalb``;
+        see :mod:`cplmix_explorer.analysis.names`)."""
+        automatic, _ = self._automatic_type_names()
+        ids = self.module.category_ids.cpu().numpy().tolist()
+        return [self.type_renames.get(int(c)) or automatic[t] for t, c in enumerate(ids)]
+
+    def _automatic_type_names(self) -> tuple[list[str], str | None]:
+        from .analysis.names import automatic_names
+
+        stored = self._stored_names
+        if stored is not None and stored.get("automatic") is not None and (
+            stored.get("step") == self.step and stored.get("n_cells") == self.prepared.n_cells
+            and stored.get("category_ids") == self.module.category_ids.cpu().numpy().tolist()
+            and stored.get("labels") == (self.config.labels if self.config.labels in self.adata.obs.columns else None)
+        ):
+            return list(stored["automatic"]), stored.get("labels")
+        inference = self.predict()
+        if self._automatic_names is None or self._automatic_names[0] is not inference:
+            names, labels = automatic_names(self)
+            self._automatic_names = (inference, names, labels)
+        return list(self._automatic_names[1]), self._automatic_names[2]
+
+    def rename_type(self, type: int | str, name: str, run_dir: str | os.PathLike | None = None) -> list[str]:  # noqa: A002
+        """Name type ``type`` (an index or its current name) ``name``; an empty name goes back to the
+        automatic one. With ``run_dir`` the names are saved there (type_names.json) and put into its
+        result.h5ad. Returns the names of all types."""
+        from .analysis.names import check_name, check_unique, resolve_type_index
+
+        names = self.type_names()
+        index = resolve_type_index(names, type)
+        name = check_name(name)
+        category = int(self.module.category_ids[index])
+        check_unique(names, index, name or self._automatic_type_names()[0][index])
+        if name:
+            self.type_renames[category] = name
+        else:
+            self.type_renames.pop(category, None)
+        if run_dir is not None:
+            self.save_type_names(run_dir, update_result=True)
+        return self.type_names()
+
+    def save_type_names(self, run_dir: str | os.PathLike, update_result: bool = False) -> Path:
+        """Write RUN_DIR/type_names.json (atomically); ``update_result`` also puts the names into the
+        run's result.h5ad."""
+        from .analysis.names import names_payload, rename_result_file, write_names_file
+        from .train.run import RESULT_FILE
+
+        automatic, labels = self._automatic_type_names()
+        names = self.type_names()
+        payload = names_payload(self, names, automatic, labels)
+        path = write_names_file(run_dir, payload)
+        self._stored_names = payload
+        if update_result:
+            rename_result_file(Path(run_dir) / RESULT_FILE, names)
+        return path
+
+    def load_type_names(self, run_dir: str | os.PathLike) -> None:
+        """Take the renames (and, while they still describe this model, the automatic names) saved in
+        RUN_DIR/type_names.json; nothing happens when the run has none."""
+        from .analysis.names import read_names_file
+
+        payload = read_names_file(run_dir)
+        if payload is None:
+            return
+        ids = {int(c) for c in self.module.category_ids.cpu().numpy().tolist()}
+        self.type_renames = {int(k): v for k, v in payload["renamed"].items() if int(k) in ids}
+        self._stored_names = payload
+
+    def markers(self, top: int = 5) -> pd.DataFrame:
+        """The top ``top`` marker genes of every type (one-vs-rest Wilcoxon, as scanpy's
+        ``rank_genes_groups``): type, name, rank, gene, score, logfoldchange, pval, pval_adj, frac_in,
+        frac_out, mean_in, mean_out, n_cells."""
+        from .analysis.markers import markers
+
+        return markers(self, top)
+
+    def dotplot(self, top: int = 3, **options):
+        """A matplotlib Figure: the dot plot of every type's top ``top`` markers (fraction of the type's
+        cells expressing x mean expression); ``options`` go to ``analysis.markers.dotplot_figure``."""
+        from .analysis.markers import dotplot
+
+        return dotplot(self, top, **options)
+
     def info(self) -> dict[str, Any]:
         """What ``uns['cplmix']`` records: configuration, steps, categories, genes, augmentation."""
         return {
@@ -242,17 +333,21 @@ class CplMixVAE:
         info = self.info()
         if metrics is not None:
             info["metrics"] = metrics
-        return write_results(adata, self.predict(), n_types=self.module.n_types, agreement=self.consensus(), info=info)
+        return write_results(adata, self.predict(), n_types=self.module.n_types, agreement=self.consensus(), info=info,
+                             type_names=self.type_names())
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/checkpoint.safetensors`` (weights, configuration, genes, optimizer state)."""
+        """Write ``directory/checkpoint.safetensors`` (weights, configuration, genes, optimizer state) and,
+        when types were renamed, ``directory/type_names.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         optimizer = None
         if self._optimizer_state is not None:
             optimizer = torch.optim.Adam(self.module.parameters())
             restore_optimizer(optimizer, self._optimizer_state)
+        if self.type_renames:  # the user's names go with the model (e.g. the copy the app prunes)
+            self.save_type_names(directory)
         return save_checkpoint(
             directory / CHECKPOINT_NAME,
             model=self.module,
@@ -298,4 +393,7 @@ class CplMixVAE:
         """
         path = Path(path)
         checkpoint = read_checkpoint(path) if path.is_file() else load_run_checkpoint(path)
-        return cls.from_checkpoint(checkpoint, adata, device=device)
+        model = cls.from_checkpoint(checkpoint, adata, device=device)
+        if path.is_dir():
+            model.load_type_names(path)
+        return model

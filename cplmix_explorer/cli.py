@@ -12,6 +12,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import param
 
@@ -283,6 +284,47 @@ def run_traverse(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("markers")
+def run_markers(args: argparse.Namespace) -> int:
+    from .analysis import export
+    from .analysis.markers import check_top, dotplot_figure, marker_statistics
+    from .train.checkpoint import atomic_write_bytes
+    from .train.run import load_run
+
+    top = check_top(args.top)  # checked before the model is loaded: a mistake writes nothing
+    file_format = export.output_format(args.out, ("csv", "png", "svg", "pdf")) if args.out is not None else None
+    model = load_run(args.run_dir, source=args.data)
+    names = model.type_names()
+    statistics = marker_statistics(model)
+    if file_format is None:
+        table = statistics.table(top, names)
+        shown = table[["name", "rank", "gene", "score", "logfoldchange", "pval_adj", "frac_in", "frac_out"]].rename(
+            columns={"logfoldchange": "log2FC", "frac_in": "in", "frac_out": "out"}
+        )
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        return 0
+    if file_format == "csv":
+        payload = export.table_bytes(statistics.table(top, names), "csv")
+    else:
+        payload = export.figure_bytes(dotplot_figure(statistics, top, names), file_format, dpi=args.dpi)
+    out = Path(args.out).expanduser()
+    atomic_write_bytes(out, payload)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+@command("rename")
+def run_rename(args: argparse.Namespace) -> int:
+    from .train.run import load_run
+
+    model = load_run(args.run_dir, source=args.data)
+    names = model.rename_type(args.type, args.name, run_dir=args.run_dir)
+    for index, name in enumerate(names):
+        print(f"{index}\t{name}")
+    return 0
+
+
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The arguments of ``cplmix train`` (also ``python -m cplmix_explorer.train`` under torchrun)."""
     train.add_argument("data", metavar="DATA", help="an .h5ad path or a bundled dataset name (cplmix datasets)")
@@ -350,6 +392,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed steps first (default: 20)")
     bench.add_argument("--cells", type=int, default=None, metavar="N", help="generated cells (default: max(4 x batch size, 10000))")
     bench.add_argument("--dense", action="store_true", help="store the data dense instead of CSR (default: CSR)")
+
+    markers = sub.add_parser(
+        "markers", help="each type's top marker genes (Wilcoxon, one vs rest): a table, a .csv or a dot plot",
+        description="Rank every gene of the model for every type against all other cells with a Wilcoxon "
+        "rank-sum test on the log-expression (as scanpy's rank_genes_groups 'wilcoxon'), and print the top "
+        "markers of each type, or write them as .csv (all columns) or a dot plot (.png .svg .pdf).",
+    )
+    markers.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    markers.add_argument("--top", type=int, default=5, metavar="N", help="markers per type (default: 5)")
+    markers.add_argument("--out", default=None, metavar="FILE", help="write a table (.csv) or a dot plot (.png .svg .pdf)")
+    markers.add_argument("--data", default=None, help="the data, when not where run.json says")
+    markers.add_argument("--dpi", type=int, default=300, help="resolution of PNG output (default: 300)")
+    markers.add_argument("--quiet", action="store_true", help="print nothing when writing a file")
+
+    rename = sub.add_parser("rename", help="name a type of a run (kept in the run folder and its result.h5ad)")
+    rename.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    rename.add_argument("type", metavar="TYPE", help="the type: its index or its current name")
+    rename.add_argument("name", metavar="NAME", help="the new name ('' goes back to the automatic name)")
+    rename.add_argument("--data", default=None, help="the data, when not where run.json says")
 
     datasets = sub.add_parser("datasets", help="list the bundled datasets")
     datasets.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")

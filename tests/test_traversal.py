@@ -212,7 +212,8 @@ def test_one_cell_custom_groups_and_labels(model, simulated_run, true_types, tmp
     gene_file.write_text("# two activity genes and one that is not measured\n" + "\n".join(activity) + "\nNotAGene\n")
     modelled = model.prepared.genes[-1]
     result = traverse(model, dim=0, cell=cell, genes=["IEG", str(gene_file), ("mine", [modelled, "Nope"])])
-    assert result.type == type_index and result.type_label == name and result.cell == cell
+    assert result.type == type_index and result.cell == cell
+    assert result.type_label == model.type_names()[type_index] == f"{type_index} · {name}"  # named by its label
     assert list(result.groups) == ["IEG", "picked", "mine"]
     assert result.groups["picked"].missing == ["NotAGene"]
     assert result.groups["picked"].genes == [] and result.groups["picked"].duplicates == activity
@@ -351,7 +352,7 @@ def test_traverse_command_end_to_end(simulated_run, model, true_types, tmp_path,
                  "--max-genes", "6", "--mark", "0.0", "--dpi", "60"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["written"] == [str(figure)]
-    assert report["types"][0]["type"] == type_index and report["types"][0]["label"] == name
+    assert report["types"][0]["type"] == type_index and report["types"][0]["label"] == f"{type_index} · {name}"  # its name
     assert [g["group"] for g in report["types"][0]["groups"]] == ["MG", "IEG", "HKG"]
 
     gene_file = tmp_path / "activity.txt"

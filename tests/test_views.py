@@ -630,7 +630,7 @@ def test_explorer_opens_with_the_demo_and_every_view_populated(tmp_path):
     history = __import__("json").loads((DEMO / "metrics.json").read_text())["history"]
     assert explorer.monitor.points_shown == len(history["step"]), "the demo's training record is shown"
     assert len(explorer.monitor.agreement_shown()) > 0
-    assert [name for name in explorer.tabs._names] == ["Training", "Consensus", "Cells", "Traversal"]
+    assert [name for name in explorer.tabs._names] == ["Training", "Consensus", "Cells", "Traversal", "Markers"]
     render(explorer)
     explorer.close()
     assert state.model is None

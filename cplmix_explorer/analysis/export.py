@@ -70,11 +70,12 @@ def safe_file_name(text: str, max_length: int = 100) -> str:
 
 
 def default_file_name(result: Traversal | TypeComparison, suffix: str) -> str:
-    """A descriptive, safe file name such as ``traversal_type3_L5_NP_dim0.png``."""
+    """A descriptive, safe file name such as ``traversal_type3_L5_NP_dim0.png`` (the type's name)."""
     results = result.traversals if isinstance(result, TypeComparison) else [result]
     parts = ["traversal"]
     for r in results:
-        parts.append(f"type{r.type}" + (f"_{r.type_label}" if r.type_label else ""))
+        label = (r.type_label or "").removeprefix(f"{r.type} · ")  # the name without its number, given just before
+        parts.append(f"type{r.type}" + (f"_{label}" if label else ""))
     parts.append(f"dim{results[0].dim}")
     return f"{safe_file_name('_'.join(parts))}.{suffix.lstrip('.')}"
 

@@ -470,14 +470,19 @@ def label_types(consensus_type: np.ndarray, obs: pd.DataFrame, labels: str, n_ty
 
 
 def resolve_type(model, type_spec, labels: str | None = None) -> int:
-    """A type index from an index (int or digits) or, when a labels column is known (``labels`` or the
-    model's ``config.labels``), a label name (its one-to-one matched type; see :class:`TypeLabels`)."""
+    """A type index from an index (int or digits), a type's name (``model.type_names()``, any case) or,
+    when a labels column is known (``labels`` or the model's ``config.labels``), a label name (its
+    one-to-one matched type; see :class:`TypeLabels`)."""
     context = context_for(model)
     if isinstance(type_spec, (int, np.integer)) and not isinstance(type_spec, bool):
         return context.check_type(int(type_spec))
     text = str(type_spec).strip()
     if text.lstrip("-").isdigit():
         return context.check_type(int(text))
+    if hasattr(model, "type_names"):  # a type's name (as shown in the app, result.h5ad and the markers table)
+        shown = [name.casefold() for name in model.type_names()]
+        if text.casefold() in shown:
+            return shown.index(text.casefold())
     labels = labels or getattr(model.config, "labels", None)
     if labels is None:
         raise CplmixError(
@@ -493,6 +498,20 @@ def resolve_type(model, type_spec, labels: str | None = None) -> int:
     known = sorted(names.matched)
     shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
     raise CplmixError(f"no type is matched to label '{text}' in '{labels}' (matched labels: {shown})")
+
+
+def _type_name(model, type_index: int, labels: str | None) -> str | None:
+    """The type's name in titles, tables and file names: the model's type name (its rename, or the
+    automatic name from the run's labels or markers); with another ``labels`` column, ``3 · <its matched
+    label>``."""
+    from .names import SEPARATOR
+
+    if labels is not None and labels != getattr(model.config, "labels", None) and labels in model.adata.obs.columns:
+        label = context_for(model).type_labels(labels).name(type_index)
+        return f"{type_index}{SEPARATOR}{label}" if label else None
+    if hasattr(model, "type_names"):
+        return model.type_names()[type_index]
+    return None
 
 
 # -- the result ---------------------------------------------------------------------------------------------
@@ -561,7 +580,7 @@ class Traversal:
 
     @property
     def title(self) -> str:
-        name = f"type {self.type}" + (f" ({self.type_label})" if self.type_label else "")
+        name = self.type_label or f"type {self.type}"
         if self.cell is not None:
             name += f", cell {self.cell}"
         return f"{name}, state dimension {self.dim}"
@@ -806,10 +825,7 @@ def traverse(
             "correlation": states.correlation[arms, dim] if arm is None else np.ones(1),
         }
     ).set_index("arm")
-    label = None
-    label_column = labels or getattr(model.config, "labels", None)
-    if label_column is not None and label_column in model.adata.obs.columns:
-        label = context.type_labels(label_column).name(type_index)
+    label = _type_name(model, type_index, labels)
     cell_name = None if cell_position is None else str(model.prepared.obs_names[cell_position])
     return Traversal(
         type=type_index,

@@ -228,6 +228,7 @@ def train_run(
         adata = open_training_data(source, config)
         model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
         model.reserved_cores = reserved_cores
+        model.load_type_names(run_dir)  # the user's renames stay with the resumed run
     else:
         config = config.copy() if config is not None else CplMixConfig()
         if (distributed is None or distributed.is_main) and not restarting:
@@ -295,6 +296,7 @@ def write_result_file(model, run_dir: Path, metrics: dict) -> Path:
     result.obsm.update({k: v for k, v in model.adata.obsm.items() if k.startswith("X_") and not k.startswith("X_cplmix")})
     model.write_results(result, metrics=metrics)
     write_h5ad(run_dir / RESULT_FILE, result)
+    model.save_type_names(run_dir)  # the names result.h5ad shows, kept for the next opening of the run
     return run_dir / RESULT_FILE
 
 
@@ -319,7 +321,9 @@ def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None)
             raise CplmixError(f"the run in '{run_dir}' was trained on in-memory data; pass the data explicitly")
     config = CplMixConfig.from_dict(checkpoint.config)
     adata = open_training_data(source, config, check_memory=False)
-    return CplMixVAE.from_checkpoint(checkpoint, adata, device=device or "cpu")
+    model = CplMixVAE.from_checkpoint(checkpoint, adata, device=device or "cpu")
+    model.load_type_names(run_dir)  # the run's type names and the user's renames (type_names.json)
+    return model
 
 
 PRUNING_FILE = "pruning.json"

@@ -29,7 +29,7 @@ class CellsView(pn.viewable.Viewer):
         self.highlight = pn.widgets.Select(label="Highlight type", options=[NO_HIGHLIGHT], value=NO_HIGHLIGHT, width=160)
         self.labels = pn.widgets.Select(label="Compare with labels", options=[], width=200)
         self._frames: dict[tuple[int, str], pd.DataFrame] = {}
-        self.state.param.watch(self._refresh_options, ["inference", "adata"])
+        self.state.param.watch(self._refresh_options, ["inference", "adata", "names_tick"])
         self._refresh_options()
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -48,7 +48,11 @@ class CellsView(pn.viewable.Viewer):
                 coordinates, inference.consensus_type, inference.consensus_confidence, inference.state_mean[0],
                 state.model.adata.obs, state.label_columns,
             )
-        return self._frames[key]
+        frame = self._frames[key]
+        names = state.type_names()[: len(frame["type"].cat.categories)]  # types shown by their names
+        if list(frame["type"].cat.categories) != names:
+            frame["type"] = frame["type"].cat.rename_categories(names)
+        return frame
 
     def _refresh_options(self, *_events) -> None:
         state = self.state
@@ -61,7 +65,8 @@ class CellsView(pn.viewable.Viewer):
         if self.color_by.value not in options:
             self.color_by.value = "type"
         used = np.unique(state.inference.consensus_type)
-        self.highlight.options = [NO_HIGHLIGHT, *[str(t) for t in used]]
+        names = state.type_names()
+        self.highlight.options = [NO_HIGHLIGHT, *[names[t] for t in used]]
         if self.highlight.value not in self.highlight.options:
             self.highlight.value = NO_HIGHLIGHT
         self.labels.options = labels
@@ -71,7 +76,7 @@ class CellsView(pn.viewable.Viewer):
         self.labels.visible = bool(labels)
 
     # -- elements -----------------------------------------------------------------------------------------
-    def map_element(self, method: str, color_by: str, highlight: str, inference=None):
+    def map_element(self, method: str, color_by: str, highlight: str, inference=None, names=None):
         frame = self.cell_table(method)
         if frame is None:
             return pn.pane.Markdown("Train a model or open a run to map its cells.")
@@ -85,9 +90,12 @@ class CellsView(pn.viewable.Viewer):
         state = self.state
         if state.inference is None or not labels or labels not in state.model.adata.obs.columns:
             return None
-        return plots.compare_types_to_labels(state.inference.consensus_type, state.model.adata.obs[labels].to_numpy(), labels)
+        comparison = plots.compare_types_to_labels(state.inference.consensus_type, state.model.adata.obs[labels].to_numpy(), labels)
+        names = state.type_names()
+        comparison.matrix.rows = [names[int(row)] for row in comparison.matrix.rows]
+        return comparison
 
-    def confusion_element(self, labels: str | None, inference=None):
+    def confusion_element(self, labels: str | None, inference=None, names=None):
         comparison = self.comparison(labels)
         if comparison is None:
             return pn.pane.Markdown("Load data with a label column (categorical obs) to compare the types with it.")
@@ -104,8 +112,9 @@ class CellsView(pn.viewable.Viewer):
 
     def __panel__(self):
         inference = self.state.param.inference
-        cell_map = pn.bind(self.map_element, self.embedding, self.color_by, self.highlight, inference=inference)
-        confusion = pn.bind(self.confusion_element, self.labels, inference=inference)
+        names = self.state.param.names_tick
+        cell_map = pn.bind(self.map_element, self.embedding, self.color_by, self.highlight, inference=inference, names=names)
+        confusion = pn.bind(self.confusion_element, self.labels, inference=inference, names=names)
         controls = pn.Row(self.embedding, self.color_by, self.highlight, self.labels)
         # lazy: computed when the tab is first drawn, not while the page loads
         return pn.Column(controls, pn.panel(cell_map, lazy=True), pn.panel(confusion, lazy=True), sizing_mode="stretch_width")

@@ -92,7 +92,7 @@ class ConsensusView(pn.viewable.Viewer):
         self.message.alert_type = "danger"
         self.message.visible = bool(text)
 
-    def _matrices(self, inference=None, threshold: float = 0.95):
+    def _matrices(self, inference=None, threshold: float = 0.95, names=None):
         consensus = self.state.consensus
         if self.state.model is None:
             return pn.pane.Markdown("Train a model or open a run to see how its arms agree.")
@@ -103,9 +103,10 @@ class ConsensusView(pn.viewable.Viewer):
             f"**{int(consensus.used.sum())} of {len(consensus.used)} types used** · mean agreement {mean:.3f} · "
             f"minimum {minimum:.3f} · {self.state.model_name}"
         )
-        heatmap = pn.pane.HoloViews(plots.consensus_heatmap(consensus), sizing_mode="stretch_width", min_height=360)
+        names = self.state.type_names()
+        heatmap = pn.pane.HoloViews(plots.consensus_heatmap(consensus, names), sizing_mode="stretch_width", min_height=360)
         bars = pn.pane.HoloViews(
-            plots.agreement_bars(consensus.agreement, consensus.used, threshold=threshold),
+            plots.agreement_bars(consensus.agreement, consensus.used, threshold=threshold, names=names),
             sizing_mode="stretch_width", min_height=360,
         )
         return pn.Column(header, pn.Row(heatmap, bars, sizing_mode="stretch_width"), sizing_mode="stretch_width")
@@ -122,7 +123,8 @@ class ConsensusView(pn.viewable.Viewer):
             self.message, width=320,
         )
         trajectory = pn.pane.HoloViews(self._trajectory, sizing_mode="stretch_width", min_height=280)
-        matrices = pn.bind(self._matrices, inference=self.state.param.inference, threshold=self.min_consensus.param.value_throttled)
+        matrices = pn.bind(self._matrices, inference=self.state.param.inference, threshold=self.min_consensus.param.value_throttled,
+                           names=self.state.param.names_tick)
         return pn.Column(pn.panel(matrices, lazy=True), pn.Row(controls, trajectory, sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
 

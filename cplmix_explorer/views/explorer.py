@@ -1,5 +1,5 @@
-"""The whole explorer as one object: the data & options sidebar and the Training, Consensus, Cells and
-Traversal tabs over one :class:`ExplorerState`. ``apps/explorer.py`` serves it; in a notebook display it."""
+"""The whole explorer as one object: the data & options sidebar and the Training, Consensus, Cells,
+Traversal and Markers tabs over one :class:`ExplorerState`. ``apps/explorer.py`` serves it; in a notebook display it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import param
 from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
+from .markers import MarkersView
 from .safety import DEFAULT_MAX_UPLOAD_MB
 from .state import ExplorerState, freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
 from .training import TrainingMonitor
@@ -46,10 +47,11 @@ class Explorer(pn.viewable.Viewer):
         self.consensus_view = ConsensusView(state)
         self.cells_view = CellsView(state)
         self.traversal_view = TraversalView(state, defer=True)  # swept when its tab is first shown: faster page load
+        self.markers_view = MarkersView(state, defer=True)  # tested when its tab is first shown
         self.error = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.tabs = pn.Tabs(
             ("Training", self.monitor), ("Consensus", self.consensus_view), ("Cells", self.cells_view),
-            ("Traversal", self.traversal_view), dynamic=True, sizing_mode="stretch_width",
+            ("Traversal", self.traversal_view), ("Markers", self.markers_view), dynamic=True, sizing_mode="stretch_width",
         )
         self.tabs.param.watch(self._on_tab, "active")
         state.param.watch(self._show_error, "error")
@@ -58,6 +60,8 @@ class Explorer(pn.viewable.Viewer):
     def _on_tab(self, event) -> None:
         if event.new == TRAVERSAL_TAB:
             self.traversal_view.activate()
+        elif event.new == MARKERS_TAB:
+            self.markers_view.activate()
 
     def _show_error(self, *_events) -> None:
         self.error.object = self.state.error
@@ -82,6 +86,7 @@ class Explorer(pn.viewable.Viewer):
 
 
 TRAVERSAL_TAB = 3  # position of the Traversal tab in Explorer.tabs
+MARKERS_TAB = 4  # position of the Markers tab
 
 
 # -- serving ------------------------------------------------------------------------------------------------------

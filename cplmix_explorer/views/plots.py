@@ -54,13 +54,13 @@ def metric_columns(names: list[str], term: str) -> list[str]:
 
 
 def agreement_bars(agreement: np.ndarray, used: np.ndarray | None = None, threshold: float | None = None,
-                   title: str = "Agreement per category") -> hv.Overlay:
+                   title: str = "Agreement per category", names: list[str] | None = None) -> hv.Overlay:
     """Bars of per-category agreement (K,) in category order; unused categories grey; an optional
-    threshold line (pruning's ``min_consensus``)."""
+    threshold line (pruning's ``min_consensus``); ``names`` (K,) label the bars (default: the numbers)."""
     agreement = np.asarray(agreement, float)
     used = np.ones(len(agreement), bool) if used is None else np.asarray(used, bool)
     frame = pd.DataFrame({
-        "type": [str(k) for k in range(len(agreement))],
+        "type": list(names) if names is not None else [str(k) for k in range(len(agreement))],
         "agreement": agreement,
         "status": np.where(used, "used", "unused"),
     })
@@ -88,13 +88,13 @@ class OrderedMatrix:
         return pd.DataFrame(self.values, index=self.rows, columns=self.columns)
 
 
-def order_consensus(consensus: Consensus) -> OrderedMatrix:
+def order_consensus(consensus: Consensus, names: list[str] | None = None) -> OrderedMatrix:
     """The arm-vs-arm consensus matrix over the used categories, rows and columns in the same order (most
     agreed first), so entry (k, k) is category k's agreement M_kk and agreement shows on the diagonal."""
     matrix = np.asarray(consensus.matrix, float)
     used = np.flatnonzero(consensus.used)
     order = used[np.argsort(-consensus.agreement[used], kind="stable")]
-    names = [str(k) for k in order]
+    names = [names[k] if names is not None else str(k) for k in order]
     return OrderedMatrix(values=matrix[np.ix_(order, order)], rows=names, columns=names, counts=matrix[np.ix_(order, order)])
 
 
@@ -115,8 +115,8 @@ def matrix_heatmap(ordered: OrderedMatrix, xlabel: str, ylabel: str, title: str,
     )
 
 
-def consensus_heatmap(consensus: Consensus) -> hv.HeatMap:
-    ordered = order_consensus(consensus)
+def consensus_heatmap(consensus: Consensus, names: list[str] | None = None) -> hv.HeatMap:
+    ordered = order_consensus(consensus, names)
     return matrix_heatmap(ordered, "type (other arm)", "type (arm)", "Arm-vs-arm consensus matrix", "fraction of the arm's cells")
 
 

@@ -104,6 +104,7 @@ class ExplorerState(param.Parameterized):
     error = param.String(default="", doc="The last problem, one line, for the user.")
     metrics_tick = param.Integer(default=0, doc="Incremented when new training metrics arrived.")
     pruning_tick = param.Integer(default=0, doc="Incremented when a pruning round arrived.")
+    names_tick = param.Integer(default=0, doc="Incremented when a type was renamed.")
 
     def __init__(self, *, data_dir: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None,
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **params):
@@ -117,6 +118,7 @@ class ExplorerState(param.Parameterized):
         self.pruning_rounds: list[dict] = []
         self.pruning_result = None
         self._pruning_rounds_queue: queue.Queue | None = None
+        self._session_renames: dict[int, str] = {}  # renames of a shared demo model, this session's only
         self.job: BackgroundJob | None = None
         self._callback = None
         self._poll_lock = threading.Lock()
@@ -230,6 +232,7 @@ class ExplorerState(param.Parameterized):
                 self.data_name = self.data_name or name
                 self.data_source = self.data_source if self.data_source is not None else model.adata
             self.model = model
+            self._session_renames = {} if model is not previous else self._session_renames
             self.inference = inference
             self.run_dir = Path(run_dir) if run_dir is not None else None
             self.model_name = name
@@ -271,6 +274,40 @@ class ExplorerState(param.Parameterized):
     @property
     def consensus(self) -> Consensus | None:
         return None if self.model is None else self.model.consensus()
+
+    # -- type names ---------------------------------------------------------------------------------------
+    def type_names(self) -> list[str]:
+        """The name of every type 0..K-1 of the shown model, as every view shows it (legends, dropdowns,
+        tables): the model's names (``CplMixVAE.type_names``) with this session's renames."""
+        if self.model is None:
+            return []
+        names = self.model.type_names()
+        if self._session_renames:
+            ids = self.model.module.category_ids.cpu().numpy().tolist()
+            names = [self._session_renames.get(int(c)) or name for c, name in zip(ids, names)]
+        return names
+
+    def rename_type(self, type_index: int, name: str) -> None:
+        """Rename a type (an empty name goes back to the automatic one). A run's names are saved in its run
+        folder and result.h5ad; a shared demo model is renamed for this session only."""
+        from ..analysis.names import check_name, check_unique, resolve_type_index
+
+        model = self.model
+        if model is None:
+            raise CplmixError("no model: train one or open a run")
+        if model in _demo_cache.values():
+            names = self.type_names()
+            index = resolve_type_index(names, type_index)
+            name = check_name(name)
+            check_unique(names, index, name or model.type_names()[index])
+            category = int(model.module.category_ids[index])
+            if name:
+                self._session_renames[category] = name
+            else:
+                self._session_renames.pop(category, None)
+        else:
+            model.rename_type(type_index, name, run_dir=self.run_dir)
+        self.names_tick += 1
 
     # -- background work ----------------------------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from ..analysis import export as exporting
-from ..analysis.traversal import MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, context_for, traverse
+from ..analysis.traversal import MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, traverse
 from ..data.gene_sets import HOUSEKEEPING, IMMEDIATE_EARLY, MARKERS, PRIMARY_RESPONSE
 from ..errors import CplmixError
 from .safety import sanitize_filename
@@ -167,28 +167,31 @@ class TraversalView(pn.viewable.Viewer):
         self.custom.param.watch(self._recompute, "value")
         self.slider.param.watch(self._on_slider, "value_throttled")
         self.state.param.watch(self._on_model, ["inference"])
+        self.state.param.watch(self._on_names, ["names_tick"])
         self._on_model()
 
     # -- choices ------------------------------------------------------------------------------------------
     def _type_names(self) -> dict[str, int]:
-        """Types with cells, labelled with their matched label when a label column is known."""
+        """Types with cells, by size, shown by their names (``ExplorerState.type_names``)."""
         state = self.state
         counts = np.bincount(state.inference.consensus_type, minlength=state.model.module.n_types)
-        names = None
-        labels = state.config.labels if state.config.labels in state.label_columns else (state.label_columns[:1] or [None])[0]
-        if labels is not None:
-            try:
-                names = context_for(state.model).type_labels(labels)
-            except CplmixError:
-                names = None
-        options = {}
-        for type_index in np.argsort(-counts, kind="stable"):
-            if counts[type_index] < 3:
-                continue
-            label = names.name(int(type_index)) if names is not None else None
-            text = f"{type_index}" + (f" · {label}" if label else "") + f" ({counts[type_index]:,} cells)"
-            options[text] = int(type_index)
-        return options
+        names = state.type_names()
+        return {f"{names[t]} ({counts[t]:,} cells)": int(t) for t in np.argsort(-counts, kind="stable") if counts[t] >= 3}
+
+    def _on_names(self, *_events) -> None:
+        """A type was renamed: new option texts, same choices, titles redrawn."""
+        if self.state.model is None:
+            return
+        types, chosen, compared = self._type_names(), self.type.value, self.compare.value
+        self._updating = True
+        try:
+            self.type.options = types
+            self.type.value = chosen
+            self.compare.options = {"(none)": NO_COMPARISON, **types}
+            self.compare.value = compared
+        finally:
+            self._updating = False
+        self._recompute()
 
     def _on_model(self, *_events) -> None:
         if self.state.model is None:
@@ -229,16 +232,15 @@ class TraversalView(pn.viewable.Viewer):
         if model is None:
             raise CplmixError("no model: train one or open a run")
         genes = gene_group_request(self.groups.value, parse_gene_list(self.custom.value))
-        options = {"genes": genes, "normalize": self.normalize.value, "labels": self._labels_column()}
+        options = {"genes": genes, "normalize": self.normalize.value}
         if self.compare.value not in (None, NO_COMPARISON) and self.compare.value != self.type.value:
-            return compare_types(model, [self.type.value, self.compare.value], self.dim.value, **options)
-        return traverse(model, self.type.value, self.dim.value, **options)
-
-    def _labels_column(self) -> str | None:
-        state = self.state
-        if state.config.labels in state.label_columns:
-            return state.config.labels
-        return state.label_columns[0] if state.label_columns else None
+            result = compare_types(model, [self.type.value, self.compare.value], self.dim.value, **options)
+        else:
+            result = traverse(model, self.type.value, self.dim.value, **options)
+        names = self.state.type_names()
+        for traversal in result.traversals if isinstance(result, TypeComparison) else [result]:
+            traversal.type_label = names[traversal.type]  # titles, tables and file names show the types' names
+        return result
 
     def activate(self) -> None:
         """Compute the sweep a deferred view has held back (called when its tab is first shown)."""
