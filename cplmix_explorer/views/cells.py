@@ -41,7 +41,8 @@ class CellsView(pn.viewable.Viewer):
         self._frames: dict[tuple[int, str], pd.DataFrame] = {}
         self._titles: dict[str, str] = {}
         self.state.param.watch(self._refresh_options, ["inference", "adata"])
-        self.gene.param.watch(self._gene_chosen, "value")
+        # a picked suggestion sets value; a fully typed name is taken as it is typed (value_input)
+        self.gene.param.watch(self._gene_chosen, ["value", "value_input"])
         self._refresh_options()
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -108,7 +109,8 @@ class CellsView(pn.viewable.Viewer):
         return [] if model is None else [str(g) for g in model.adata.var_names]
 
     def _gene_chosen(self, event) -> None:
-        """A gene picked in the gene box becomes the colour (an entry "gene NAME" of Colour by)."""
+        """A gene picked or typed in full in the gene box becomes the colour (an entry "gene NAME" of Colour
+        by); anything else typed there is not a gene yet and changes nothing."""
         gene = (event.new or "").strip()
         names = self.gene.options
         if gene not in set(names):  # typed rather than picked: match the name whatever its case
@@ -116,6 +118,8 @@ class CellsView(pn.viewable.Viewer):
         if not gene:
             return
         choice = f"{GENE_PREFIX}{gene}"
+        if self.color_by.value == choice:
+            return
         options = [o for o in self.color_by.options if not o.startswith(GENE_PREFIX)] + [choice]
         self.color_by.options = options
         self.color_by.value = choice
