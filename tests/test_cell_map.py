@@ -16,7 +16,7 @@ from cplmix_explorer.analysis import embedding
 from cplmix_explorer.api import CplMixVAE
 from cplmix_explorer.cli import main
 from cplmix_explorer.data.io import read_data
-from cplmix_explorer.train.run import load_run, prune_run, write_result_file
+from cplmix_explorer.train.run import load_run, write_result_file
 
 
 def clusters(n_cells: int, n_types: int = 8, seed: int = 0):
@@ -90,7 +90,7 @@ def test_result_h5ad_has_the_input_counts_and_the_map_and_scanpy_draws_it_by_typ
     assert len(axes[0].collections[0].get_offsets()) == 300
 
 
-def test_the_map_is_computed_once_per_model_and_again_after_pruning(trained_run, tmp_path):
+def test_the_map_is_computed_once_per_model_and_again_for_new_weights(trained_run, tmp_path):
     run_dir, _ = trained_run
     import shutil
 
@@ -104,28 +104,8 @@ def test_the_map_is_computed_once_per_model_and_again_after_pruning(trained_run,
     np.testing.assert_array_equal(cell_map.coordinates, np.load(copy / "map.npy"))
     assert cell_map.key == info["key"] and cell_map.seconds == info["seconds"]
 
-    prune_run(copy, min_consensus=1.0, min_types=3, fine_tune_steps=10, progress=False)  # new weights: a new map
-    pruned_info = json.loads((copy / "map.json").read_text())
-    assert pruned_info["key"] != info["key"] and (copy / "map.npy").read_bytes() != content
-    result = anndata.read_h5ad(copy / "result.h5ad")
-    np.testing.assert_array_equal(result.obsm["X_umap"], np.load(copy / "map.npy"))
-
-
-@pytest.mark.parametrize("sparse", [True, False])
-def test_a_backed_input_is_copied_into_result_h5ad_in_row_chunks(tmp_path, sparse, monkeypatch):
-    data = mixture_counts(n_cells=200, n_genes=50, sparse=sparse)
-    data.write_h5ad(tmp_path / "cells.h5ad")
-    backed = read_data(tmp_path / "cells.h5ad", backed=True)
-    model = CplMixVAE(backed, n_types=3, n_genes=30, steps=5, batch_size=64)
-    model.train(progress=False)
-    from cplmix_explorer.data import validate
-
-    monkeypatch.setattr(validate, "_CHUNK_ROWS", 64)  # several blocks, as for a file larger than memory
-    write_result_file(model, tmp_path, {})
-    result = anndata.read_h5ad(tmp_path / "result.h5ad")
-    expected = data.X.toarray() if sparse else data.X
-    assert sp.issparse(result.X) is sparse
-    np.testing.assert_array_equal(result.X.toarray() if sparse else result.X, expected)
-    with h5py.File(tmp_path / "result.h5ad") as handle:
-        assert handle["X"].attrs["encoding-type"] == ("csr_matrix" if sparse else "array")
-    assert result.obsm["X_umap"].shape == (200, 2)
+    model.train(steps=5, progress=False)  # new weights (as after pruning or more training): a new map
+    changed = model.cell_map(run_dir=copy)
+    assert json.loads((copy / "map.json").read_text())["key"] == changed.key != info["key"]
+    assert (copy / "map.npy").read_bytes() != content
+    np.testing.assert_array_equal(np.load(copy / "map.npy"), changed.coordinates)

@@ -135,7 +135,9 @@ class CellsView(pn.viewable.Viewer):
             hover.append(color_by)
         title = f"{len(frame):,} cells · {self._titles.get(method, method)} · colour: {color_by}"
         element = plots.cell_map(frame, color_by, None if highlight == NO_HIGHLIGHT else highlight, hover, title)
-        return pn.pane.HoloViews(element, sizing_mode="stretch_width", min_height=520)
+        values = frame[color_by]
+        entries = len(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else 0
+        return pn.pane.HoloViews(element, sizing_mode="stretch_width", min_height=plots.map_height(entries) + 40)
 
     def comparison(self, labels: str | None, inference=None):
         """The confusion of inferred (consensus) types with ``labels`` and its scores, or None."""

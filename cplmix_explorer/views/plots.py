@@ -163,8 +163,8 @@ def confusion_heatmap(comparison: LabelComparison) -> hv.HeatMap:
 # -- cells ----------------------------------------------------------------------------------------------------
 #: Most categories a categorical obs column may have to colour the map (cell identifiers and the like are left out).
 MAX_CATEGORIES = 1000
-#: Legend entries drawn per column of the cell map's legend.
-LEGEND_ROWS = 22
+#: Height of one entry of the cell map's legend, pixels.
+LEGEND_ENTRY_PX = 13
 
 
 def cell_frame(coordinates: np.ndarray, types: np.ndarray, confidence: np.ndarray, state: np.ndarray,
@@ -212,6 +212,11 @@ def colourable_columns(obs: pd.DataFrame) -> list[str]:
         elif values.nunique(dropna=True) <= MAX_CATEGORIES:
             columns.append(str(name))
     return columns
+
+
+def map_height(legend_entries: int = 0) -> int:
+    """Least height of the cell map, pixels: enough for its legend's entries in one column."""
+    return max(480, LEGEND_ENTRY_PX * legend_entries + 60)
 
 
 def padded_range(values: np.ndarray, fraction: float = 0.05) -> tuple[float, float]:
@@ -287,7 +292,7 @@ def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None 
                    show_legend=legend is not None)
     if legend is not None:
         overlay = overlay * legend
-        rows = max(1, min(LEGEND_ROWS, len(legend)))
-        options.update(legend_position="right", legend_cols=int(np.ceil(len(legend) / rows)),
+        # one column of small entries; the plot grows with a long legend so that it never sticks out
+        options.update(legend_position="right", min_height=map_height(len(legend)),
                        legend_opts={"label_text_font_size": "8pt", "glyph_height": 12, "spacing": 0, "padding": 4})
     return overlay.opts(**options)
