@@ -33,7 +33,7 @@ JS_IMAGES = """() => { const out = []; for (const d of Bokeh.documents) for (con
         out.push(image.length + ':' + sum) } } return out.sort().join(',') }"""
 #: Halve the cell map's x and y ranges around their centres (a zoom in), return the time it was done.
 JS_ZOOM = """() => { for (const d of Bokeh.documents) for (const m of d.all_models)
-    if (m.type == 'Plot' && m.title && String(m.title.text).includes('cells ·')) {
+    if ((m.type == 'Plot' || m.type == 'Figure') && m.title && String(m.title.text).includes('cells ·')) {
         for (const r of [m.x_range, m.y_range]) { const c = (r.start + r.end) / 2, h = (r.end - r.start) / 4;
             r.setv({start: c - h, end: c + h}) } return performance.now() } return null }"""
 
@@ -103,6 +103,8 @@ def browser_times(run_dir: Path, log: Path) -> dict:
                 out["first_map_s"] = time.perf_counter() - start
                 before = page.evaluate(JS_IMAGES)
                 zoomed_at = page.evaluate(JS_ZOOM)
+                if zoomed_at is None:
+                    raise RuntimeError("no cell map plot to zoom on the page")
                 page.wait_for_function(f"(old) => ({JS_IMAGES})() != old", arg=before, timeout=600_000, polling=20)
                 out["redraw_after_zoom_s"] = (page.evaluate("() => performance.now()") - zoomed_at) / 1000
                 out["server_rss_mb"] = server.rss_mb()
