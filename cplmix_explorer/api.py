@@ -19,6 +19,7 @@ import torch
 from anndata import AnnData
 
 from .analysis.consensus import Consensus, consensus
+from .analysis.embedding import UMAP, CellMap, keep_map, map_key, run_map
 from .analysis.inference import Inference, infer
 from .analysis.results import evaluate_inference, write_results
 from .config import CplMixConfig
@@ -94,6 +95,7 @@ class CplMixVAE:
         self.type_renames: dict[int, str] = {}
         self._automatic_names: tuple | None = None  # (inference, names, labels column used)
         self._stored_names: dict | None = None  # a run folder's type_names.json, used while it matches
+        self._maps: dict[str, CellMap] = {}
 
     def training_threads(self) -> int:
         """The CPU threads training will use (``config.threads`` or the cores available, less reserved_cores)."""
@@ -176,6 +178,7 @@ class CplMixVAE:
     def _invalidate(self) -> None:
         self._device_data = None
         self._inference = None
+        self._maps = {}
 
     # -- inference ------------------------------------------------------------------------------------------
     @property
@@ -204,6 +207,20 @@ class CplMixVAE:
     def get_state(self, arm: int = 0) -> np.ndarray:
         """State means (N, S) of one arm, given its assigned type."""
         return self.predict().state_mean[arm]
+
+    def cell_map(self, method: str = UMAP, run_dir: str | os.PathLike | None = None, progress: bool = False) -> CellMap:
+        """The 2-D map of every cell from arm 0's latent (UMAP by default, fitted on a sample for large data;
+        or PCA), computed once per model: kept in memory and, with ``run_dir``, in RUN_DIR/map.npy."""
+        cached = self._maps.get(method)
+        if cached is not None and run_dir is not None:
+            keep_map(run_dir, cached, method)
+        if cached is None:
+            weights = {name: value.detach().cpu().numpy() for name, value in self.module.state_dict().items()}
+            key = map_key(weights, self.prepared.obs_names)
+            cached = run_map(self.predict().latent[0], key, run_dir, method=method, seed=self.config.seed,
+                             progress=progress)
+            self._maps[method] = cached
+        return cached
 
     def evaluate(self, labels: str | None = None) -> dict[str, Any]:
         """ACC, ARI, NMI, KL against ``adata.obs[labels]`` (averaged across arms), agreement and K."""

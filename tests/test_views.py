@@ -19,6 +19,7 @@ import pytest
 from bokeh.document import Document
 from bokeh.models import ColumnDataSource
 
+from cplmix_explorer.analysis.embedding import pca_2d
 from cplmix_explorer.analysis.metrics import compare_to_labels
 from cplmix_explorer.errors import CplmixError
 from cplmix_explorer.train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
@@ -277,7 +278,7 @@ def test_confusion_is_ordered_by_matching_and_scored():
 def test_pca_map_of_the_latent():
     rng = np.random.default_rng(0)
     latent = rng.normal(size=(500, 10)) @ np.diag([5, 3] + [0.1] * 8)
-    coordinates = plots.embed_2d(latent)
+    coordinates = pca_2d(latent)
     centred = latent - latent.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     reference = centred @ vt[:2].T
@@ -534,14 +535,48 @@ def test_a_closed_session_frees_the_model_it_trained(tmp_path):
 def test_cells_view_colours_highlights_and_compares(demo_state):
     view = CellsView(demo_state)
     assert view.color_by.options == ["type", "class", "subclass", "confidence", "state 1", "state 2"]
+    assert view.embedding.value == "UMAP of the latent"
     table = view.cell_table()
     assert len(table) == demo_state.n_cells and {"x", "y", "type", "class", "confidence"} <= set(table.columns)
+    np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), demo_state.model.cell_map().coordinates)
     pane = view.map_element(view.embedding.value, "class", view.highlight.options[1])  # a label column, a type highlighted
     hv.render(pane.object)
     comparison = view.comparison("class")
     assert comparison.metrics == compare_to_labels(demo_state.inference.consensus_type, demo_state.adata.obs["class"].to_numpy())
     assert "ACC" in view.confusion_element("class").objects[0].object
     render(view)
+
+
+def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
+    view = CellsView(demo_state)
+    adata, prepared = demo_state.model.adata, demo_state.model.prepared
+    assert len(view.gene.options) == adata.n_vars
+    outside = next(g for g in adata.var_names if g not in set(prepared.genes))  # read from X, not the model's input
+    for gene in (prepared.genes[0], outside):
+        view.gene.value = gene
+        assert view.color_by.value == f"gene {gene}" and view.color_by.options[-1] == f"gene {gene}"
+        pane = view.map_element(view.embedding.value, view.color_by.value, "(none)")
+        table = view.cell_table()
+        assert [c for c in table.columns if c.startswith("gene ")] == [f"gene {gene}"]
+        counts = np.asarray(adata[:, gene].X.todense()).ravel()
+        np.testing.assert_allclose(table[f"gene {gene}"], np.log1p(counts * 1e4 / prepared.library_size), rtol=1e-5)
+        assert table[f"gene {gene}"].max() > 0
+        figure = hv.render(pane.object)
+        assert any(getattr(r.glyph, "color_mapper", None) is not None for r in figure.renderers if hasattr(r, "glyph")), \
+            "a gene is drawn on a colour scale"
+
+
+def test_the_map_colours_any_obs_column_by_its_kind():
+    obs = pd.DataFrame({
+        "batch": pd.Categorical(["a", "b"] * 50), "depth": np.arange(100.0), "doublet": [True, False] * 50,
+        "barcode": [f"cell{i}" for i in range(100)], "sample": ["s1"] * 99 + [None],
+    })
+    assert plots.colourable_columns(obs) == ["batch", "depth", "doublet", "barcode", "sample"]
+    assert list(plots.colour_values(obs["doublet"]).categories) == ["False", "True"]
+    assert plots.colour_values(obs["depth"]).dtype == np.float32
+    assert list(plots.colour_values(obs["sample"]).categories) == ["s1", "(missing)"]
+    many = pd.DataFrame({"barcode": [f"cell{i}" for i in range(plots.MAX_CATEGORIES + 1)]})
+    assert plots.colourable_columns(many) == [] and plots.colour_values(many["barcode"]) is None
 
 
 def test_consensus_view_shows_matrix_and_offers_pruning_when_installed(demo_state):

@@ -4,7 +4,8 @@ RUN_DIR/
     run.json                 data source, configuration, command, versions (written before training)
     checkpoint.safetensors   newest checkpoint (+ checkpoint.prev.safetensors, the one before)
     metrics.json             final evaluation and the loss history (per log interval)
-    result.h5ad              the input obs plus results (obs / obsm / uns), var = the model's genes
+    result.h5ad              the input's X, obs and var plus the results (obs / obsm / uns), the map as X_umap
+    map.npy, map.json        the 2-D map of the cells (UMAP of the latent), kept for the app and result.h5ad
 Every file is written atomically. Inputs are validated before the folder is created, so a user mistake
 leaves nothing behind.
 """
@@ -80,13 +81,43 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_h5ad(path: Path, adata: AnnData) -> None:
+def write_h5ad(path: Path, adata: AnnData, x_chunks=None) -> None:
+    """Write ``adata`` atomically; ``x_chunks`` (a backed matrix) becomes its X, copied in row chunks."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         adata.write_h5ad(temporary)
+        if x_chunks is not None:
+            _append_x(temporary, x_chunks)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _append_x(path: Path, matrix) -> None:
+    """Write a backed (sparse or dense) matrix as X of the .h5ad at ``path``, one block of rows at a time."""
+    import h5py
+    import scipy.sparse as sp
+    from anndata.io import sparse_dataset, write_elem
+
+    from ..data.validate import _iter_row_chunks
+
+    with h5py.File(path, "a") as handle:
+        start, written = 0, None
+        for block in _iter_row_chunks(matrix):
+            if sp.issparse(block):
+                block = sp.csr_matrix(block)
+                if written is None:
+                    write_elem(handle, "X", block)  # resizable: anndata writes sparse parts with maxshape None
+                    written = sparse_dataset(handle["X"])
+                else:
+                    written.append(block)
+            else:
+                block = np.asarray(block)
+                if written is None:
+                    written = handle.create_dataset("X", shape=matrix.shape, dtype=block.dtype, chunks=True)
+                    written.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+                written[start : start + len(block)] = block
+            start += block.shape[0]
 
 
 def data_source_text(source) -> str:
@@ -286,16 +317,38 @@ def train_run(
         for e in result.evaluations
     ]
     write_json(run_dir / METRICS_FILE, metrics)
-    write_result_file(model, run_dir, {k: v for k, v in metrics.items() if k not in ("history", "evaluations")})
+    write_result_file(model, run_dir, {k: v for k, v in metrics.items() if k not in ("history", "evaluations")}, progress)
     return RunOutcome(model=model, result=result, metrics=metrics, run_dir=run_dir)
 
 
-def write_result_file(model, run_dir: Path, metrics: dict) -> Path:
-    """RUN_DIR/result.h5ad: the input's obs plus the results; var holds the model's genes; X is not copied."""
-    result = AnnData(obs=model.adata.obs.copy(), var=_var_frame(model.prepared.genes))
-    result.obsm.update({k: v for k, v in model.adata.obsm.items() if k.startswith("X_") and not k.startswith("X_cplmix")})
+def write_result_file(model, run_dir: Path, metrics: dict, progress: bool = False) -> Path:
+    """RUN_DIR/result.h5ad, readable as it is by scanpy and cellxgene: the input's X (the values as read, sparse
+    stays sparse; a backed input is copied in row chunks), obs and var (``var['cplmix_model_gene']`` marks the
+    model's genes), the results (obs / obsm / uns['cplmix']) and the run's 2-D map as ``obsm['X_umap']`` (or
+    ``X_cplmix_pca`` for a run too small for UMAP). An input's own ``X_umap`` is kept as ``X_umap_input``."""
+    source = model.adata
+    layer = model.prepared.preprocessing.layer
+    x_name = "X" if source.X is not None else f"layers['{layer}']"
+    matrix = source.X if source.X is not None else source.layers[layer]
+    var = source.var.copy()
+    var["cplmix_model_gene"] = var.index.astype(str).isin(list(model.prepared.genes))
+    backed = source.isbacked
+    result = AnnData(X=None if backed else matrix, obs=source.obs.copy(), var=var)
+    for key, value in source.obsm.items():
+        if key.startswith("X_") and not key.startswith("X_cplmix"):
+            result.obsm["X_umap_input" if key == "X_umap" else key] = value
     model.write_results(result, metrics=metrics)
-    write_h5ad(run_dir / RESULT_FILE, result)
+    cell_map = model.cell_map(run_dir=run_dir, progress=progress)
+    result.obsm["X_umap" if cell_map.method == "umap" else "X_cplmix_pca"] = cell_map.coordinates
+    result.uns["cplmix"]["map"] = cell_map.info()
+    transform = model.prepared.preprocessing.transform
+    result.uns["cplmix"]["X"] = {
+        "source": f"the input's {x_name}, unchanged",
+        "model_input": (f"{x_name} of the model's genes, library-size normalised to "
+                        f"{model.prepared.preprocessing.target_sum:g} per cell and log1p-transformed")
+        if transform == "log1p_normalize" else f"{x_name} of the model's genes, as they are",
+    }
+    write_h5ad(run_dir / RESULT_FILE, result, matrix if backed else None)
     model.save_type_names(run_dir)  # the names result.h5ad shows, kept for the next opening of the run
     return run_dir / RESULT_FILE
 
@@ -351,7 +404,7 @@ def prune_run(
     metrics["pruning"] = {k: v for k, v in result.to_dict().items() if k != "trajectory"}
     previous = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
     write_json(run_dir / METRICS_FILE, {**previous, **metrics})
-    write_result_file(model, run_dir, metrics)
+    write_result_file(model, run_dir, metrics, progress)
     return result, model
 
 

@@ -7,15 +7,22 @@ import pandas as pd
 import panel as pn
 import param
 
+from ..analysis.embedding import PCA as PCA_METHOD
+from ..analysis.embedding import UMAP as UMAP_METHOD
+from ..analysis.expression import gene_expression
 from . import plots
 from .state import ExplorerState
 
-PCA, UMAP = "PCA of the latent", "UMAP of the latent"
+UMAP, PCA = "UMAP of the latent", "PCA of the latent"
+METHODS = {UMAP: UMAP_METHOD, PCA: PCA_METHOD}
 NO_HIGHLIGHT = "(none)"
+#: Prefix of the colour choice that shows a gene's expression ("gene Gad1").
+GENE_PREFIX = "gene "
 
 
 class CellsView(pn.viewable.Viewer):
-    """Map of all cells coloured by type, a label column, confidence or a state dimension; a type can be
+    """Map of all cells coloured by type, confidence, a state dimension, any obs column (categories in
+    colours, numbers on a colour scale) or a gene's expression (searchable gene box); a type can be
     highlighted; hover shows a cell's type and labels. Below: the confusion of inferred types with a label
     column, ordered by matching, with ACC, ARI and NMI."""
 
@@ -23,18 +30,25 @@ class CellsView(pn.viewable.Viewer):
 
     def __init__(self, state=None, **params):
         super().__init__(state=ExplorerState.of(state), **params)
-        methods = [PCA] + ([UMAP] if plots.umap_available() else [])
-        self.embedding = pn.widgets.Select(label="Map", options=methods, value=PCA, width=200)
+        self.embedding = pn.widgets.Select(label="Map", options=list(METHODS), value=UMAP, width=180)
         self.color_by = pn.widgets.Select(label="Colour by", options=["type"], value="type", width=200)
+        self.gene = pn.widgets.AutocompleteInput(
+            label="Colour by gene", options=[], placeholder="type a gene name", case_sensitive=False,
+            search_strategy="includes", min_characters=1, restrict=False, width=200,
+        )
         self.highlight = pn.widgets.Select(label="Highlight type", options=[NO_HIGHLIGHT], value=NO_HIGHLIGHT, width=160)
         self.labels = pn.widgets.Select(label="Compare with labels", options=[], width=200)
         self._frames: dict[tuple[int, str], pd.DataFrame] = {}
+        self._titles: dict[str, str] = {}
         self.state.param.watch(self._refresh_options, ["inference", "adata", "names_tick"])
+        # a picked suggestion sets value; a fully typed name is taken as it is typed (value_input)
+        self.gene.param.watch(self._gene_chosen, ["value", "value_input"])
         self._refresh_options()
 
     # -- data ---------------------------------------------------------------------------------------------
     def cell_table(self, method: str | None = None) -> pd.DataFrame | None:
-        """One row per cell (x, y, type, confidence, states, labels); cached per inference and map."""
+        """One row per cell (x, y, type, confidence, states, labels); cached per inference and map. Columns
+        for other obs columns and genes are added when first coloured by."""
         state = self.state
         if state.inference is None:
             return None
@@ -43,9 +57,10 @@ class CellsView(pn.viewable.Viewer):
         if key not in self._frames:
             self._frames.clear()  # one model at a time: drop the previous model's table
             inference = state.inference
-            coordinates = plots.embed_2d(inference.latent[0], "umap" if method == UMAP else "pca")
+            cell_map = state.model.cell_map(METHODS[method], run_dir=state.run_dir)
+            self._titles[method] = cell_map.title
             self._frames[key] = plots.cell_frame(
-                coordinates, inference.consensus_type, inference.consensus_confidence, inference.state_mean[0],
+                cell_map.coordinates, inference.consensus_type, inference.consensus_confidence, inference.state_mean[0],
                 state.model.adata.obs, state.label_columns,
             )
         frame = self._frames[key]
@@ -54,16 +69,35 @@ class CellsView(pn.viewable.Viewer):
             frame["type"] = frame["type"].cat.rename_categories(names)
         return frame
 
+    def colour_column(self, frame: pd.DataFrame, color_by: str) -> str:
+        """Make sure ``frame`` holds the column ``color_by`` names (an obs column or a gene), return its name."""
+        if color_by in frame.columns:
+            return color_by
+        model = self.state.model
+        if color_by.startswith(GENE_PREFIX):
+            gene = color_by[len(GENE_PREFIX):]
+            for old in [c for c in frame.columns if c.startswith(GENE_PREFIX)]:
+                del frame[old]  # one gene at a time: a million cells x many genes would add up
+            frame[color_by] = gene_expression(model.adata, model.prepared, gene)
+        else:
+            values = plots.colour_values(model.adata.obs[color_by])
+            frame[color_by] = values
+        return color_by
+
     def _refresh_options(self, *_events) -> None:
         state = self.state
         if state.inference is None:
             return
         labels = state.label_columns
         n_states = state.inference.state_mean.shape[2]
-        options = ["type", *labels, "confidence", *[f"state {d + 1}" for d in range(n_states)]]
+        others = [c for c in plots.colourable_columns(state.model.adata.obs) if c not in labels and c != "type"]
+        options = ["type", *labels, "confidence", *[f"state {d + 1}" for d in range(n_states)], *others]
+        if self.color_by.value.startswith(GENE_PREFIX) and self.color_by.value[len(GENE_PREFIX):] in self._gene_names():
+            options.append(self.color_by.value)
         self.color_by.options = options
         if self.color_by.value not in options:
             self.color_by.value = "type"
+        self.gene.options = self._gene_names()
         used = np.unique(state.inference.consensus_type)
         names = state.type_names()
         self.highlight.options = [NO_HIGHLIGHT, *[names[t] for t in used]]
@@ -75,15 +109,40 @@ class CellsView(pn.viewable.Viewer):
             self.labels.value = preferred
         self.labels.visible = bool(labels)
 
+    def _gene_names(self) -> list[str]:
+        model = self.state.model
+        return [] if model is None else [str(g) for g in model.adata.var_names]
+
+    def _gene_chosen(self, event) -> None:
+        """A gene picked or typed in full in the gene box becomes the colour (an entry "gene NAME" of Colour
+        by); anything else typed there is not a gene yet and changes nothing."""
+        gene = (event.new or "").strip()
+        names = self.gene.options
+        if gene not in set(names):  # typed rather than picked: match the name whatever its case
+            gene = next((name for name in names if name.lower() == gene.lower()), None)
+        if not gene:
+            return
+        choice = f"{GENE_PREFIX}{gene}"
+        if self.color_by.value == choice:
+            return
+        options = [o for o in self.color_by.options if not o.startswith(GENE_PREFIX)] + [choice]
+        self.color_by.options = options
+        self.color_by.value = choice
+
     # -- elements -----------------------------------------------------------------------------------------
     def map_element(self, method: str, color_by: str, highlight: str, inference=None, names=None):
         frame = self.cell_table(method)
         if frame is None:
             return pn.pane.Markdown("Train a model or open a run to map its cells.")
+        color_by = self.colour_column(frame, color_by)
         hover = ["type", *self.state.label_columns, "confidence"]
-        title = f"{len(frame):,} cells · {method}"
+        if color_by not in hover:
+            hover.append(color_by)
+        title = f"{len(frame):,} cells · {self._titles.get(method, method)} · colour: {color_by}"
         element = plots.cell_map(frame, color_by, None if highlight == NO_HIGHLIGHT else highlight, hover, title)
-        return pn.pane.HoloViews(element, sizing_mode="stretch_width", min_height=480)
+        values = frame[color_by]
+        entries = len(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else 0
+        return pn.pane.HoloViews(element, sizing_mode="stretch_width", min_height=plots.map_height(entries) + 40)
 
     def comparison(self, labels: str | None, inference=None):
         """The confusion of inferred (consensus) types with ``labels`` and its scores, or None."""
@@ -115,6 +174,6 @@ class CellsView(pn.viewable.Viewer):
         names = self.state.param.names_tick
         cell_map = pn.bind(self.map_element, self.embedding, self.color_by, self.highlight, inference=inference, names=names)
         confusion = pn.bind(self.confusion_element, self.labels, inference=inference, names=names)
-        controls = pn.Row(self.embedding, self.color_by, self.highlight, self.labels)
+        controls = pn.Row(self.embedding, self.color_by, self.gene, self.highlight, self.labels)
         # lazy: computed when the tab is first drawn, not while the page loads
         return pn.Column(controls, pn.panel(cell_map, lazy=True), pn.panel(confusion, lazy=True), sizing_mode="stretch_width")

@@ -161,32 +161,10 @@ def confusion_heatmap(comparison: LabelComparison) -> hv.HeatMap:
 
 
 # -- cells ----------------------------------------------------------------------------------------------------
-def umap_available() -> bool:
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def embed_2d(latent: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(N, D) latent -> (N, 2) coordinates: PCA (exact, via SVD) or UMAP when umap-learn is installed."""
-    latent = np.asarray(latent, np.float64)
-    if method == "umap":
-        import umap
-
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(latent).astype(np.float32)
-    if method != "pca":
-        raise ValueError(f"unknown embedding {method!r}")
-    centred = latent - latent.mean(axis=0)
-    if latent.shape[1] < 2:
-        return np.column_stack([centred[:, 0], np.zeros(len(latent))]).astype(np.float32)
-    # the top two right singular vectors; the Gram matrix is D x D, cheap for a million cells
-    gram = centred.T @ centred
-    values, vectors = np.linalg.eigh(gram)
-    components = vectors[:, np.argsort(values)[::-1][:2]]
-    components *= np.sign(components[np.argmax(np.abs(components), axis=0), [0, 1]])  # deterministic signs
-    return (centred @ components).astype(np.float32)
+#: Most categories a categorical obs column may have to colour the map (cell identifiers and the like are left out).
+MAX_CATEGORIES = 1000
+#: Height of one entry of the cell map's legend, pixels.
+LEGEND_ENTRY_PX = 13
 
 
 def cell_frame(coordinates: np.ndarray, types: np.ndarray, confidence: np.ndarray, state: np.ndarray,
@@ -202,47 +180,119 @@ def cell_frame(coordinates: np.ndarray, types: np.ndarray, confidence: np.ndarra
     for dim in range(state.shape[1]):
         frame[f"state {dim + 1}"] = np.asarray(state[:, dim], np.float32)
     for column in label_columns:
-        values = obs[column]
-        frame[column] = values.astype("category").to_numpy() if not isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
-        frame[column] = frame[column].astype("category")
+        frame[column] = colour_values(obs[column])
     return frame
 
 
+def colour_values(values: pd.Series) -> pd.Categorical | np.ndarray | None:
+    """An obs column as the map colours it: categorical with text categories (categories, texts, booleans;
+    missing values as "(missing)") or float32 numbers; None for a text column with more than
+    ``MAX_CATEGORIES`` distinct values (identifiers)."""
+    if pd.api.types.is_bool_dtype(values):
+        return pd.Categorical(np.where(values.to_numpy(bool), "True", "False"))
+    if not isinstance(values.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float32, na_value=np.nan)
+    if not isinstance(values.dtype, pd.CategoricalDtype) and values.nunique(dropna=True) > MAX_CATEGORIES:
+        return None
+    categorical = pd.Categorical(values)
+    categorical = categorical.rename_categories([str(c) for c in categorical.categories])
+    if categorical.isna().any():
+        categorical = categorical.add_categories("(missing)").fillna("(missing)")
+    return categorical
+
+
+def colourable_columns(obs: pd.DataFrame) -> list[str]:
+    """obs columns the map can be coloured by: numbers, booleans, and categories / texts with at most
+    ``MAX_CATEGORIES`` distinct values."""
+    columns = []
+    for name in obs.columns:
+        values = obs[name]
+        if isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            columns.append(str(name))
+        elif values.nunique(dropna=True) <= MAX_CATEGORIES:
+            columns.append(str(name))
+    return columns
+
+
+def map_height(legend_entries: int = 0) -> int:
+    """Least height of the cell map, pixels: enough for its legend's entries in one column."""
+    return max(480, LEGEND_ENTRY_PX * legend_entries + 60)
+
+
+def padded_range(values: np.ndarray, fraction: float = 0.05) -> tuple[float, float]:
+    """(low, high) of ``values`` widened by ``fraction`` of their span on each side (no cell on the frame)."""
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return (-1.0, 1.0)
+    low, high = float(values.min()), float(values.max())
+    pad = (high - low) * fraction or 1.0
+    return (low - pad, high + pad)
+
+
+def _spread(element):
+    """Cells a few pixels wide where they are sparse (a short run's map, a zoom), single pixels where dense."""
+    return dynspread(element, threshold=0.8, max_px=4, shape="circle")
+
+
+def _legend(colors: dict[str, str], categories: list[str]) -> hv.NdOverlay:
+    return hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8) for c in categories},
+                        kdims="category")
+
+
 def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None = None,
-             hover_columns: list[str] | None = None, title: str = "Cells") -> hv.Overlay:
-    """A datashaded map of every cell in ``frame`` coloured by a categorical or numeric column, the cells
-    of type ``highlight`` drawn on top in black (others greyed when colouring by type), and a thinned layer
-    of invisible points that shows type, labels and confidence on hover."""
+             hover_columns: list[str] | None = None, title: str = "Cells",
+             colors: dict[str, str] | None = None) -> hv.Overlay:
+    """A datashaded map of every cell in ``frame`` coloured by a categorical column (one colour per category,
+    ``colors`` or a stable palette) or a numeric one (the mean of the cells in each pixel, viridis), with a
+    thinned layer of invisible points that shows type, labels and confidence on hover.
+
+    With ``highlight`` the cells of that type keep their colours and every other cell is drawn light grey
+    beneath them."""
     if color_by not in frame.columns:
         raise ValueError(f"cannot colour by {color_by!r}: not a column of the cell table")
     hover_columns = [c for c in (hover_columns or ["type", "confidence"]) if c in frame.columns]
     vdims = list(dict.fromkeys([color_by, "type", *hover_columns]))
     points = hv.Points(frame, ["x", "y"], vdims)
+    shown = points if highlight is None else points.select(type=str(highlight))
     categorical = isinstance(frame[color_by].dtype, pd.CategoricalDtype)
+    layers = []
+    if highlight is not None:
+        layers.append(_spread(datashade(points, cmap=[GREY, GREY], min_alpha=255)).opts(show_legend=False))
+    legend = None
     if categorical:
         categories = [str(c) for c in frame[color_by].cat.categories]
-        colors = category_colors(categories)
-        if highlight is not None and color_by == "type":
-            colors = {c: (colors[c] if c == str(highlight) else GREY) for c in categories}
-        base = dynspread(datashade(points, aggregator=ds.count_cat(color_by), color_key=colors, min_alpha=60), threshold=0.6, max_px=3)
-        legend = hv.NdOverlay({
-            c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8)
-            for c in categories[:40] if (highlight is None or color_by != "type" or c == str(highlight))
-        })
-        layers = base * legend
+        palette = {**category_colors(categories), **(colors or {})}
+        present = categories
+        if highlight is not None:
+            present = [str(c) for c in pd.unique(frame.loc[frame["type"] == str(highlight), color_by].dropna())]
+            present = [c for c in categories if c in set(present)]
+        # the image's own legend is off: the legend below lists only the categories drawn, once
+        layers.append(_spread(datashade(shown, aggregator=ds.count_cat(color_by), color_key=palette, min_alpha=160)).opts(show_legend=False))
+        legend = _legend(palette, present[:200])
     else:
-        base = dynspread(rasterize(points, aggregator=ds.mean(color_by)), threshold=0.6, max_px=3).opts(
-            cmap="viridis", colorbar=True, clabel=color_by, tools=["hover"],
-        )
-        layers = base
-    if highlight is not None and not (categorical and color_by == "type"):
-        selected = points.select(type=str(highlight))
-        layers = layers * dynspread(datashade(selected, cmap=[HIGHLIGHT], min_alpha=200), threshold=0.6, max_px=3)
+        values = frame[color_by].to_numpy()
+        finite = values[np.isfinite(values)]
+        clim = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        if clim[0] == clim[1]:
+            clim = (clim[0], clim[0] + 1.0)
+        layers.append(_spread(rasterize(shown, aggregator=ds.mean(color_by))).opts(
+            cmap="viridis", colorbar=True, clabel=color_by, clim=clim, tools=["hover"],
+        ))
     hover = decimate(hv.Points(frame, ["x", "y"], list(dict.fromkeys(["type", *hover_columns]))), max_samples=HOVER_SAMPLES, random_seed=0).opts(
-        tools=["hover"], size=6, fill_alpha=0, line_alpha=0, hover_fill_alpha=0.8, hover_line_alpha=1,
-        hover_fill_color=HIGHLIGHT,
+        tools=["hover"], size=6, fill_alpha=0, line_alpha=0, hover_fill_alpha=0.6, hover_line_alpha=1,
+        hover_fill_color="#ffffff", hover_line_color="#222222",
     )
-    return (layers * hover).opts(
-        title=title, responsive=True, min_height=420, xlabel="component 1", ylabel="component 2",
-        legend_position="right", show_legend=categorical,
-    )
+    overlay = layers[0]
+    for layer in layers[1:]:
+        overlay = overlay * layer
+    overlay = overlay * hover
+    options = dict(title=title, responsive=True, min_height=480, xlabel="map 1", ylabel="map 2",
+                   xlim=padded_range(frame["x"].to_numpy()), ylim=padded_range(frame["y"].to_numpy()),
+                   show_legend=legend is not None)
+    if legend is not None:
+        overlay = overlay * legend
+        # one column of small entries; the plot grows with a long legend so that it never sticks out
+        options.update(legend_position="right", min_height=map_height(len(legend)),
+                       legend_opts={"label_text_font_size": "8pt", "glyph_height": 12, "spacing": 0, "padding": 4})
+    return overlay.opts(**options)

@@ -83,6 +83,7 @@ def shared_demo(run_dir: str | os.PathLike) -> CplMixVAE:
                 data = _bundled_cache[source] = load_bundled(source)
             model = load_run(run_dir, source=data if data is not None else source)
             model.predict()
+            model.cell_map(run_dir=run_dir)  # the shipped map.npy, or computed once for every session
             _demo_cache[key] = model
         return _demo_cache[key]
 
