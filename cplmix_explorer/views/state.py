@@ -401,9 +401,13 @@ class ExplorerState(param.Parameterized):
         self.error = ""
         self.status = "training" if kind == "training" else "pruning"
         self.status_message = f"{kind} starting"
-        self.metrics_tick += 1
         job.start()
         self._ensure_polling()
+        try:  # the views empty their figures now; a view failing here must not fail the start (as in poll())
+            self.metrics_tick += 1
+        except Exception as error:
+            logger.exception("explorer refresh failed")
+            self.error = f"display update failed: {describe_failure(error)}"
 
     def stop(self) -> None:
         if self.job is not None and self.job.running:
