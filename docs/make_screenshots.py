@@ -81,6 +81,7 @@ def main() -> None:
         time.sleep(2)
         page.screenshot(path=IMAGES / "cells.png")
 
+        page.set_viewport_size({"width": 1500, "height": 2300})  # the whole tab: the main area scrolls on its own
         open_tab(page, "Traversal")
         page.wait_for_function(f"() => ({JS_COLUMN})('expression') !== null", timeout=EVENT_TIMEOUT_MS)
         time.sleep(2)

@@ -79,7 +79,7 @@ class ConsensusView(pn.viewable.Viewer):
         defaults = PruningOptions()
         declared = PruningOptions.param
         self.min_consensus = pn.widgets.FloatSlider(label="Keep types with agreement at least", start=0.5, end=1.0, step=0.01,
-                                                    value=defaults.min_consensus, sizing_mode="stretch_width")
+                                                    value=defaults.min_consensus, format="0.00", sizing_mode="stretch_width")
         self.min_types = pn.widgets.IntInput(label="Stop at K =", value=defaults.min_types, start=declared.min_types.bounds[0],
                                              sizing_mode="stretch_width", description=declared.min_types.doc)
         self.fine_tune_steps = pn.widgets.IntInput(label="Fine-tuning steps per round", value=defaults.fine_tune_steps, start=0,
@@ -117,8 +117,11 @@ class ConsensusView(pn.viewable.Viewer):
     def _trajectory_element(self, data):
         result = self.state.pruning_result
         chosen = getattr(result, "chosen_k", None) if result is not None and self.state.status != "pruning" else None
-        plan = self.state.pruning_plan
-        k_range = (plan["start_k"], plan["min_types"]) if plan is not None else None
+        plan, model = self.state.pruning_plan, self.state.model
+        if plan is not None:
+            k_range = (plan["start_k"], plan["min_types"])
+        else:  # before any pruning: the range a pruning of the shown model would cover
+            k_range = (model.module.n_types, min(self.min_types.value or 2, model.module.n_types)) if model is not None else None
         return trajectory_plot(data, self.min_consensus.value, chosen, k_range)
 
     def _on_prune(self, _event=None) -> None:

@@ -194,7 +194,7 @@ class TraversalView(pn.viewable.Viewer):
         ) for fmt in ("png", "svg", "pdf", "csv")}
         self.heatmap = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=440)
         self.profile = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=280)
-        self.top_genes = pn.pane.DataFrame(sizing_mode="stretch_width", max_height=440, index=True, float_format="{:.3f}".format,
+        self.top_genes = pn.pane.DataFrame(sizing_mode="stretch_width", max_height=440, index=False, float_format="{:.3f}".format,
                                            styles={"overflow": "auto"})
         self.summary = pn.pane.DataFrame(sizing_mode="stretch_width", index=False, float_format="{:.3f}".format,
                                          styles={"overflow-x": "auto"})
@@ -334,7 +334,7 @@ class TraversalView(pn.viewable.Viewer):
         top = self.result.traversals if isinstance(self.result, TypeComparison) else [self.result]
         frames = []
         for traversal in top:
-            table = traversal.top_genes(15)[["rank", "group", "amplitude", "rho", "change"]]
+            table = traversal.top_genes(15)[["rank", "group", "amplitude", "rho", "change"]].reset_index()  # gene, rank, ...
             table = table.assign(group=table["group"].replace("", OTHER_GENES))  # genes in none of the chosen groups
             if len(top) > 1:
                 table.insert(0, "type", traversal.type_label or f"type {traversal.type}")
@@ -400,7 +400,7 @@ class TraversalView(pn.viewable.Viewer):
             pn.pane.Markdown("**Gene groups**: markers should stay flat, IEG / HKG move (amplitude: change along the sweep "
                              "in cell-to-cell standard deviations; rho: monotonicity, |rho| ≥ 0.9 counts as monotone)"),
             self.summary,
-            pn.pane.Markdown(f"**Top responding genes** among all the model's genes ({OTHER_GENES}: in none of the chosen groups)"),
+            pn.pane.Markdown(f"**Top responding genes** among all the model's genes; {OTHER_GENES}: in none of the chosen groups"),
             self.top_genes,
             sizing_mode="stretch_width",
         )
