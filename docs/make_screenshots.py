@@ -64,6 +64,7 @@ def main() -> None:
         threshold = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Keep types with agreement"))
         threshold.locator(".noUi-handle").first.focus()
         threshold.locator(".noUi-handle").first.press("End")
+        page.locator(".bk-slider-title", has_text="at least: 1.00").first.wait_for()
         fill_option(page, "Stop at K =", 8)
         fill_option(page, "Fine-tuning steps per round", 100)
         time.sleep(0.5)

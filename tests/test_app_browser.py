@@ -232,7 +232,7 @@ def pruning_plots_rounds(page):
     threshold = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Keep types with agreement"))
     threshold.locator(".noUi-handle").first.focus()
     threshold.locator(".noUi-handle").first.press("End")  # 1.0: no type of the demo reaches it, pruning stops at the floor
-    page.wait_for_function("() => [...document.querySelectorAll('.bk-slider-title')].some(e => e.textContent.includes('1.00'))")
+    page.locator(".bk-slider-title", has_text="at least: 1.00").first.wait_for()  # (inside Bokeh's shadow roots)
     fill_option(page, "Stop at K =", 8)
     fill_option(page, "Fine-tuning steps per round", 50)
     time.sleep(0.5)
