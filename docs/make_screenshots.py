@@ -59,6 +59,7 @@ def main() -> None:
         time.sleep(2)  # let the browser finish drawing the figures
         page.screenshot(path=IMAGES / "training_and_runs.png")
 
+        page.set_viewport_size({"width": 1500, "height": 1500})  # the pruning controls and chart below the matrices
         open_tab(page, "Consensus")
         wait_for_text(page, "types used")
         threshold = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Keep types with agreement"))
@@ -77,6 +78,7 @@ def main() -> None:
         time.sleep(2)
         page.screenshot(path=IMAGES / "consensus_stopped.png", full_page=True)
 
+        page.set_viewport_size({"width": 1500, "height": 1100})
         open_tab(page, "Cells")
         page.wait_for_function(f"() => ({JS_MAX_ROWS})('image') > 0", timeout=EVENT_TIMEOUT_MS)
         time.sleep(2)

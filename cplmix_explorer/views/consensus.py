@@ -44,8 +44,10 @@ def trajectory_plot(rounds: pd.DataFrame, threshold: float | None = None, chosen
         overlay = overlay * hv.VLine(float(chosen_k)).opts(color="#2ca02c", line_width=2)
     # framewise on the elements: a DynamicMap's overlay keeps its first ranges unless its elements ask for new ones
     overlay = overlay.map(lambda element: element.opts(framewise=True), [hv.Curve, hv.Scatter, hv.HLine, hv.VLine])
+    ticks = list(range(int(low), int(high) + 1))
+    ticks = ticks if len(ticks) <= 25 else None  # whole numbers of types, while there are few enough to write
     return overlay.opts(title="Pruning: agreement against K", responsive=True, min_height=260, ylim=(0, 1.02),
-                        xlim=(low - 0.5, high + 0.5), invert_xaxis=True, legend_position="bottom_left")
+                        xlim=(low - 0.5, high + 0.5), xticks=ticks, invert_xaxis=True, legend_position="bottom_left")
 
 
 def pruning_progress(state: ExplorerState) -> tuple[int, int, str]:
