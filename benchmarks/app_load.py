@@ -35,7 +35,7 @@ def act(page, index: int, tick: int) -> str:
     done = f"open {name}"
     page.locator(".bk-tab", has_text=name).first.click()
     if name == "Traversal":
-        handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State value")).locator(".noUi-handle")
+        handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State 1 value")).locator(".noUi-handle")
         if handle.count():
             handle.first.focus()
             handle.first.press("ArrowRight" if tick % 2 else "ArrowLeft")

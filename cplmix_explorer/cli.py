@@ -16,7 +16,7 @@ from pathlib import Path
 
 import param
 
-from .config import DATA_OPTIONS, AugmenterConfig, CplMixConfig, OptionSet, cli_flag
+from .config import DATA_OPTIONS, AugmenterConfig, CplMixConfig, OptionSet, PruningOptions, cli_flag
 from .errors import CplmixError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -130,7 +130,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from .train.run import prune_run
 
     result, model = prune_run(
-        args.run_dir, min_consensus=args.min_consensus, min_types=args.min_types, fine_tune_steps=args.steps,
+        args.run_dir, min_consensus=args.min_consensus, min_types=args.min_types, fine_tune_steps=args.fine_tune_steps,
         progress=not args.quiet, source=args.data,
     )
     _print_json({**result.to_dict(), "k": int(model.module.n_types)})
@@ -261,6 +261,8 @@ def run_traverse(args: argparse.Namespace) -> int:
         mark_state=args.mark, title=args.title,
     )
     if not args.quiet:
+        for caution in dict.fromkeys(w for t in traversals for w in t.warnings):  # a short run warns once, not per type
+            print(f"cplmix: warning: {caution}", file=sys.stderr)
         _print_json({
             "written": [str(p) for p in written],
             "format": file_format,
@@ -271,6 +273,7 @@ def run_traverse(args: argparse.Namespace) -> int:
                 {
                     "type": t.type, "label": t.type_label, "cell": t.cell, "n_cells": t.n_cells,
                     "state_range": [float(t.state[0]), float(t.state[-1])],
+                    "warnings": list(t.warnings),
                     "arm_correlation": [_finite_or_none(v) for v in t.alignment["correlation"]],
                     "genes": [g.summary() for g in t.groups.values()],
                     "groups": [
@@ -361,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = sub.add_parser("prune", help="remove the types the arms agree on least, fine-tuning between rounds")
     prune.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train (pruned in place)")
-    prune.add_argument("--min-consensus", type=float, default=0.95, help="agreement every type must reach (default 0.95)")
-    prune.add_argument("--min-types", type=int, default=2, help="never prune below this many types (default 2)")
-    prune.add_argument("--steps", type=int, default=None, help="fine-tuning steps per round (default: steps / 10)")
+    add_config_arguments(prune, config_class=PruningOptions)  # --min-consensus, --min-types, --steps
     prune.add_argument("--data", default=None, help="the data, when not where run.json says")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
 

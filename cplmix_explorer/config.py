@@ -309,6 +309,26 @@ class AugmenterConfig(OptionSet):
     )
 
 
+
+class PruningOptions(OptionSet):
+    """Options of consensus pruning (``analysis.pruning.prune``), declared once for ``cplmix prune``, the API and
+    the app's Consensus tab, so that the three prune alike."""
+
+    min_consensus = param.Number(
+        0.95, bounds=(0.0, 1.0), inclusive_bounds=(False, True),
+        doc="Agreement every surviving type must reach; pruning stops when all do.",
+    )
+    min_types = param.Integer(2, bounds=(2, None), doc="Never prune below this many types.")
+    fine_tune_steps = param.Integer(
+        None, bounds=(0, None), allow_None=True,
+        doc="Fine-tuning steps after each removal; unset: a tenth of the run's training steps, at least 100.",
+    )
+
+
+def default_fine_tune_steps(training_steps: int) -> int:
+    """Pruning's fine-tuning steps per round when unset: a tenth of the run's training steps, at least 100."""
+    return max(100, int(training_steps) // 10)
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -341,6 +361,7 @@ CLI_FLAGS: dict[str, str] = {
     "n_genes": "--genes",
     "normalize": "--normalize",
     "gumbel_temperature": "--gumbel-temp",
+    "fine_tune_steps": "--steps",  # cplmix prune
 }
 
 

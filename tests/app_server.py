@@ -28,6 +28,17 @@ JS_ROWS_BY_SOURCE = """(column) => { const out = {}; for (const doc of Bokeh.doc
 #: The values of the first data source with a column named ``column`` (null when none).
 JS_COLUMN = """(column) => { for (const doc of Bokeh.documents) for (const m of doc.all_models) {
     const d = m.data; if (d && d[column] !== undefined) return Array.from(d[column]) } return null }"""
+#: The pruning chart: its K axis (start, end: start > end, K falls to the right) and the K of its points.
+JS_PRUNING_CHART = """() => { for (const doc of Bokeh.documents) for (const m of doc.all_models) {
+    if (!m.title || !String(m.title.text ?? "").includes("agreement against K")) continue
+    let ks = []; for (const r of m.renderers) { const s = r.data_source; if (s && s.data && s.data.removed !== undefined) ks = Array.from(s.data.k) }
+    return {start: m.x_range.start, end: m.x_range.end, ks: ks} } return null }"""
+#: The texts of the plot titles on the page.
+JS_TITLES = """() => { const out = []; for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.type == "Title") out.push(String(m.text)); return out }"""
+#: The labels of the plots' axes on the page.
+JS_AXIS_LABELS = """() => { const out = []; for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.axis_label !== undefined && m.axis_label !== null) out.push(String(m.axis_label)); return out }"""
 #: Locations of the horizontal marker lines (Bokeh Spans along the width) on the page.
 JS_MARKERS = """() => { const out = []; for (const doc of Bokeh.documents) for (const m of doc.all_models) {
     if (m.type == "Span" && m.dimension == "width") out.push(m.location) } return out }"""
@@ -59,7 +70,7 @@ class AppServer:
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPOSITORY)
 
-    def wait_ready(self, timeout: float = 240.0) -> None:
+    def wait_ready(self, timeout: float = 600.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -131,10 +142,11 @@ def launch_browser(playwright, profile_dir: str | None = None):
     )
 
 
-def open_app(context, url: str, timeout_ms: int = 180_000):
+def open_app(context, url: str, timeout_ms: int | None = None):
     """A new tab with the explorer, once its sidebar and the Training tab are drawn."""
+    timeout_ms = EVENT_TIMEOUT_MS if timeout_ms is None else timeout_ms
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(EVENT_TIMEOUT_MS)
     page.goto(url, timeout=timeout_ms)
     page.wait_for_selector("text=Training options", timeout=timeout_ms)
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=timeout_ms)
@@ -152,5 +164,10 @@ def open_tab(page, name: str) -> None:
     page.locator(".bk-tab", has_text=name).first.click()
 
 
-def wait_for_text(page, text: str, timeout_ms: int = 120_000) -> None:
+#: How long a browser test waits for something to show on the page: generous, so that a busy machine (other
+#: processes on every core) makes the tests slower, never wrong.
+EVENT_TIMEOUT_MS = 600_000
+
+
+def wait_for_text(page, text: str, timeout_ms: int = EVENT_TIMEOUT_MS) -> None:
     page.wait_for_selector(f"text={text}", timeout=timeout_ms)

@@ -12,7 +12,10 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import sync_playwright
 
-from app_server import JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_ROWS_BY_SOURCE, AppServer, fill_option, launch_browser, open_app, open_tab, wait_for_text
+from app_server import (
+    EVENT_TIMEOUT_MS, JS_AXIS_LABELS, JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_PRUNING_CHART, JS_ROWS_BY_SOURCE, JS_TITLES, AppServer,
+    fill_option, launch_browser, open_app, open_tab, wait_for_text,
+)
 from conftest import mixture_counts
 
 from cplmix_explorer.views.safety import EMPTY_PATH_MESSAGE
@@ -35,6 +38,12 @@ def data_dir(tmp_path_factory) -> Path:
     (folder / "notes.txt").write_text("not data\n")
     mixture_counts(n_cells=30, n_genes=20).write_h5ad(root / "secret.h5ad")
     (folder / "escape.h5ad").symlink_to(root / "secret.h5ad")
+    # an earlier run of the command line in the runs folder, for the runs list
+    from cplmix_explorer.cli import main
+
+    assert main(["train", str(folder / "mixture.h5ad"), "--out", str(root / "runs" / "cli-run"), "--steps", "20",
+                 "--types", "3", "--genes", "100", "--hidden-dim", "16", "--batch-size", "64", "--labels", "type",
+                 "--quiet"]) == 0
     return folder
 
 
@@ -84,6 +93,9 @@ def quick_training_options(page, steps: int, genes: int = 200) -> None:
     time.sleep(0.5)
 
 
+#: The step of the loss curve's last point.
+JS_LAST_LOSS_STEP = """() => { for (const d of Bokeh.documents) for (const m of d.all_models) {
+    const x = m.data; if (x && x.loss !== undefined && x.step.length) return x.step[x.step.length - 1] } return null }"""
 JS_PATH_TYPED = """path => { for (const d of Bokeh.documents) for (const m of d.all_models)
     if (m.type == 'AutocompleteInput' && m.value_input == path) return true; return false }"""
 
@@ -128,27 +140,33 @@ def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server
     page.screenshot(path=ARTIFACTS / "02_consensus.png")
 
     open_tab(page, "Cells")
-    page.wait_for_function(f"() => ({JS_MAX_ROWS})('image') > 0", timeout=120_000)  # the datashaded cells
+    page.wait_for_function(f"() => ({JS_MAX_ROWS})('image') > 0", timeout=EVENT_TIMEOUT_MS)  # the datashaded cells
     page.screenshot(path=ARTIFACTS / "03_cells.png")
 
     open_tab(page, "Traversal")
-    page.wait_for_function(f"() => ({JS_COLUMN})('expression') !== null", timeout=120_000)
+    page.wait_for_function(f"() => ({JS_COLUMN})('expression') !== null", timeout=EVENT_TIMEOUT_MS)
     before_profile = page.evaluate(JS_COLUMN, "expression")
     before_marker = page.evaluate(JS_MARKERS)
-    title = page.locator(".bk-slider-title", has_text="State value")
+    title = page.locator(".bk-slider-title", has_text="State 1 value")
     before_title = title.first.text_content()
-    handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State value")).locator(".noUi-handle").first
+    assert_slider_and_profile_agree(page, before_title)
+    assert "state 1" in page.evaluate(JS_AXIS_LABELS), "the states are numbered from 1, as in the Cells tab"
+    assert any(t.endswith(", state 1") for t in page.evaluate(JS_TITLES))
+    handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State 1 value")).locator(".noUi-handle").first
     handle.focus()
     for _ in range(15):
         handle.press("ArrowLeft")
     page.wait_for_function(f"(old) => JSON.stringify(({JS_MARKERS})()) != JSON.stringify(old)", arg=before_marker)
     page.wait_for_function(f"(old) => JSON.stringify(({JS_COLUMN})('expression')) != JSON.stringify(old)", arg=before_profile)
     assert title.first.text_content() != before_title
+    assert_slider_and_profile_agree(page, title.first.text_content())
+    page.get_by_text("Top responding genes").first.scroll_into_view_if_needed()
+    assert page.locator("table td", has_text="(other)").count() > 0, "genes in no chosen group say so"
     page.screenshot(path=ARTIFACTS / "04_traversal.png", full_page=True)
 
     signatures = {"PNG": b"\x89PNG\r\n\x1a\n", "PDF": b"%PDF-", "SVG": b"<?xml", "CSV": b"state,"}
     for fmt, signature in signatures.items():
-        with page.expect_download(timeout=120_000) as download:
+        with page.expect_download(timeout=EVENT_TIMEOUT_MS) as download:
             page.get_by_role("button", name=f"Export {fmt}").click()
         saved = ARTIFACTS / f"export.{fmt.lower()}"
         download.value.save_as(saved)
@@ -156,6 +174,81 @@ def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server
         assert download.value.suggested_filename.endswith(f".{fmt.lower()}")
         assert saved.read_bytes().startswith(signature), fmt
     page.close()
+
+
+def assert_slider_and_profile_agree(page, slider_title: str) -> None:
+    """The slider's number is the one in the profile's title (both three decimals of the same sweep row)."""
+    value = slider_title.split(":")[-1].strip()
+    page.wait_for_function(f"(value) => ({JS_TITLES})().includes('Decoded profile at state 1 = ' + value)", arg=value,
+                           timeout=EVENT_TIMEOUT_MS)
+
+
+def test_the_runs_list_opens_an_earlier_run_and_its_files_download(server, browser, tmp_path):
+    page = open_app(browser, server.url)
+    with screenshots_on_failure("runs", page):
+        runs_open_and_download(page, tmp_path)
+    page.close()
+
+
+def runs_open_and_download(page, tmp_path):
+    import json
+
+    import anndata
+
+    runs = page.locator(".bk-input-group", has_text="Run folder").locator("select").first
+    assert "cli-run" in runs.locator("option").all_text_contents()
+    runs.select_option("cli-run")
+    page.get_by_role("button", name="Open run", exact=True).first.click()
+    wait_for_text(page, "Shown: run folder")
+    wait_for_text(page, "mixture.h5ad: 300 cells × 120 genes")
+    assert page.locator("text=run cli-run").count() >= 1
+    wait_for_text(page, "step 20 / 20")  # its training record in the Training tab
+    page.screenshot(path=ARTIFACTS / "09_run_opened.png")
+    with page.expect_download(timeout=EVENT_TIMEOUT_MS) as download:
+        page.get_by_role("button", name="Download result.h5ad").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "cli-run_result.h5ad"
+    result = anndata.read_h5ad(saved)
+    assert result.n_obs == 300 and "cplmix_type" in result.obs
+    with page.expect_download(timeout=EVENT_TIMEOUT_MS) as download:
+        page.get_by_role("button", name="Download metrics.json").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "cli-run_metrics.json" and json.loads(saved.read_text())["step"] == 20
+
+
+def test_pruning_from_the_page_plots_each_round_and_says_why_it_stopped(server, browser):
+    page = open_app(browser, server.url)
+    with screenshots_on_failure("pruning", page):
+        pruning_plots_rounds(page)
+    page.close()
+
+
+def pruning_plots_rounds(page):
+    wait_for_text(page, "demo model zeisel2015_demo")
+    open_tab(page, "Consensus")
+    wait_for_text(page, "types used")
+    threshold = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Keep types with agreement"))
+    threshold.locator(".noUi-handle").first.focus()
+    threshold.locator(".noUi-handle").first.press("End")  # 1.0: no type of the demo reaches it, pruning stops at the floor
+    page.locator(".bk-slider-title", has_text="at least: 1.00").first.wait_for()  # (inside Bokeh's shadow roots)
+    fill_option(page, "Stop at K =", 8)
+    fill_option(page, "Fine-tuning steps per round", 50)
+    time.sleep(0.5)
+    page.get_by_role("button", name="Prune categories").first.click()
+    # the first removal's round (K = 9) while the second round still fine-tunes: its points are on the chart
+    wait_for_text(page, "round 1 of at most 2 · K = 9")
+    during = page.evaluate(JS_PRUNING_CHART)
+    assert during["ks"][:2] == [10, 9], during
+    assert during["start"] >= 10 and during["end"] <= 8, f"the K axis shows K = 10 .. 8: {during}"
+    page.screenshot(path=ARTIFACTS / "10_pruning_running.png")
+    wait_for_text(page, "Stopped at K = 8, the 'stop at K' floor")
+    wait_for_text(page, "below 1. Lower the floor or the threshold")
+    after = page.evaluate(JS_PRUNING_CHART)
+    assert after["ks"] == [10, 9, 8] and after["start"] >= 10 and after["end"] <= 8, after
+    wait_for_text(page, "pruned (8 types)")
+    page.screenshot(path=ARTIFACTS / "11_pruning_stopped.png", full_page=True)
 
 
 def test_training_started_from_the_page_draws_the_loss_curve(server, browser):
@@ -166,27 +259,30 @@ def test_training_started_from_the_page_draws_the_loss_curve(server, browser):
 
 
 def training_draws_the_loss_curve(page):
-    # long enough for several of the monitor's 2-s figure redraws on a slow machine
-    quick_training_options(page, steps=2000)
+    # a run much longer than the test: it waits for the curve to grow (however fast or slow the machine trains),
+    # then stops it; the stopped run is drawn to its last step
+    wait_for_text(page, "step 4,000 / 4,000")  # the demo's record
+    demo_rows = page.evaluate(JS_MAX_ROWS, "loss")
+    quick_training_options(page, steps=100_000)
     page.get_by_role("button", name="Train", exact=True).first.click()
+    # the demo's curves go at once, before the new run's first metrics (its process takes seconds to start): the
+    # summary says so (Playwright's text selectors reach into Bokeh's shadow roots; document.body.innerText does not)
+    wait_for_text(page, "no training yet")
+    assert page.evaluate(JS_MAX_ROWS, "loss") < demo_rows, "the demo's curves are gone when the new run starts"
     seen = []
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + EVENT_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         seen.append(page.evaluate(JS_ROWS_BY_SOURCE, "loss"))
-        if page.locator("text=training completed").count():
+        rows = [max(sample.values(), default=0) for sample in seen]
+        if len(set(rows) - {0}) >= 3:  # three redraws with points
             break
         time.sleep(0.5)
-    page.wait_for_function(f"() => Object.values(({JS_ROWS_BY_SOURCE})('loss')).includes(400)")  # 2000 steps, a point every 5
-    growth = {}
-    for sample in seen:
-        for source, rows in sample.items():
-            growth.setdefault(source, []).append(rows)
-    # the plots start afresh when the run starts (the demo's record goes): look at the counts from there on
-    runs = [rows[max([i for i in range(1, len(rows)) if rows[i] < rows[i - 1]], default=0):] for rows in growth.values()]
-    growing = [rows for rows in runs if len(set(rows) - {0, 400}) >= 2 and rows == sorted(rows)]
-    assert growing, f"the loss curve gains points while training runs: {growth}"
-    wait_for_text(page, "step 2,000 / 2,000")
+    assert len(set(rows) - {0}) >= 3 and rows == sorted(rows), f"the loss curve gains points while training runs: {rows}"
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    wait_for_text(page, "training stopped")
     wait_for_text(page, "trained in this session")
+    step = int(page.locator("text=/step [0-9,]+ \\/ 100,000/").first.text_content().split("step ")[1].split(" /")[0].replace(",", ""))
+    page.wait_for_function(f"() => ({JS_LAST_LOSS_STEP})() == {step}")  # the stopped run is drawn to its last step
     page.screenshot(path=ARTIFACTS / "05_after_training.png")
 
 
@@ -201,7 +297,7 @@ def two_sessions(first, second):
     wait_for_text(second, "mixture.h5ad: 300 cells × 120 genes")
     assert first.locator("text=mixture.h5ad").count() == 0, "the other session's data stays there"
     for page in (first, second):
-        quick_training_options(page, steps=3000, genes=100)
+        quick_training_options(page, steps=100_000, genes=100)  # still training when the second one asks
     first.get_by_role("button", name="Train", exact=True).first.click()
     wait_for_text(first, "training on cpu")
     second.get_by_role("button", name="Train", exact=True).first.click()
@@ -243,7 +339,7 @@ def refusals(page, tmp_path):
     large = tmp_path / "large.h5ad"
     large.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(int(1.5 * 2**20)))
     page.locator("input[type=file]").first.set_input_files(str(large))
-    page.wait_for_selector("text=/too large|larger than the limit/", timeout=60_000)
+    page.wait_for_selector("text=/too large|larger than the limit/", timeout=EVENT_TIMEOUT_MS)
     page.screenshot(path=ARTIFACTS / "07_refused_upload.png")
 
 
@@ -293,7 +389,7 @@ def test_concurrent_sessions_run_without_errors_and_free_their_memory(server, br
         closed_before = server.count("closed; explorer sessions alive")
         for page in pages:
             page.close()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + EVENT_TIMEOUT_MS / 1000
         while server.count("closed; explorer sessions alive") < closed_before + 3 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert server.count("closed; explorer sessions alive") >= closed_before + 3, "closing tabs ends their sessions"

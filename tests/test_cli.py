@@ -79,6 +79,9 @@ def test_prune_to_the_number_of_types_writes_its_trajectory_and_evaluate_follows
     assert trajectory["removed"][0] is None  # the starting point removed nothing
     assert len(set(trajectory["removed"][1:])) == 4 and set(trajectory["removed"][1:]) <= set(range(8))
     assert trajectory["step"] == [300, 350, 400, 450, 500]
+    why = {"passed": "Stopped at K = 4: every type's agreement reached the threshold 1",
+           "min_types": "Stopped at K = 4, the 'stop at K' floor (--min-types 4)"}
+    assert pruning["reason"].startswith(why[pruning["status"]]), pruning  # the reason says which of the two it was
     assert main(["evaluate", str(run_dir)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["k"] == 4 and report["step"] == 500

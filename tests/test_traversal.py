@@ -217,10 +217,25 @@ def test_one_cell_custom_groups_and_labels(model, simulated_run, true_types, tmp
     assert list(result.groups) == ["IEG", "picked", "mine"]
     assert result.groups["picked"].missing == ["NotAGene"]
     assert result.groups["picked"].genes == [] and result.groups["picked"].duplicates == activity
+    assert f"picked: 0 of 3 genes; 2 shown in IEG instead ({', '.join(activity)})" in result.groups["picked"].summary()
     assert result.groups["mine"].genes == [modelled] and result.groups["mine"].missing == ["Nope"]
     cell_states = context_for(model).cell_state(int(np.flatnonzero(adata.obs_names == cell)[0]), type_index)
     np.testing.assert_allclose(result.held_state, cell_states)
     assert result.cell_state == pytest.approx(cell_states[0, result.alignment.loc[0, "dimension"]])
+
+
+def test_a_barely_trained_model_warns_that_its_traversal_may_not_match_the_data(model, simulated_run):
+    from cplmix_explorer.api import CplMixVAE
+
+    _, adata = simulated_run
+    for type_index in np.flatnonzero(np.bincount(model.predict().consensus_type) >= 3):
+        assert traverse(model, int(type_index), 0).warnings == [], "1,000 steps reproduce every type's markers"
+    early = CplMixVAE(adata, config=model.config.copy(steps=2))  # a decoder that has hardly learnt anything
+    early.train(steps=2, progress=False)
+    largest = int(np.bincount(early.predict().consensus_type).argmax())
+    warnings = traverse(early, largest, 0).warnings
+    assert any("trained for only 2 steps (fewer than 1,000)" in w for w in warnings), warnings
+    assert any("the decoder puts" in w and f"of type {largest}'s" in w and "below that mean" in w for w in warnings), warnings
 
 
 def test_types_side_by_side_and_driven_genes(model):
@@ -354,6 +369,7 @@ def test_traverse_command_end_to_end(simulated_run, model, true_types, tmp_path,
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["written"] == [str(figure)]
     assert report["types"][0]["type"] == type_index and report["types"][0]["label"] == f"{type_index} · {name}"  # its name
     assert [g["group"] for g in report["types"][0]["groups"]] == ["MG", "IEG", "HKG"]
+    assert report["types"][0]["warnings"] == []  # a model trained long enough: no caution printed
 
     gene_file = tmp_path / "activity.txt"
     activity = [g for g in adata.var_names[adata.var["program"] == "ieg"] if g in model.prepared.genes][:10]

@@ -67,7 +67,22 @@ def hv_bars(overlay) -> pd.DataFrame:
     return bars.dframe().rename(columns={"key": "gene"})
 
 
-def wait_for_job(state: ExplorerState, timeout: float = 120.0) -> None:
+#: How long a test waits for a background job or a refresh event before it fails: generous, so a busy machine
+#: (other processes on every core) only makes the tests slower, never wrong.
+JOB_DEADLINE_S = 900.0
+
+
+def wait_until(condition, state: ExplorerState | None = None, timeout: float = JOB_DEADLINE_S, what: str = "the event") -> None:
+    """Poll ``condition()`` (driving the session's refresh as its periodic callback would) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout:.0f} s"
+        time.sleep(0.1)
+        if state is not None:
+            state.poll()
+
+
+def wait_for_job(state: ExplorerState, timeout: float = JOB_DEADLINE_S) -> None:
     """Drive the session's refresh as the periodic callback would, until the background job ends."""
     deadline = time.monotonic() + timeout
     while state.busy and time.monotonic() < deadline:
@@ -214,35 +229,40 @@ def test_jobs_on_one_device_take_turns_and_report_failures():
     def second(control, attach):
         return "completed", "second done", 2
 
+    def drained_until(job, kind):
+        """The job's events up to and including its first event of ``kind`` (waited for, however slow the machine)."""
+        events = []
+        wait_until(lambda: (events.extend(job.drain()) or any(isinstance(e, kind) for e in events)), what=f"a {kind.__name__}")
+        return events
+
     first = BackgroundJob("training", "test-device", slow).start()
-    time.sleep(0.2)
+    drained_until(first, JobRunning)  # the first job holds the device
     queued = BackgroundJob("training", "test-device", second).start()
-    time.sleep(0.5)
-    events = queued.drain()
+    events = drained_until(queued, JobQueued)
     assert any(isinstance(e, JobQueued) and "training" in e.busy_with for e in events)
     assert queued.running
     release.set()
-    assert queued.join(10) and first.join(10)
+    assert queued.join(JOB_DEADLINE_S) and first.join(JOB_DEADLINE_S)
     ended = [e for e in queued.drain() if isinstance(e, JobEnded)]
     assert ended[0].status == "completed" and ended[0].result == 2
 
     blocker = BackgroundJob("training", "test-device", slow)
     release.clear()
     blocker.start()
-    time.sleep(0.2)
+    drained_until(blocker, JobRunning)
     cancelled = BackgroundJob("training", "test-device", second).start()
-    time.sleep(0.3)
+    drained_until(cancelled, JobQueued)
     cancelled.stop()
-    assert cancelled.join(5)
+    assert cancelled.join(JOB_DEADLINE_S)
     assert [e.status for e in cancelled.drain() if isinstance(e, JobEnded)] == ["stopped"]
     release.set()
-    blocker.join(10)
+    blocker.join(JOB_DEADLINE_S)
 
     def broken(control, attach):
         raise ZeroDivisionError("division by zero")
 
     failed = BackgroundJob("training", "test-device", broken).start()
-    failed.join(5)
+    failed.join(JOB_DEADLINE_S)
     events = failed.drain()
     assert isinstance(events[0], JobRunning)
     assert events[-1].status == "failed" and events[-1].message == "training failed: ZeroDivisionError: division by zero"
@@ -374,6 +394,10 @@ def test_live_axes_hold_still_while_points_arrive_and_widen_when_a_value_leaves_
     assert per_arm.start <= 2.0 and per_arm.end >= 3.0  # every arm's curve fits
     figures.show_metrics(rows([5], [10.0]), replace=True)  # a new record: fitted afresh
     assert loss_axis.start <= 10 <= loss_axis.end < 100
+    coupling = figures.curves["coupling"].y_range
+    figures.show_metrics(rows([5, 10], [1.0, 1.0]).assign(coupling=[0.002, 0.3]), replace=True)
+    assert coupling.start == 0.0 and coupling.end >= 0.3, "a distance is never negative: neither is its axis"
+    assert nice_range(-0.002, 0.3)[0] < 0  # data below 0 keep their room
 
 
 def test_only_one_per_arm_term_is_on_the_page_at_a_time():
@@ -393,24 +417,27 @@ def test_only_one_per_arm_term_is_on_the_page_at_a_time():
 # -- training from the state (real, small) ------------------------------------------------------------------------
 def test_the_figures_wait_for_their_period_while_the_progress_follows_every_refresh(tmp_path):
     # a monitor whose figures redraw at most once an hour: once the run's start has been drawn, only the progress
-    # moves while training; the end of the run (here a stop) is drawn at once, with every point
+    # moves while training; the end of the run (here a stop) is drawn at once, with every point. The loop waits for
+    # the progress to have moved (however slowly the machine trains), not for a number of refreshes.
     state = ExplorerState(runs_dir=tmp_path / "runs")
     state.use_data(mixture_counts(), "mixture")
-    state.config.update(**{**QUICK, "steps": 5000})
+    state.config.update(**{**QUICK, "steps": 20_000})  # a progress unit every 20 steps; stopped long before the end
     monitor = TrainingMonitor(state, plot_period=3600)
     render(monitor)
     monitor.train_button.clicks += 1
     seen = []  # (progress, points shown) at each refresh while training
-    deadline = time.monotonic() + 120
-    while state.busy and len([p for p, _ in seen if p > 0]) < 3 and time.monotonic() < deadline:
+    deadline = time.monotonic() + JOB_DEADLINE_S
+    while state.busy and time.monotonic() < deadline:
         time.sleep(0.2)
         state.poll()
         seen.append((monitor.progress.value, monitor.points_shown))
+        if len({progress for progress, _ in seen if progress > 0}) >= 3:
+            break
     state.stop()
     wait_for_job(state)
     assert state.status == "stopped", state.error
     moving = [(progress, points) for progress, points in seen if 0 < progress < 1000]
-    assert len({progress for progress, _ in moving}) >= 2  # the progress followed the refreshes
+    assert len({progress for progress, _ in moving}) >= 2, seen  # the progress followed the refreshes
     assert len({points for _, points in moving}) == 1  # the figures waited
     shown = monitor.metrics_shown()
     assert len(shown) > moving[-1][1] and shown["step"].iloc[-1] == state.model.step  # the end drawn at once
@@ -441,16 +468,11 @@ def test_a_second_training_on_a_busy_device_is_queued_and_sessions_stay_apart(tm
     first, second = ExplorerState(runs_dir=tmp_path), ExplorerState(runs_dir=tmp_path)
     for state in (first, second):
         state.use_data(mixture_counts(), "mixture")
-        state.config.update(**{**QUICK, "steps": 400})
+        state.config.update(**{**QUICK, "steps": 100_000})  # still training when the second request is answered
     first.start_training()
-    deadline = time.monotonic() + 60
-    while first.status != "training" or first.live.step == 0:
-        time.sleep(0.2)
-        first.poll()
-        assert time.monotonic() < deadline
+    wait_until(lambda: first.status == "training" and first.live.step > 0, first, what="the first training's first step")
     second.start_training()
-    time.sleep(1.0)
-    second.poll()
+    wait_until(lambda: second.status != "training", second, what="the second request's answer")
     assert second.status == "queued" and "busy with training" in second.status_message
     assert first.status == "training"
     second.stop()  # one session stops only its own work
@@ -458,7 +480,7 @@ def test_a_second_training_on_a_busy_device_is_queued_and_sessions_stay_apart(tm
     assert second.status == "stopped" and first.busy and first.status == "training"
     first.stop()
     wait_for_job(first)
-    assert first.status == "stopped" and first.model is not None and 0 < first.model.step < 400
+    assert first.status == "stopped" and first.model is not None and 0 < first.model.step < 100_000
 
 
 def test_a_crash_in_the_training_thread_is_shown_and_the_state_stays_usable(tmp_path):
@@ -490,7 +512,7 @@ def test_an_error_while_refreshing_the_display_is_caught_and_shown(tmp_path):
 
     state.param.watch(broken_view, "metrics_tick")
     state.start_training()
-    state.job.join(60)
+    assert state.job.join(JOB_DEADLINE_S)
     state.poll()  # must not raise: the periodic callback would stop silently
     assert "display update failed: KeyError" in state.error
 
@@ -501,15 +523,11 @@ def test_closing_a_session_stops_its_training_and_frees_the_state(tmp_path):
     state.config.update(**{**QUICK, "steps": 5000})
     views = [TrainingMonitor(state), DataView(state)]
     state.start_training()
-    deadline = time.monotonic() + 60
-    while state.live.step == 0:
-        time.sleep(0.2)
-        state.poll()
-        assert time.monotonic() < deadline
+    wait_until(lambda: state.live.step > 0, state, what="the first training step")
     job = state.job
     reference = weakref.ref(state)
     state.close()
-    assert job.join(30), "the training thread ends after the session closed"
+    assert job.join(JOB_DEADLINE_S), "the training thread ends after the session closed"
     assert state.model is None and state.adata is None
     del state, views
     gc.collect()
@@ -524,6 +542,7 @@ def test_a_closed_session_frees_the_model_it_trained(tmp_path):
     wait_for_job(state)
     view = TraversalView(state)  # the traversal caches per-model work
     assert view.result is not None
+    assert view.warnings.visible and "trained for only 20 steps" in view.warnings.object  # a barely trained model
     model = weakref.ref(state.model)
     state.close()
     del state, view
@@ -602,15 +621,56 @@ def test_pruning_from_the_consensus_view_plots_the_trajectory_and_shows_the_prun
     view.fine_tune_steps.value = 10
     view.prune_button.clicks += 1
     assert state.status == "pruning" and view.stop_button.disabled is False
+    assert view.progress.visible and "pruning from K = 6" in view.progress_text.object
+    progress_seen = set()
+    wait_until(lambda: progress_seen.add(view.progress_text.object) or not state.busy, state, what="the pruning's end")
     wait_for_job(state)
     assert state.status == "completed", state.error
+    assert any(text.startswith("round 1 of at most 2 · K = 5") for text in progress_seen), progress_seen
     trajectory = view.trajectory_pipe.data
     assert trajectory["k"].tolist() == [6, 5, 4] and trajectory["removed"].notna().sum() == 2
     assert state.model is not trained and state.model.module.n_types == 4, "the pruned copy is shown"
     assert trained.module.n_types == 6, "the model that was shown is left as it was"
-    assert state.pruning_result.chosen_k == 4
-    hv.render(view._trajectory_element(trajectory))
+    assert state.pruning_result.chosen_k == 4 and state.pruning_result.status == "min_types"
+    assert view.reason.visible and view.reason.alert_type == "warning"
+    assert "Stopped at K = 4, the 'stop at K' floor" in view.reason.object and "below 1" in view.reason.object
+    assert view.progress.value == view.progress.max == 2
+    figure = hv.render(view._trajectory_element(trajectory))
+    assert figure.x_range.start >= 6 and figure.x_range.end <= 4  # K = 6 .. 4 shown, falling to the right
     assert "of 4 types used" in view._matrices(threshold=1.0).objects[0].object
+
+
+def test_the_trajectory_chart_follows_the_rounds_from_the_first_one():
+    """The K axis is fitted to the rounds at every update (it stayed at [0, 1] while the data held K = 10, 9, 8)."""
+    from cplmix_explorer.views.consensus import TRAJECTORY_COLUMNS, trajectory_plot
+
+    empty = hv.render(trajectory_plot(pd.DataFrame(columns=TRAJECTORY_COLUMNS), 0.95, None, (10, 2)))
+    assert (empty.x_range.start, empty.x_range.end) == (10.5, 1.5)  # the whole planned range before any round
+    rounds = pd.DataFrame({"k": [10, 9, 8], "min_agreement": [0.4, 0.6, 0.7], "mean_agreement": [0.8, 0.85, 0.9],
+                           "removed": [None, 3, 5]})
+    stream = hv.streams.Pipe(data=pd.DataFrame(columns=TRAJECTORY_COLUMNS))
+    chart = hv.DynamicMap(lambda data: trajectory_plot(data, 0.95), streams=[stream])
+    plot = hv.renderer("bokeh").get_plot(chart)
+    stream.send(rounds)  # what the Consensus tab does after each round
+    assert plot.state.x_range.start >= 10 and plot.state.x_range.end <= 8
+    points = [r.data_source.data for r in plot.state.renderers if "removed" in getattr(getattr(r, "data_source", None), "data", {})]
+    assert list(points[0]["k"]) == [10, 9, 8]
+
+
+def test_the_cli_and_the_app_prune_with_one_declaration_of_the_options(demo_state):
+    from cplmix_explorer.analysis.pruning import default_fine_tune_steps as model_default
+    from cplmix_explorer.cli import build_parser
+    from cplmix_explorer.config import PruningOptions
+
+    defaults = PruningOptions()
+    args = build_parser().parse_args(["prune", "RUN"])
+    assert (args.min_consensus, args.min_types, args.fine_tune_steps) == (None, None, None)  # prune_run applies the defaults
+    view = ConsensusView(demo_state)
+    assert view.min_consensus.value == defaults.min_consensus and view.min_types.value == defaults.min_types
+    assert view.fine_tune_steps.value is None and view.options().fine_tune_steps is None  # None: max(100, steps // 10)
+    assert view.fine_tune_steps.placeholder == f"default: {model_default(demo_state.model)}" == "default: 400"
+    view.fine_tune_steps.value = 25
+    assert view.options().to_dict() == {"min_consensus": 0.95, "min_types": 2, "fine_tune_steps": 25}
 
 
 def test_traversal_view_slider_profile_and_exports(demo_state, tmp_path):
@@ -642,6 +702,10 @@ def test_traversal_view_slider_profile_and_exports(demo_state, tmp_path):
     custom = view.reference.groups["custom"]
     assert custom.genes == ["Fos", "Arc"] and custom.missing == ["Npas4", "NotAGene"]
     assert "absent from the data (Npas4, NotAGene)" in view.group_notes.object
+    view.groups.value = ["MG", "IEG"]  # Fos and Arc are immediate early genes: shown there, and the summary says so
+    assert view.reference.groups["custom"].genes == [] and {"Fos", "Arc"} <= set(view.reference.groups["IEG"].genes)
+    assert "custom: 0 of 4 genes; 2 shown in IEG instead (Fos, Arc)" in view.group_notes.object
+    view.groups.value = ["MG"]
     view.groups.value = []
     view.custom.value = ""
     assert view.result is None and "choose at least one gene group" in view.message.object
@@ -650,6 +714,104 @@ def test_traversal_view_slider_profile_and_exports(demo_state, tmp_path):
     view.compare.value = types[1]
     assert len(view.result.traversals) == 2 and isinstance(view.heatmap.object, hv.Layout)
     assert parse_gene_list("Fos,Fos;Arc\tEgr1 # c\n#x\n") == ["Fos", "Arc", "Egr1"]
+    render(view)
+
+
+def test_traversal_labels_read_as_the_rest_of_the_app(demo_state):
+    """One numbering of the states (1-based, as the Cells tab), the slider and the profile title on the same
+    value, readable gene names, every top gene with a group, the group table without a raw index."""
+    view = TraversalView(demo_state)
+    assert list(view.dim.options) == ["state 1", "state 2"]
+    reference = view.reference
+    assert view.slider.name == "State 1 value" and view.slider.format == "0.000"
+    assert view.slider.value in reference.state.tolist(), "the slider sits on a row of the sweep"
+    title = f"Decoded profile at state 1 = {view.slider.value:.3f}"
+    assert view.profile.object.opts.get().kwargs["title"] == title
+    move_slider(view.slider, reference.state[7] + 1e-4)  # between rows: the nearest row is shown, and named
+    assert view.profile.object.opts.get().kwargs["title"] == f"Decoded profile at state 1 = {reference.state[7]:.3f}"
+    heatmap = hv.render(view.heatmap.object)
+    assert heatmap.yaxis[0].axis_label == "state 1" and heatmap.title.text.endswith(", state 1")
+    assert heatmap.xaxis[0].major_label_text_font_size in ("9pt", "11pt")
+    groups = view.top_genes.object["group"]
+    assert (groups != "").all() and set(groups) <= {"MG", "IEG", "HKG", "(other)"}
+    assert view.summary.index is False and list(view.summary.object["group"]) == ["MG", "IEG", "HKG"]
+    view.dim.value = 1
+    assert view.slider.name == "State 2 value" and hv.render(view.heatmap.object).yaxis[0].axis_label == "state 2"
+    assert not view.warnings.visible, "the demo (4,000 steps) reproduces its largest type's markers"
+
+
+def test_a_new_run_clears_the_previous_models_curves_at_once(tmp_path):
+    state = ExplorerState(runs_dir=tmp_path)
+    state.open_demo(DEMO)
+    monitor = TrainingMonitor(state)
+    assert monitor.points_shown > 0 and len(monitor.agreement_shown()) > 0
+    state.use_data(mixture_counts(), "mixture")
+    state.config.update(**QUICK)
+    monitor.train_button.clicks += 1  # no refresh yet: the run's first metrics are seconds away
+    assert monitor.points_shown == 0 and len(monitor.agreement_shown()) == 0 and monitor.progress.value == 0
+    wait_for_job(state)
+    assert state.status == "completed", state.error
+    assert monitor.metrics_shown()["step"].tolist() == list(range(5, 61, 5))
+
+
+@pytest.fixture(scope="module")
+def served_folders(tmp_path_factory):
+    """A data folder with a small dataset and a runs folder with a run of it trained by the command line."""
+    from cplmix_explorer.cli import main
+
+    root = tmp_path_factory.mktemp("served")
+    data, runs = root / "data", root / "runs"
+    data.mkdir()
+    mixture_counts(n_cells=300, n_genes=120, n_types=3).write_h5ad(data / "mixture.h5ad")
+    assert main(["train", str(data / "mixture.h5ad"), "--out", str(runs / "cli-run"), "--steps", "20", "--types", "3",
+                 "--genes", "100", "--hidden-dim", "16", "--batch-size", "64", "--labels", "type", "--quiet"]) == 0
+    return data, runs
+
+
+def test_the_runs_list_opens_earlier_runs_and_offers_their_files(served_folders, tmp_path):
+    import json
+    import shutil
+
+    from cplmix_explorer.views import RunsView
+    from cplmix_explorer.views.safety import list_run_folders
+
+    data, runs = served_folders
+    state = ExplorerState(data_dir=data, runs_dir=runs)
+    mine, theirs = f"20260101-120000-train-{state.session_id}-abcdef", "20260101-120000-train-0123456789ab-abcdef"
+    for name in (mine, theirs, "outside-data", "in-memory", "not-a-run"):
+        (runs / name).mkdir(exist_ok=True)
+    for name in (mine, theirs):
+        shutil.copy(runs / "cli-run" / "run.json", runs / name / "run.json")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(runs / "cli-run", elsewhere)
+    mixture_counts(n_cells=30, n_genes=20).write_h5ad(tmp_path / "secret.h5ad")
+    for name, source in (("outside-data", str(tmp_path / "secret.h5ad")), ("in-memory", "in-memory")):
+        info = json.loads((runs / "cli-run" / "run.json").read_text())
+        (runs / name / "run.json").write_text(json.dumps({**info, "data": source}))
+    (runs / "link-out").symlink_to(elsewhere)
+    listed = list_run_folders(runs, state.session_id)
+    assert set(listed) == {"cli-run", mine, "outside-data", "in-memory"}, "not other sessions' runs, links out, non-runs"
+
+    view = RunsView(state)
+    assert set(view.runs.options) == set(listed) and all(d.disabled for d in view.downloads.values())
+    view.runs.value = "cli-run"
+    view.open_button.clicks += 1
+    assert not view.message.visible, view.message.object
+    assert state.run_dir == runs / "cli-run" and state.model.step == 20 and state.data_name == "mixture.h5ad"
+    assert state.live.step == 20, "the run's training record is shown"
+    for name, download in view.downloads.items():
+        assert not download.disabled and Path(download.file) == runs / "cli-run" / name
+        assert download.filename == f"cli-run_{name}"
+    assert "cli-run" in view.shown.object
+    refusals = {theirs: "another session's run", "../data": "not the name of a folder", "link-out": "outside the runs folder",
+                "outside-data": "outside the allowed data folder", "in-memory": "uploaded or passed in memory",
+                "not-a-run": "no run.json", "gone": "no such run folder"}
+    for name, reason in refusals.items():
+        with pytest.raises(CplmixError, match=reason):
+            view.open(name)
+    assert state.run_dir == runs / "cli-run", "a refused folder leaves the open run as it was"
+    state.open_demo(DEMO)
+    assert all(d.disabled for d in view.downloads.values()) and "no run folder" in view.shown.object
     render(view)
 
 

@@ -98,6 +98,7 @@ def heatmap_figure(
     colorbar: bool = True,
     title: str | None = None,
     color_limits: tuple[float, float] | None = None,
+    state_label: str | None = None,
 ) -> Figure:
     """A publication heatmap of a traversal (one panel) or a type comparison (a panel per type).
 
@@ -106,7 +107,8 @@ def heatmap_figure(
     for z-scores, ``viridis`` for min-max). gene_labels: True, False or "auto" (shown up to 80 columns per
     panel). mark_state: a state value to mark with a line and a triangle (the app's slider position; in a
     comparison, on every panel). color_limits: (low, high); default symmetric around 0 at the 99th
-    percentile of |z| for z-scores, (0, 1) for min-max.
+    percentile of |z| for z-scores, (0, 1) for min-max. state_label: the name of the swept dimension on the
+    vertical axis (default "state dimension D", as ``cplmix traverse --dim D``).
     """
     results = result.traversals if isinstance(result, TypeComparison) else [result]
     normalization = results[0].normalization
@@ -148,7 +150,7 @@ def heatmap_figure(
         image = _draw_panel(ax, traversal, matrix, cmap, color_limits, show_labels, mark_state)
         if len(results) > 1:
             ax.set_title(traversal.type_label or f"type {traversal.type}", fontsize=10, pad=18)
-    axes[0].set_ylabel(f"state dimension {results[0].dim}")
+    axes[0].set_ylabel(state_label or f"state dimension {results[0].dim}")
     if colorbar and image is not None:
         bar = figure.colorbar(image, ax=list(axes), fraction=0.04, pad=0.02, aspect=30)
         bar.set_label(_NORMALIZATION_LABEL.get(normalization, normalization), fontsize=8)

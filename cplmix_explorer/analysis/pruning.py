@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..config import PruningOptions
+from ..config import default_fine_tune_steps as _fine_tune_steps_for
 from ..errors import CplmixError
 from ..train.progress import ProgressBar
 from .consensus import Consensus, consensus
@@ -36,6 +38,21 @@ class PruningResult:
     chosen_k: int
     min_consensus: float
     status: str  # "passed" (threshold met), "min_types" (stopped at the floor), or "stopped" (by request)
+    min_types: int | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why pruning stopped at ``chosen_k``, one sentence for the user."""
+        last = self.trajectory.iloc[-1] if len(self.trajectory) else None
+        least = f"{float(last['min_agreement']):.3f}" if last is not None else "unknown"
+        if self.status == "passed":
+            return (f"Stopped at K = {self.chosen_k}: every type's agreement reached the threshold "
+                    f"{self.min_consensus:g} (least agreed type: {least}).")
+        if self.status == "min_types":
+            return (f"Stopped at K = {self.chosen_k}, the 'stop at K' floor (--min-types {self.min_types or self.chosen_k}), "
+                    f"before every type passed the threshold: the least agreed type is at {least}, below "
+                    f"{self.min_consensus:g}. Lower the floor or the threshold to prune further.")
+        return f"Stopped by request at K = {self.chosen_k} (least agreed type: {least})."
 
     def to_dict(self) -> dict:
         """Plain JSON values: the first round's ``removed`` is None (not NaN, which strict JSON readers refuse)."""
@@ -45,6 +62,7 @@ class PruningResult:
             "chosen_k": self.chosen_k,
             "min_consensus": self.min_consensus,
             "status": self.status,
+            "reason": self.reason,
             "trajectory": trajectory,
         }
 
@@ -56,14 +74,18 @@ def least_agreed_category(agreement: Consensus, cells_per_category: np.ndarray) 
 
 
 def default_fine_tune_steps(model) -> int:
-    return max(100, model.config.steps // 10)
+    """Fine-tuning steps per round when none are given (:class:`~cplmix_explorer.config.PruningOptions`)."""
+    return _fine_tune_steps_for(model.config.steps)
+
+
+_DEFAULTS = PruningOptions()
 
 
 def prune(
     model,
-    min_consensus: float = 0.95,
-    min_types: int = 2,
-    fine_tune_steps: int | None = None,
+    min_consensus: float = _DEFAULTS.min_consensus,
+    min_types: int = _DEFAULTS.min_types,
+    fine_tune_steps: int | None = _DEFAULTS.fine_tune_steps,
     control=None,
     progress: bool = False,
     on_round: Callable[[PruningRound], None] | None = None,
@@ -71,8 +93,9 @@ def prune(
 ) -> PruningResult:
     """Prune ``model`` (a trained :class:`~cplmix_explorer.api.CplMixVAE`, modified in place).
 
-    Each round removes one category and fine-tunes for ``fine_tune_steps`` (default: a tenth of the
-    configured steps, at least 100). ``on_round`` is called after every round (the app plots it live);
+    The options and their defaults are :class:`~cplmix_explorer.config.PruningOptions` (the CLI's and the
+    app's too). Each round removes one category and fine-tunes for ``fine_tune_steps`` (default: a tenth of
+    the configured steps, at least 100). ``on_round`` is called after every round (the app plots it live);
     ``control`` (a TrainingControl) can stop between and within rounds.
     """
     if model.module.n_arms < 2:
@@ -126,7 +149,8 @@ def prune(
             if result.status == "stopped":
                 status = "stopped"
     trajectory = pd.DataFrame([vars(r) for r in rounds])
-    return PruningResult(trajectory=trajectory, chosen_k=int(model.module.n_types), min_consensus=min_consensus, status=status)
+    return PruningResult(trajectory=trajectory, chosen_k=int(model.module.n_types), min_consensus=min_consensus, status=status,
+                         min_types=min_types)
 
 
 def remove_categories(model, keep: np.ndarray) -> None:

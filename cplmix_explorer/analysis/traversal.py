@@ -107,9 +107,18 @@ class GeneGroup:
     not_modelled: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     source: str = ""
+    #: duplicates -> the earlier group that shows them
+    shown_in: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = f"{self.name}: {len(self.genes)} of {self.n_requested} genes"
+        if self.duplicates:
+            by_group: dict[str, list[str]] = {}
+            for gene in self.duplicates:
+                by_group.setdefault(self.shown_in.get(gene, "an earlier group"), []).append(gene)
+            for group, genes in by_group.items():
+                shown = ", ".join(genes[:5]) + (", ..." if len(genes) > 5 else "")
+                text += f"; {len(genes)} shown in {group} instead ({shown})"
         if self.not_modelled:
             text += f"; {len(self.not_modelled)} in the data but not among the model's genes"
         if self.missing:
@@ -342,7 +351,7 @@ class TraversalContext:
         """Resolve a gene-group request (see :func:`parse_gene_groups`) for one type, in display order.
         MG = the type's top ``n_markers`` marker genes, never genes of the shipped IEG or HKG sets."""
         groups: dict[str, GeneGroup] = {}
-        taken: set[str] = set()
+        taken: dict[str, str] = {}  # gene -> the group that shows it
         for item in parse_gene_groups(spec):
             _check_group_item(item)
             if isinstance(item, str) and item.strip().upper() == MARKERS:
@@ -360,8 +369,9 @@ class TraversalContext:
                 raise CplmixError(f"gene group '{name}' is given twice")
             unique = [g for g in genes if g not in taken]
             duplicates = [g for g in genes if g in taken]
-            taken.update(unique)
-            groups[name] = GeneGroup(name, unique, requested, list(missing), list(not_modelled), duplicates, source)
+            shown_in = {g: taken[g] for g in duplicates}
+            taken.update((g, name) for g in unique)
+            groups[name] = GeneGroup(name, unique, requested, list(missing), list(not_modelled), duplicates, source, shown_in)
         return groups
 
     def type_labels(self, labels: str) -> TypeLabels:
@@ -569,6 +579,8 @@ class Traversal:
     n_cells: int
     percentiles: tuple[float, float]
     cell_state: float | None = None
+    #: reasons to read this traversal with care (a short run, markers decoded against the data), one line each
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -827,6 +839,7 @@ def traverse(
     ).set_index("arm")
     label = _type_name(model, type_index, labels)
     cell_name = None if cell_position is None else str(model.prepared.obs_names[cell_position])
+    cautions = trust_warnings(model, context, type_index, mean_expression, n_markers)
     return Traversal(
         type=type_index,
         type_label=label,
@@ -847,7 +860,47 @@ def traverse(
         n_cells=int(len(states.cells)),
         percentiles=(low, high),
         cell_state=None if cell_position is None else float(held[0, matched[0]]),
+        warnings=cautions,
     )
+
+
+#: Training steps below which a traversal warns that the model is barely trained (the default run has 5,000).
+SHORT_RUN_STEPS = 1000
+_TYPE_MEAN_MAX_CELLS = 5000
+
+
+def trust_warnings(model, context: TraversalContext, type_index: int, decoded: np.ndarray,
+                   n_markers: int = DEFAULT_MARKERS) -> list[str]:
+    """Why a traversal of ``type_index`` may not describe the data, one line each: the model was trained for
+    fewer than :data:`SHORT_RUN_STEPS` steps, or the decoder puts most of the type's own marker genes below
+    the population mean although the type's cells have them above it (the decoded profile then disagrees
+    with the data). ``decoded``: the sweep's (steps, G) mean reconstruction."""
+    cautions = []
+    step = int(getattr(model, "step", 0) or 0)
+    if step < SHORT_RUN_STEPS:
+        cautions.append(
+            f"the model was trained for only {step:,} steps (fewer than {SHORT_RUN_STEPS:,}): its decoded profiles "
+            "may not match the data yet; train longer before reading this traversal"
+        )
+    markers = context.marker_genes(type_index, n_markers)
+    if not markers:
+        return cautions
+    columns = context.gene_position.get_indexer(markers)
+    gene_mean, _ = context.gene_statistics
+    cells = context.type_states(type_index).cells
+    if len(cells) > _TYPE_MEAN_MAX_CELLS:
+        cells = np.sort(np.random.default_rng(0).choice(cells, _TYPE_MEAN_MAX_CELLS, replace=False))
+    type_mean = np.asarray(model.prepared.model_input(cells), dtype=np.float64)[:, columns].mean(axis=0)
+    above_in_data = type_mean > gene_mean[columns]
+    below_decoded = decoded[:, columns].mean(axis=0) < gene_mean[columns]
+    disagree = int((above_in_data & below_decoded).sum())
+    if above_in_data.sum() and disagree > above_in_data.sum() / 2:
+        cautions.append(
+            f"the decoder puts {disagree} of type {type_index}'s {int(above_in_data.sum())} marker genes that its "
+            "cells express above the population mean below that mean: the reconstruction disagrees with the data "
+            f"(model trained for {step:,} steps); read this traversal with care"
+        )
+    return cautions
 
 
 @torch.no_grad()

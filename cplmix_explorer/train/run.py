@@ -384,20 +384,26 @@ PRUNING_FILE = "pruning.json"
 
 def prune_run(
     run_dir: str | os.PathLike,
-    min_consensus: float = 0.95,
-    min_types: int = 2,
+    min_consensus: float | None = None,
+    min_types: int | None = None,
     fine_tune_steps: int | None = None,
     progress: bool = True,
     source=None,
 ):
     """Prune a trained run in place: the pruned model becomes the run's checkpoint, the trajectory goes to
-    RUN_DIR/pruning.json, and metrics.json / result.h5ad describe the pruned model."""
+    RUN_DIR/pruning.json, and metrics.json / result.h5ad describe the pruned model. Options left None take
+    their defaults from :class:`~cplmix_explorer.config.PruningOptions`."""
     from ..analysis.pruning import prune
+    from ..config import PruningOptions
 
+    defaults = PruningOptions()  # prune() checks the values (its messages name the CLI's flags)
     run_dir = Path(run_dir)
     model = load_run(run_dir, source)
-    result = prune(model, min_consensus=min_consensus, min_types=min_types, fine_tune_steps=fine_tune_steps,
-                   progress=progress, run_dir=run_dir)
+    result = prune(
+        model, min_consensus=defaults.min_consensus if min_consensus is None else min_consensus,
+        min_types=defaults.min_types if min_types is None else min_types, fine_tune_steps=fine_tune_steps,
+        progress=progress, run_dir=run_dir,
+    )
     model.save(run_dir)
     write_json(run_dir / PRUNING_FILE, result.to_dict())
     metrics = model.evaluate(model.config.labels)

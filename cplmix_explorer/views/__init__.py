@@ -15,8 +15,9 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import ConfigForm, DataView
 from .explorer import Explorer
+from .runs import RunsView
 from .state import ExplorerState
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
-__all__ = ["CellsView", "ConfigForm", "ConsensusView", "DataView", "Explorer", "ExplorerState", "TrainingMonitor", "TraversalView"]
+__all__ = ["CellsView", "ConfigForm", "ConsensusView", "DataView", "Explorer", "ExplorerState", "RunsView", "TrainingMonitor", "TraversalView"]

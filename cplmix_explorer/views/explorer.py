@@ -1,4 +1,4 @@
-"""The whole explorer as one object: the data & options sidebar and the Training, Consensus, Cells,
+"""The whole explorer as one object: the runs, data & options sidebar and the Training, Consensus, Cells,
 Traversal and Markers tabs over one :class:`ExplorerState`. ``apps/explorer.py`` serves it; in a notebook display it."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .cells import CellsView
 from .consensus import ConsensusView
 from .data import DataView
 from .markers import MarkersView
+from .runs import RunsView
 from .safety import DEFAULT_MAX_UPLOAD_MB
 from .state import ExplorerState, freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
 from .training import TrainingMonitor
@@ -43,6 +44,7 @@ class Explorer(pn.viewable.Viewer):
             state.open_demo(demo)
         super().__init__(state=state, **params)
         self.data_view = DataView(state)
+        self.runs_view = RunsView(state)
         self.monitor = TrainingMonitor(state, show_errors=False)
         self.consensus_view = ConsensusView(state)
         self.cells_view = CellsView(state)
@@ -74,7 +76,7 @@ class Explorer(pn.viewable.Viewer):
         """The served page: data and options in the sidebar, the views in tabs."""
         # Panel's Fast design asks for the Open Sans web font; offline the browser falls back to a system font
         return pn.template.FastListTemplate(
-            title=title, sidebar=[self.data_view], main=[self.main()], sidebar_width=380, accent="#2b6cb0",
+            title=title, sidebar=[self.runs_view, self.data_view], main=[self.main()], sidebar_width=380, accent="#2b6cb0",
             theme_toggle=False,
         )
 
@@ -82,7 +84,7 @@ class Explorer(pn.viewable.Viewer):
         self.state.close()
 
     def __panel__(self):
-        return pn.Row(pn.Column(self.data_view, width=380), self.main(), sizing_mode="stretch_width")
+        return pn.Row(pn.Column(self.runs_view, self.data_view, width=380), self.main(), sizing_mode="stretch_width")
 
 
 TRAVERSAL_TAB = 3  # position of the Traversal tab in Explorer.tabs

@@ -42,16 +42,19 @@ FIGURE_HEIGHT = 260  # px
 
 def nice_range(low: float, high: float) -> tuple[float, float]:
     """The interval ``low .. high`` padded by 5 % of its span and widened to multiples of a round step (1, 2 or 5
-    times a power of ten, about a tenth of the span), so that it stays the same while the data move a little."""
+    times a power of ten, about a tenth of the span), so that it stays the same while the data move a little.
+    Data that are never negative (the coupling distance, the KL terms) get an axis that does not go below 0."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return 0.0, 1.0
+    non_negative = low >= 0
     span = high - low
     if span <= 0:
         span = abs(high) or 1.0
     low, high = low - 0.05 * span, high + 0.05 * span
     magnitude = 10.0 ** math.floor(math.log10(span / 10))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= span / 10)
-    return math.floor(low / step) * step, math.ceil(high / step) * step
+    start = math.floor(low / step) * step
+    return (max(start, 0.0) if non_negative else start), math.ceil(high / step) * step
 
 
 def _set_range(axis_range: Range1d, start: float, end: float) -> None:

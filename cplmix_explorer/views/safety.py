@@ -1,5 +1,6 @@
-"""What a served explorer accepts from a browser: server paths inside one allowed folder, uploads of bounded
-size that pass the CLI's validation, and file names safe to offer for download.
+"""What a served explorer accepts from a browser: server paths inside one allowed folder, run folders inside the
+runs folder (not other sessions' ones), uploads of bounded size that pass the CLI's validation, and file names
+safe to offer for download.
 
 Plain Python (no Panel), so the rules are tested directly.
 """
@@ -78,6 +79,66 @@ def list_data_files(data_dir: str | os.PathLike | None, limit: int = 200) -> lis
                 return found
     return found
 
+
+#: Run folders the app writes: ``STAMP-KIND-SESSION-UNIQUE`` (:func:`app_run_name`); SESSION names the session that
+#: owns it, and other sessions neither see nor open it (it may hold that session's uploaded data).
+_APP_RUN_NAME = re.compile(r"^\d{8}-\d{6}-(?:train|prune)-(?P<session>[0-9a-f]{12})-[0-9a-f]{6}$")
+
+
+def app_run_name(kind: str, session_id: str, stamp: str, unique: str) -> str:
+    """The folder name of a run started in the app by session ``session_id``."""
+    return f"{stamp}-{kind}-{session_id}-{unique}"
+
+
+def _other_sessions_run(name: str, session_id: str | None) -> bool:
+    match = _APP_RUN_NAME.match(name)
+    return match is not None and match.group("session") != session_id
+
+
+def list_run_folders(runs_dir: str | os.PathLike | None, session_id: str | None = None, limit: int = 200) -> list[str]:
+    """Run folders (holding a ``run.json``) directly inside ``runs_dir``, newest first, by name: runs of the
+    command line (``cplmix train --out RUNS_DIR/NAME``) and this session's runs, not other sessions' runs nor
+    links that lead outside the folder. [] when there is no runs folder."""
+    if runs_dir is None:
+        return []
+    root = Path(runs_dir).expanduser().resolve()
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or _other_sessions_run(entry.name, session_id):
+            continue
+        try:
+            resolved = entry.resolve()
+            if resolved.is_relative_to(root) and resolved.is_dir() and (resolved / "run.json").is_file():
+                found.append((resolved.stat().st_mtime, entry.name))
+        except OSError:
+            continue
+    found.sort(key=lambda item: (-item[0], item[1]))
+    return [name for _, name in found[:limit]]
+
+
+def resolve_run_folder(name: str, runs_dir: str | os.PathLike | None, session_id: str | None = None) -> Path:
+    """The run folder ``name`` directly inside ``runs_dir``; anything else (paths, ``..``, links leading out,
+    other sessions' runs, folders without ``run.json``) raises :class:`CplmixError` with a one-line reason."""
+    if runs_dir is None:
+        raise CplmixError("this explorer has no runs folder (start it with --runs-dir)")
+    name = (name or "").strip()
+    if not name:
+        raise CplmixError("choose a run folder")
+    if "\x00" in name or "/" in name or "\\" in name or name in (".", ".."):
+        raise CplmixError(f"'{name}' is not the name of a folder in the runs folder")
+    root = Path(runs_dir).expanduser().resolve()
+    resolved = (root / name).resolve()
+    if not resolved.is_relative_to(root):
+        raise CplmixError(f"'{name}' is outside the runs folder {root}")
+    if _other_sessions_run(name, session_id):
+        raise CplmixError(f"'{name}' is another session's run, private to it")
+    if not resolved.is_dir():
+        raise CplmixError(f"no such run folder: '{name}'")
+    if not (resolved / "run.json").is_file():
+        raise CplmixError(f"'{name}' is not a run folder (it has no run.json)")
+    return resolved
 
 def sanitize_filename(name: str, default: str = "export", max_length: int = 120) -> str:
     """A file name safe on every OS and in a Content-Disposition header: letters, digits, ``-``, ``_``, ``.``.

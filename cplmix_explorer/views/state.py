@@ -31,7 +31,7 @@ from anndata import AnnData
 from ..analysis.consensus import Consensus
 from ..analysis.inference import Inference
 from ..api import CplMixVAE
-from ..config import CplMixConfig
+from ..config import CplMixConfig, PruningOptions, default_fine_tune_steps
 from ..data.bundled import DATASETS
 from ..data.bundled import load as load_bundled
 from ..data.validate import check_types_fit_cells, validate_anndata
@@ -42,7 +42,7 @@ from ..train.run import load_run
 from ..train.worker import ProcessPruning, ProcessTraining
 from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
 from .live import LiveTraining
-from .safety import DEFAULT_MAX_UPLOAD_MB, read_upload, resolve_data_path
+from .safety import DEFAULT_MAX_UPLOAD_MB, app_run_name, read_upload, resolve_data_path, resolve_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class ExplorerState(param.Parameterized):
         self.live = LiveTraining()
         self.pruning_rounds: list[dict] = []
         self.pruning_result = None
+        #: what the running (or last) pruning set out to do: start_k, min_types, min_consensus, fine_tune_steps
+        self.pruning_plan: dict | None = None
         self._pruning_rounds_queue: queue.Queue | None = None
         self._session_renames: dict[int, str] = {}  # renames of a shared demo model, this session's only
         self.job: BackgroundJob | None = None
@@ -245,6 +247,37 @@ class ExplorerState(param.Parameterized):
         self.use_model(model, name=f"run {Path(run_dir).name}", run_dir=Path(run_dir))
         self.show_run_history(run_dir)
 
+    def open_run_folder(self, name: str) -> Path:
+        """Open a run folder of the runs folder by name (the app's runs list): only folders inside it that are
+        not another session's, on data the session may read (a bundled dataset or a file inside the data
+        folder); returns the folder."""
+        if self.busy:
+            raise CplmixError(f"{self.job.kind} is running in this session; stop it before opening another run")
+        from ..train.run import read_run_info
+
+        run_dir = resolve_run_folder(name, self.runs_dir, self.session_id)
+        source = read_run_info(run_dir).get("data")
+        if source is None or source == "in-memory":
+            raise CplmixError(f"the run '{name}' was trained on data uploaded or passed in memory, which its folder does not keep")
+        if source in DATASETS:
+            data, data_name, data_source = shared_bundled(source), source, source
+        else:
+            from ..data.io import read_data
+
+            try:
+                private = (self.runs_dir,) if self.runs_dir is not None else ()
+                path = resolve_data_path(source, self.data_dir, private_dirs=private)
+            except CplmixError as error:
+                raise CplmixError(f"cannot open the run '{name}': its data {error}") from None
+            data, data_name, data_source = read_data(path), path.name, str(path)
+        model = load_run(run_dir, source=data)
+        with param.parameterized.batch_call_watchers(self):
+            self.adata, self.data_name, self.data_source = model.adata, data_name, data_source
+            self.use_model(model, name=f"run {run_dir.name}", run_dir=run_dir)
+        self.show_run_history(run_dir)
+        self.error = ""
+        return run_dir
+
     def open_demo(self, run_dir: str | os.PathLike) -> None:
         model = shared_demo(run_dir)
         self.data_name = model.adata.uns.get("dataset", "demo data")
@@ -331,8 +364,7 @@ class ExplorerState(param.Parameterized):
             import tempfile
 
             self.runs_dir = Path(tempfile.mkdtemp(prefix="cplmix-runs-"))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return self.runs_dir / f"{stamp}-{kind}-{self.session_id}-{uuid.uuid4().hex[:6]}"
+        return self.runs_dir / app_run_name(kind, self.session_id, time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6])
 
     def start_training(self) -> None:
         """Train a new model with the form's options on the session's data, in the background."""
@@ -365,12 +397,18 @@ class ExplorerState(param.Parameterized):
 
         self._start_job(BackgroundJob("training", str(model.device), work), "training")
 
-    def start_pruning(self, min_consensus: float, min_types: int, fine_tune_steps: int) -> None:
-        """Prune categories of a copy of the current model (issue 6's ``prune``) in the background."""
+    def start_pruning(self, options: PruningOptions | None = None) -> None:
+        """Prune categories of a copy of the current model (``cplmix prune``'s :func:`prune`, with the same
+        :class:`PruningOptions`) in the background."""
         if self.model is None:
             raise CplmixError("no model to prune: train one or open a run")
         if self.busy:
             raise CplmixError(f"{self.job.kind} is already running in this session; stop it first")
+        options = (options or PruningOptions()).to_dict()
+        if self.model.module.n_arms < 2:
+            raise CplmixError("pruning needs at least two arms (agreement between arms decides which types survive)")
+        if options["min_types"] > self.model.module.n_types:
+            raise CplmixError(f"'Stop at K' ({options['min_types']}) exceeds the model's {self.model.module.n_types} types")
         source_model, run_dir = self.model, self.new_run_dir("prune")
         rounds: queue.Queue = queue.Queue()
         self._pruning_rounds_queue = rounds
@@ -378,7 +416,6 @@ class ExplorerState(param.Parameterized):
         def work(control, attach_model):
             source_model.save(run_dir)  # prune a copy: the shown model (maybe shared) stays as it is
             # the fine-tuning rounds train: in a process of their own, as training does (train/worker.py)
-            options = {"min_consensus": min_consensus, "min_types": min_types, "fine_tune_steps": fine_tune_steps}
             job = ProcessPruning(run_dir, source_model.adata, str(source_model.device), options, on_round=rounds.put)
             attach_model(job)
             model, result = job.run(control)
@@ -386,16 +423,29 @@ class ExplorerState(param.Parameterized):
             return status, f"pruned to {len(model.module.category_ids)} types (chosen K = {result.chosen_k})", (model, result)
 
         self.pruning_rounds = []
+        self.pruning_result = None
+        self.pruning_plan = {
+            "start_k": int(source_model.module.n_types), "min_types": int(options["min_types"]),
+            "min_consensus": float(options["min_consensus"]),
+            "fine_tune_steps": options["fine_tune_steps"] if options["fine_tune_steps"] is not None
+            else default_fine_tune_steps(source_model.config.steps),
+        }
         self._start_job(BackgroundJob("pruning", str(source_model.device), work), "pruning")
 
     def _start_job(self, job: BackgroundJob, kind: str) -> None:
         self.job = job
-        self.live.reset()
+        # the previous model's curves go at once, not when the new run's first metrics arrive seconds later
+        self.live.reset(self.live.names)
         self.error = ""
         self.status = "training" if kind == "training" else "pruning"
         self.status_message = f"{kind} starting"
         job.start()
         self._ensure_polling()
+        try:  # the views empty their figures now; a view failing here must not fail the start (as in poll())
+            self.metrics_tick += 1
+        except Exception as error:
+            logger.exception("explorer refresh failed")
+            self.error = f"display update failed: {describe_failure(error)}"
 
     def stop(self) -> None:
         if self.job is not None and self.job.running:

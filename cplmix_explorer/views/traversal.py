@@ -27,6 +27,11 @@ NO_COMPARISON = -1  # the "compare with" choice meaning: no second type
 GROUP_CHOICES = [MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING, PRIMARY_RESPONSE]
 #: Largest custom gene list accepted from an upload.
 MAX_GENE_LIST_BYTES = 1 * 2**20
+#: Column names of the gene-group table as the app shows them.
+SUMMARY_COLUMNS = {
+    "type_label": "label", "median_amplitude": "median amplitude", "median_abs_rho": "median |rho|",
+    "median_rho": "median rho", "fraction_monotone": "monotone", "max_amplitude": "largest amplitude", "top_gene": "its gene",
+}
 GROUP_COLORS = {MARKERS: "#1f77b4", IMMEDIATE_EARLY: "#d62728", HOUSEKEEPING: "#2ca02c", PRIMARY_RESPONSE: "#9467bd"}
 
 
@@ -75,12 +80,12 @@ def traversal_heatmap(result: Traversal | TypeComparison, max_genes_per_group: i
             "group": np.tile(matrix.group_of_column, traversal.steps),
         })
         gene_dim = hv.Dimension("gene", values=genes)
-        heatmap = hv.HeatMap(frame, [gene_dim, hv.Dimension("state", label=f"state dimension {traversal.dim}")],
+        heatmap = hv.HeatMap(frame, [gene_dim, hv.Dimension("state", label=state_name(traversal.dim))],
                              [hv.Dimension("value", label=label), "group"]).opts(
-            cmap=cmap, clim=limits, colorbar=True, tools=["hover"], xrotation=90, responsive=True, min_height=420,
-            title=traversal.title if len(results) == 1 else (traversal.type_label or f"type {traversal.type}"),
+            cmap=cmap, clim=limits, colorbar=True, tools=["hover"], xrotation=90, responsive=True, min_height=480,
+            title=view_title(traversal) if len(results) == 1 else (traversal.type_label or f"type {traversal.type}"),
             xlabel="  |  ".join(f"{name} ({stop - start})" for name, start, stop in matrix.groups),
-            fontsize={"xticks": 7 if len(genes) <= 60 else 5},
+            fontsize={"xticks": gene_font_size(len(genes) * len(results)), "yticks": 10, "xlabel": 11, "ylabel": 11, "title": 12},
         )
         overlay = heatmap
         for name, start, stop in matrix.groups:
@@ -88,6 +93,33 @@ def traversal_heatmap(result: Traversal | TypeComparison, max_genes_per_group: i
                 overlay = overlay * hv.VLine(start - 0.5).opts(color="black", line_width=2)
         panels.append(overlay)
     return panels[0] if len(panels) == 1 else hv.Layout(panels).cols(len(panels))
+
+
+def state_name(dim: int) -> str:
+    """A state dimension as the app names it everywhere: 'state 1', 'state 2', ... (the Cells tab's names)."""
+    return f"state {int(dim) + 1}"
+
+
+def view_title(traversal: Traversal) -> str:
+    """'type 3 (Oligo), state 1': the sweep's title with the app's 1-based state names."""
+    name = f"type {traversal.type}" + (f" ({traversal.type_label})" if traversal.type_label else "")
+    if traversal.cell is not None:
+        name += f", cell {traversal.cell}"
+    return f"{name}, {state_name(traversal.dim)}"
+
+
+def gene_font_size(n_columns: int) -> str:
+    """Gene names under the heatmap: readable (11 px) up to 60 columns, smaller for more so they do not overlap."""
+    return "11pt" if n_columns <= 40 else "9pt" if n_columns <= 80 else "7pt"
+
+
+def format_state(value: float) -> str:
+    """A state value as the slider and the profile show it (three decimals)."""
+    return f"{float(value):.3f}"
+
+
+#: What the top-genes table says for a gene in none of the chosen groups.
+OTHER_GENES = "(other)"
 
 
 def profile_at(result: Traversal | TypeComparison, state_value: float, max_genes_per_group: int = 30) -> pd.DataFrame:
@@ -110,18 +142,20 @@ def profile_at(result: Traversal | TypeComparison, state_value: float, max_genes
     return pd.concat(frames, ignore_index=True)
 
 
-def profile_plot(profile: pd.DataFrame) -> hv.Overlay:
-    """Bars of the decoded expression of each shown gene at one state value, coloured by gene group."""
+def profile_plot(profile: pd.DataFrame, dim: int = 0) -> hv.Overlay:
+    """Bars of the decoded expression of each shown gene at one state value (of state ``dim``), coloured by
+    gene group."""
     state = float(profile["state"].iloc[0]) if len(profile) else float("nan")
+    title = f"Decoded profile at {state_name(dim)} = {format_state(state)}"
     frame = profile.assign(key=profile["type"] + " · " + profile["gene"]) if profile["type"].nunique() > 1 else profile.assign(key=profile["gene"])
     colors = {g: GROUP_COLORS.get(g, "#7f7f7f") for g in frame["group"].unique()}
     bars = hv.Bars(frame, hv.Dimension("key", label="gene", values=list(frame["key"])),
                    [hv.Dimension("expression", label="decoded log-expression"), "group", "display"]).opts(
         color=hv.dim("group").categorize(colors, default="#7f7f7f"), tools=["hover"], xrotation=90,
-        responsive=True, min_height=260, title=f"Decoded profile at state {state:.3g}", xlabel="",
-        fontsize={"xticks": 6},
+        responsive=True, min_height=300, title=title, xlabel="",
+        fontsize={"xticks": gene_font_size(len(frame)), "title": 12},
     )
-    return hv.Overlay([bars]).opts(title=f"Decoded profile at state {state:.3g}")
+    return hv.Overlay([bars]).opts(title=title)
 
 
 class TraversalView(pn.viewable.Viewer):
@@ -139,7 +173,7 @@ class TraversalView(pn.viewable.Viewer):
         self._deferred = bool(defer)
         self.type = pn.widgets.Select(label="Type", options={}, width=220)
         self.compare = pn.widgets.Select(label="Compare with", options={"(none)": NO_COMPARISON}, value=NO_COMPARISON, width=220)
-        self.dim = pn.widgets.Select(label="State dimension", options={"0": 0}, width=140)
+        self.dim = pn.widgets.Select(label="State dimension", options={state_name(0): 0}, width=140)
         self.normalize = pn.widgets.RadioButtonGroup(label="Colour", options={"z-score": ZSCORE, "min-max": MINMAX}, value=ZSCORE,
                                                      color="primary", variant="outline")
         self.groups = pn.widgets.CheckButtonGroup(label="Gene groups", options=GROUP_CHOICES, value=[MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING],
@@ -148,7 +182,10 @@ class TraversalView(pn.viewable.Viewer):
                                               sizing_mode="stretch_width")
         self.custom_file = pn.widgets.FileInput(accept=".txt,.csv,.tsv", sizing_mode="stretch_width")
         self.max_genes = pn.widgets.IntSlider(label="Genes per group", start=5, end=100, value=30, step=5, width=200)
-        self.slider = pn.widgets.FloatSlider(label="State value", start=0.0, end=1.0, value=0.5, step=0.001, sizing_mode="stretch_width")
+        # three decimals, as the profile's title: the slider moves row by row of the sweep and shows the row's value
+        self.slider = pn.widgets.FloatSlider(label="State value", start=0.0, end=1.0, value=0.5, step=0.001, format="0.000",
+                                             sizing_mode="stretch_width")
+        self.warnings = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.group_notes = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "0.9em"})
         self.downloads = {fmt: pn.widgets.FileDownload(
@@ -157,8 +194,10 @@ class TraversalView(pn.viewable.Viewer):
         ) for fmt in ("png", "svg", "pdf", "csv")}
         self.heatmap = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=440)
         self.profile = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=280)
-        self.top_genes = pn.pane.DataFrame(sizing_mode="stretch_width", max_height=420, index=True, float_format="{:.3f}".format)
-        self.summary = pn.pane.DataFrame(sizing_mode="stretch_width", index=True, float_format="{:.3f}".format)
+        self.top_genes = pn.pane.DataFrame(sizing_mode="stretch_width", max_height=440, index=False, float_format="{:.3f}".format,
+                                           styles={"overflow": "auto"})
+        self.summary = pn.pane.DataFrame(sizing_mode="stretch_width", index=False, float_format="{:.3f}".format,
+                                         styles={"overflow-x": "auto"})
         self.marker_value = hv.streams.Stream.define("Marker", value=0.5)()
         self._updating = False
         self.custom_file.param.watch(self._on_gene_file, "value")
@@ -206,7 +245,7 @@ class TraversalView(pn.viewable.Viewer):
             self.compare.options = {"(none)": NO_COMPARISON, **types}
             self.compare.value = NO_COMPARISON
             n_dims = self.state.model.module.state_dim
-            self.dim.options = {str(d): d for d in range(n_dims)}
+            self.dim.options = {state_name(d): d for d in range(n_dims)}
             self.dim.value = 0
         finally:
             self._updating = False
@@ -270,6 +309,9 @@ class TraversalView(pn.viewable.Viewer):
         for download in self.downloads.values():
             download.disabled = reference is None
         self.group_notes.object = "" if reference is None else " · ".join(g.summary() for g in reference.groups.values())
+        results = [] if self.result is None else (self.result.traversals if isinstance(self.result, TypeComparison) else [self.result])
+        cautions = [f"type {t.type}: {w}" if len(results) > 1 else w for t in results for w in t.warnings]
+        self.warnings.param.update(object="**Read with care:** " + " · ".join(cautions) if cautions else "", visible=bool(cautions))
         if reference is None:
             self.heatmap.object = None
             self.profile.object = None
@@ -277,8 +319,10 @@ class TraversalView(pn.viewable.Viewer):
             self.summary.object = None
             return
         low, high = float(reference.state[0]), float(reference.state[-1])
-        value = float(np.clip(self.slider.value, low, high)) if low <= self.slider.value <= high else float(np.median(reference.state))
-        self.slider.param.update(start=low, end=high, step=(high - low) / max(reference.steps - 1, 1), value=value)
+        wanted = self.slider.value if low <= self.slider.value <= high else float(np.median(reference.state))
+        value = float(reference.state[reference.nearest_step(wanted)])  # a row of the sweep: what the profile shows
+        self.slider.param.update(start=low, end=high, step=(high - low) / max(reference.steps - 1, 1), value=value,
+                                 name=f"{state_name(reference.dim).capitalize()} value")
         self.marker_value.event(value=value)
         heatmap = traversal_heatmap(self.result, self.max_genes.value)
         marker = hv.DynamicMap(lambda value: hv.HLine(value).opts(color="black", line_width=2, line_dash="dashed"),
@@ -292,25 +336,28 @@ class TraversalView(pn.viewable.Viewer):
         top = self.result.traversals if isinstance(self.result, TypeComparison) else [self.result]
         frames = []
         for traversal in top:
-            table = traversal.top_genes(15)[["rank", "group", "amplitude", "rho", "change"]]
+            table = traversal.top_genes(15)[["rank", "group", "amplitude", "rho", "change"]].reset_index()  # gene, rank, ...
+            table = table.assign(group=table["group"].replace("", OTHER_GENES))  # genes in none of the chosen groups
             if len(top) > 1:
                 table.insert(0, "type", traversal.type_label or f"type {traversal.type}")
             frames.append(table)
         self.top_genes.object = pd.concat(frames)
-        self.summary.object = (self.result.group_summary if isinstance(self.result, TypeComparison)
-                               else reference.group_summary.reset_index())
+        summary = self.result.group_summary if isinstance(self.result, TypeComparison) else reference.group_summary.reset_index()
+        self.summary.object = summary.rename(columns=SUMMARY_COLUMNS)
         stem = exporting.default_file_name(self.result, "x")[:-2]
         for fmt, download in self.downloads.items():
             download.filename = sanitize_filename(f"{stem}.{fmt}", default=f"traversal.{fmt}")
 
     def _on_slider(self, event) -> None:
-        if self.reference is None:
+        reference = self.reference
+        if reference is None:
             return
-        self.marker_value.event(value=float(event.new))
-        self._update_profile(float(event.new))
+        value = float(reference.state[reference.nearest_step(float(event.new))])
+        self.marker_value.event(value=value)
+        self._update_profile(value)
 
     def _update_profile(self, value: float) -> None:
-        self.profile.object = profile_plot(profile_at(self.result, value, self.max_genes.value))
+        self.profile.object = profile_plot(profile_at(self.result, value, self.max_genes.value), self.reference.dim)
 
     def _show(self, text: str) -> None:
         self.message.object = text
@@ -325,7 +372,10 @@ class TraversalView(pn.viewable.Viewer):
         if file_format == "csv":
             payload = exporting.table_bytes(exporting.table(self.result, "matrix"), "csv")
         else:
-            figure = exporting.heatmap_figure(self.result, max_genes_per_group=self.max_genes.value, mark_state=self.slider.value)
+            reference = self.reference
+            title = view_title(reference) if not isinstance(self.result, TypeComparison) else state_name(reference.dim)
+            figure = exporting.heatmap_figure(self.result, max_genes_per_group=self.max_genes.value, mark_state=self.slider.value,
+                                              title=title, state_label=state_name(reference.dim))
             payload = exporting.figure_bytes(figure, file_format, dpi=200)
         return io.BytesIO(payload)
 
@@ -348,10 +398,11 @@ class TraversalView(pn.viewable.Viewer):
         empty = pn.pane.Markdown("Train a model or open a run to traverse its states.", visible=self.state.model is None)
         self.state.param.watch(lambda event: setattr(empty, "visible", event.new is None), "model")
         return pn.Column(
-            empty, choices, genes, self.message, self.group_notes, self.slider, self.heatmap, self.profile, exports,
-            pn.Row(pn.Column(pn.pane.Markdown("**Top responding genes** (amplitude: change along the sweep in cell-to-cell "
-                                              "standard deviations; rho: monotonicity)"), self.top_genes),
-                   pn.Column(pn.pane.Markdown("**Gene groups**: markers should stay flat, IEG / HKG move"), self.summary),
-                   sizing_mode="stretch_width"),
+            empty, choices, genes, self.message, self.warnings, self.group_notes, self.slider, self.heatmap, self.profile, exports,
+            pn.pane.Markdown("**Gene groups**: markers should stay flat, IEG / HKG move (amplitude: change along the sweep "
+                             "in cell-to-cell standard deviations; rho: monotonicity, |rho| ≥ 0.9 counts as monotone)"),
+            self.summary,
+            pn.pane.Markdown(f"**Top responding genes** among all the model's genes; {OTHER_GENES}: in none of the chosen groups"),
+            self.top_genes,
             sizing_mode="stretch_width",
         )
