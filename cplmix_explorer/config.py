@@ -127,19 +127,19 @@ class CplMixConfig(OptionSet):
 
     # -- objective -----------------------------------------------------------------------------------------
     lam = param.Number(
-        0.1, bounds=(0.0, None),
-        doc="Coupling weight lambda of the arm-to-arm distance (the paper uses 1 with its double softmax; with the "
-        "engine's single softmax 1 merges small types even when the arms start from the true ones, 0.1 keeps them).",
+        1.0, bounds=(0.0, None),
+        doc="Coupling weight lambda of the arm-to-arm distance (1, as the paper; with coupling_spread='absolute' the "
+        "distance grows like K^2 and 0.1 or less keeps small types).",
     )
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
     coupling_floor = param.Number(
-        COUPLING_EPS, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
+        1e-2, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
         doc="Floor epsilon inside the log of the coupling distance, log(q + epsilon): probabilities below it count "
         "as equal in both arms, so confident arms that agree on the type cost nothing whatever their tiny "
         "probabilities (the square root of the batch variance keeps its own 1e-8).",
     )
     coupling_spread = param.Selector(
-        default="absolute", objects=["absolute", "relative"],
+        default="relative", objects=["absolute", "relative"],
         doc="sigma of the coupling distance: 'absolute', each category's batch standard deviation (the paper's), "
         "or 'relative', that deviation over the arm's root mean variance across categories, which keeps the "
         "distance's scale independent of the number of types K (the absolute form grows like K^2).",
@@ -190,7 +190,7 @@ class CplMixConfig(OptionSet):
         "added to the objective (0 = no initial partition).",
     )
     type_prior_weight = param.Number(
-        0.0, bounds=(0.0, None),
+        10.0, bounds=(0.0, None),
         doc="type_init='leiden': after the warm-up, weight (nats per cell and arm) of the cross-entropy that keeps "
         "each arm's q(c|x) near the initial partition, so that it stays a prior the objective can overrule where "
         "the data disagree, instead of a start it can drift from; 0 = the objective alone after the warm-up.",
