@@ -106,6 +106,6 @@ def cell_map(page):
     assert page.evaluate(JS_LEGEND) == [], "a gene's expression has a colour scale, not a legend"
     page.screenshot(path=ARTIFACTS / "cell_map_gene.png")
 
-    choose(page, "Highlight type", "3")
+    page.locator(".bk-input-group", has_text="Highlight type").locator("select").first.select_option(index=3)
     images = redrawn(page, images)
     page.screenshot(path=ARTIFACTS / "cell_map_highlight.png")

@@ -32,10 +32,10 @@ class CellsView(pn.viewable.Viewer):
         super().__init__(state=ExplorerState.of(state), **params)
         self.embedding = pn.widgets.Select(label="Map", options=list(METHODS), value=UMAP, width=180)
         self.color_by = pn.widgets.Select(label="Colour by", options=["type"], value="type", width=200)
-        self.gene = pn.widgets.AutocompleteInput(
-            label="Colour by gene", options=[], placeholder="type a gene name", case_sensitive=False,
-            search_strategy="includes", min_characters=1, restrict=False, width=200,
-        )
+        # a plain text box: the value reaches the server on Enter in every browser (an autocomplete box did
+        # not send a typed name from headless Chromium); names match whatever their case
+        self.gene = pn.widgets.TextInput(label="Colour by gene", placeholder="a gene name, then Enter", width=200)
+        self._genes: list[str] = []
         self.highlight = pn.widgets.Select(label="Highlight type", options=[NO_HIGHLIGHT], value=NO_HIGHLIGHT, width=160)
         self.labels = pn.widgets.Select(label="Compare with labels", options=[], width=200)
         self._frames: dict[tuple[int, str], pd.DataFrame] = {}
@@ -97,7 +97,7 @@ class CellsView(pn.viewable.Viewer):
         self.color_by.options = options
         if self.color_by.value not in options:
             self.color_by.value = "type"
-        self.gene.options = self._gene_names()
+        self._genes = self._gene_names()
         used = np.unique(state.inference.consensus_type)
         names = state.type_names()
         self.highlight.options = [NO_HIGHLIGHT, *[names[t] for t in used]]
@@ -117,7 +117,7 @@ class CellsView(pn.viewable.Viewer):
         """A gene picked or typed in full in the gene box becomes the colour (an entry "gene NAME" of Colour
         by); anything else typed there is not a gene yet and changes nothing."""
         gene = (event.new or "").strip()
-        names = self.gene.options
+        names = self._genes
         if gene not in set(names):  # typed rather than picked: match the name whatever its case
             gene = next((name for name in names if name.lower() == gene.lower()), None)
         if not gene:
