@@ -154,7 +154,9 @@ def prune(
 
 
 def remove_categories(model, keep: np.ndarray) -> None:
-    """Keep only categories ``keep`` of a CplMixVAE (weights sliced; optimizer state reset)."""
+    """Keep only categories ``keep`` of a CplMixVAE (weights sliced; optimizer state reset). The start partition
+    no longer matches the categories, so it stops being a prior (``type_prior_weight`` 0, kept in the saved
+    model so that its fine-tuning and any resume go on without it)."""
     model.module.keep_categories(keep)
-    model.config.update(n_types=int(model.module.n_types))
+    model.config.update(n_types=int(model.module.n_types), type_prior_weight=0.0)
     model.reset_optimizer()

@@ -158,6 +158,7 @@ register(
         ),
         n_cells=2100,
         n_genes=12804,
+        label_counts=(16,),
     )
 )
 register(
