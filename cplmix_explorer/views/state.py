@@ -441,7 +441,12 @@ class ExplorerState(param.Parameterized):
         self.status_message = f"{kind} starting"
         job.start()
         self._ensure_polling()
-        try:  # the views empty their figures now; a view failing here must not fail the start (as in poll())
+        # the views empty their figures now, under the session's document lock (a click's callback may run in
+        # a worker thread, where a Bokeh model must not be changed); a view failing must not fail the start
+        pn.state.execute(self._refresh_views)
+
+    def _refresh_views(self) -> None:
+        try:
             self.metrics_tick += 1
         except Exception as error:
             logger.exception("explorer refresh failed")
