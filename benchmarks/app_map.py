@@ -41,7 +41,7 @@ JS_ZOOM = """() => { for (const d of Bokeh.documents) for (const m of d.all_mode
 def build_run(work: Path, cells: int, genes: int, types: int, steps: int) -> tuple[Path, dict]:
     from cplmix_explorer.config import CplMixConfig
     from cplmix_explorer.datasets import simulate
-    from cplmix_explorer.train.run import train_run
+    from cplmix_explorer.workflows.run import train_run
 
     times = {}
     data = work / f"sim_{cells}.h5ad"

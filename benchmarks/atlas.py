@@ -108,7 +108,7 @@ def child_train(args) -> dict:
     import cplmix_explorer.api as api
     import cplmix_explorer.model.neighbors as neighbors
     import cplmix_explorer.train.engine as engine
-    import cplmix_explorer.train.run as run
+    import cplmix_explorer.workflows.run as run
     from cplmix_explorer.config import CplMixConfig
     from cplmix_explorer.data.memory import estimate_for_file
 

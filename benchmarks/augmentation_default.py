@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cplmix_explorer import CplMixVAE
-from cplmix_explorer.analysis.pruning import prune
+from cplmix_explorer.workflows.pruning import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

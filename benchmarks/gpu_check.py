@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, write_json  # noqa: E402
 
-from cplmix_explorer.bench import generated_counts, run_benchmark  # noqa: E402
+from cplmix_explorer.workflows.bench import generated_counts, run_benchmark  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
 from cplmix_explorer.train.engine import Trainer, build_model, resolve_device  # noqa: E402

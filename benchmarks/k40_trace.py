@@ -10,7 +10,7 @@ import sys, json, time, argparse
 import numpy as np, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 from cplmix_explorer import CplMixVAE, datasets
-from cplmix_explorer.analysis.inference import infer
+from cplmix_explorer.model.inference import infer
 from cplmix_explorer.analysis.metrics import compare_to_labels
 from cplmix_explorer.train.events import Evaluation
 

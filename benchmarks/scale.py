@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
 
-from cplmix_explorer.bench import generated_counts, peak_memory_mb, time_inference  # noqa: E402
+from cplmix_explorer.workflows.bench import generated_counts, peak_memory_mb, time_inference  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
 from cplmix_explorer.train.engine import Trainer, build_model, resolve_device  # noqa: E402

@@ -18,15 +18,26 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .analysis.consensus import Consensus, consensus
+from .model.consensus import Consensus, consensus
 from .analysis.embedding import UMAP, CellMap, keep_map, map_key, run_map
-from .analysis.inference import Inference, infer
+from .analysis.names import (
+    automatic_names,
+    check_name,
+    check_unique,
+    names_payload,
+    read_names_file,
+    rename_result_file,
+    resolve_type_index,
+    write_names_file,
+)
+from .model.inference import Inference, infer
 from .analysis.results import evaluate_inference, write_results
 from .config import CplMixConfig
 from .data.io import read_data
 from .data.preprocess import PreparedData, Preprocessing, prepare
 from .data.validate import drop_empty_cells
 from .errors import CplmixError
+from .files import RESULT_FILE
 from .threads import apply_threads, resolve_threads
 from .train.checkpoint import (
     CHECKPOINT_NAME,
@@ -252,8 +263,6 @@ class CplMixVAE:
         return [self.type_renames.get(int(c)) or automatic[t] for t, c in enumerate(ids)]
 
     def _automatic_type_names(self) -> tuple[list[str], str | None]:
-        from .analysis.names import automatic_names
-
         stored = self._stored_names
         if stored is not None and stored.get("automatic") is not None and (
             stored.get("step") == self.step and stored.get("n_cells") == self.prepared.n_cells
@@ -271,8 +280,6 @@ class CplMixVAE:
         """Name type ``type`` (an index or its current name) ``name``; an empty name goes back to the
         automatic one. With ``run_dir`` the names are saved there (type_names.json) and put into its
         result.h5ad. Returns the names of all types."""
-        from .analysis.names import check_name, check_unique, resolve_type_index
-
         names = self.type_names()
         index = resolve_type_index(names, type)
         name = check_name(name)
@@ -289,9 +296,6 @@ class CplMixVAE:
     def save_type_names(self, run_dir: str | os.PathLike, update_result: bool = False) -> Path:
         """Write RUN_DIR/type_names.json (atomically); ``update_result`` also puts the names into the
         run's result.h5ad."""
-        from .analysis.names import names_payload, rename_result_file, write_names_file
-        from .train.run import RESULT_FILE
-
         automatic, labels = self._automatic_type_names()
         names = self.type_names()
         payload = names_payload(self, names, automatic, labels)
@@ -304,8 +308,6 @@ class CplMixVAE:
     def load_type_names(self, run_dir: str | os.PathLike) -> None:
         """Take the renames (and, while they still describe this model, the automatic names) saved in
         RUN_DIR/type_names.json; nothing happens when the run has none."""
-        from .analysis.names import read_names_file
-
         payload = read_names_file(run_dir)
         if payload is None:
             return
@@ -317,14 +319,14 @@ class CplMixVAE:
         """The top ``top`` marker genes of every type (one-vs-rest Wilcoxon, as scanpy's
         ``rank_genes_groups``): type, name, rank, gene, score, logfoldchange, pval, pval_adj, frac_in,
         frac_out, mean_in, mean_out, n_cells."""
-        from .analysis.markers import markers
+        from .analysis.markers import markers  # lazy: markers load matplotlib, which a model needs only here
 
         return markers(self, top)
 
     def dotplot(self, top: int = 3, **options):
         """A matplotlib Figure: the dot plot of every type's top ``top`` markers (fraction of the type's
         cells expressing x mean expression); ``options`` go to ``analysis.markers.dotplot_figure``."""
-        from .analysis.markers import dotplot
+        from .analysis.markers import dotplot  # lazy: as markers
 
         return dotplot(self, top, **options)
 

@@ -84,8 +84,9 @@ def config_from_args(args: argparse.Namespace, base: CplMixConfig | None = None)
 # -- commands ----------------------------------------------------------------------------------------------
 @command("train")
 def run_train(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .train.events import TrainingControl
-    from .train.run import train_run
+    from .workflows.run import train_run
 
     config = config_from_args(args)
     control = TrainingControl()
@@ -118,7 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 @command("evaluate")
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .train.run import evaluate_run
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.run import evaluate_run
 
     metrics = evaluate_run(args.run_dir, labels=args.labels, source=args.data)
     _print_json(metrics)
@@ -127,7 +129,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 @command("prune")
 def run_prune(args: argparse.Namespace) -> int:
-    from .train.run import prune_run
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.run import prune_run
 
     result, model = prune_run(
         args.run_dir, min_consensus=args.min_consensus, min_types=args.min_types, fine_tune_steps=args.fine_tune_steps,
@@ -147,7 +150,8 @@ AUGMENTER_DATA_OPTIONS = (*DATA_OPTIONS, "device", "seed")
 
 @command("augmenter")
 def run_augmenter(args: argparse.Namespace) -> int:
-    from .model.generative import train_generative_augmenter
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .train.augmenter import train_generative_augmenter
 
     if args.action == "train":
         config = CplMixConfig().update(
@@ -179,7 +183,8 @@ def run_bench(args: argparse.Namespace) -> int:
     for flag, value in (("--steps", args.steps), ("--warmup", args.warmup), ("--cells", args.cells)):
         if value is not None and value < (0 if flag == "--warmup" else 1):
             raise CplmixError(f"invalid value for {flag}: must be at least {0 if flag == '--warmup' else 1}, not {value}")
-    from .bench import run_benchmark
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.bench import run_benchmark
 
     result = run_benchmark(
         genes=shared.n_genes, types=shared.n_types, state_dim=shared.state_dim, arms=shared.n_arms,
@@ -193,6 +198,7 @@ def run_bench(args: argparse.Namespace) -> int:
 @command("datasets")
 def run_datasets(args: argparse.Namespace) -> int:
     """List the bundled datasets from the registry (sizes are stored there: nothing is loaded)."""
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .data.bundled import list_datasets
 
     rows = [
@@ -230,9 +236,10 @@ def _finite_or_none(value):
 
 @command("traverse")
 def run_traverse(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .analysis import export
     from .analysis.traversal import check_gene_groups, compare_types, traverse
-    from .train.run import load_run
+    from .workflows.run import load_run
 
     # everything that can be checked without the model is checked first: a mistake writes nothing
     file_format = export.output_format(args.out)
@@ -289,10 +296,11 @@ def run_traverse(args: argparse.Namespace) -> int:
 
 @command("markers")
 def run_markers(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .analysis import export
     from .analysis.markers import check_top, dotplot_figure, marker_statistics
-    from .train.checkpoint import atomic_write_bytes
-    from .train.run import load_run
+    from .files import atomic_write_bytes
+    from .workflows.run import load_run
 
     top = check_top(args.top)  # checked before the model is loaded: a mistake writes nothing
     file_format = export.output_format(args.out, ("csv", "png", "svg", "pdf")) if args.out is not None else None
@@ -319,7 +327,8 @@ def run_markers(args: argparse.Namespace) -> int:
 
 @command("rename")
 def run_rename(args: argparse.Namespace) -> int:
-    from .train.run import load_run
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.run import load_run
 
     model = load_run(args.run_dir, source=args.data)
     names = model.rename_type(args.type, args.name, run_dir=args.run_dir)
@@ -463,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
     return f"cplmix: warning: {message}\n"
 
 
@@ -478,7 +487,7 @@ def _discard_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning = one_line_warning
     try:
         try:
             parser = build_parser()

@@ -311,7 +311,7 @@ class AugmenterConfig(OptionSet):
 
 
 class PruningOptions(OptionSet):
-    """Options of consensus pruning (``analysis.pruning.prune``), declared once for ``cplmix prune``, the API and
+    """Options of consensus pruning (``workflows.pruning.prune``), declared once for ``cplmix prune``, the API and
     the app's Consensus tab, so that the three prune alike."""
 
     min_consensus = param.Number(

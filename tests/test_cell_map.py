@@ -16,7 +16,7 @@ from cplmix_explorer.analysis import embedding
 from cplmix_explorer.api import CplMixVAE
 from cplmix_explorer.cli import main
 from cplmix_explorer.data.io import read_data
-from cplmix_explorer.train.run import load_run, write_result_file
+from cplmix_explorer.workflows.run import load_run, write_result_file
 
 
 def clusters(n_cells: int, n_types: int = 8, seed: int = 0):

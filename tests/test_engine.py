@@ -164,7 +164,7 @@ def test_checkpoint_from_before_the_bottleneck_and_start_options_loads_as_traine
 
 
 def test_resumed_training_equals_uninterrupted_training(mixture, tmp_path):
-    from cplmix_explorer.train.run import train_run
+    from cplmix_explorer.workflows.run import train_run
 
     config = CplMixConfig().update(n_types=4, steps=60, checkpoint_every=20, log_every=10, seed=5)
     straight = train_run(mixture, tmp_path / "straight", config, progress=False)
@@ -225,7 +225,7 @@ def test_more_types_than_cells_is_refused():
 
 
 def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture):
-    from cplmix_explorer.analysis.pruning import prune
+    from cplmix_explorer.workflows.pruning import prune
 
     model = CplMixVAE(mixture, n_types=8, n_arms=2, labels="type", seed=0)
     model.train(steps=300, progress=False)
@@ -256,7 +256,7 @@ def test_a_type_prior_keeps_every_start_category_and_adds_its_cross_entropy_to_t
     torch.manual_seed(0)
     objective, _ = trainer._loss(index)
     assert with_prior.item() > objective.item()  # the prior's cross-entropy is added
-    from cplmix_explorer.analysis.inference import infer
+    from cplmix_explorer.model.inference import infer
 
     inference = infer(trainer.model, trainer.data)
     for arm in range(2):

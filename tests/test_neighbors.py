@@ -145,7 +145,7 @@ def test_default_walk_length_depends_on_the_data_kind():
     """Unset neighbor_steps: long walks along an expression continuum, short ones among images (a long walk
     in pixel space drifts to other digits)."""
     from cplmix_explorer.config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
-    from cplmix_explorer.model.augment import make_augmenter
+    from cplmix_explorer.model.augmenters import make_augmenter
 
     common = dict(is_counts=False, strength=0.1, n_arms=2)
     expression, _ = make_augmenter("auto", image_shape=None, **common)
@@ -193,7 +193,7 @@ def test_a_run_records_which_neighbour_search_it_used(mixture, tmp_path):
     import json
 
     from cplmix_explorer.config import CplMixConfig
-    from cplmix_explorer.train.run import train_run
+    from cplmix_explorer.workflows.run import train_run
 
     config = CplMixConfig(n_types=4, n_arms=2, steps=5, type_init_steps=5, device="cpu")
     train_run(mixture, tmp_path / "run", config, progress=False)

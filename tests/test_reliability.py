@@ -39,7 +39,7 @@ from cplmix_explorer.train.checkpoint import (
     read_checkpoint,
 )
 from cplmix_explorer.train.events import StepMetrics, TrainingRestarted
-from cplmix_explorer.train.run import train_run
+from cplmix_explorer.workflows.run import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 #: A small network, so a real run takes seconds on two shared cores.

@@ -92,7 +92,7 @@ def test_the_dense_million_cell_file_of_issue_33_is_estimated_from_a_small_files
 
 
 def test_large_files_are_read_backed_and_give_the_same_preparation(small_h5ad, monkeypatch):
-    from cplmix_explorer.train.run import open_training_data
+    from cplmix_explorer.workflows.run import open_training_data
 
     config = CplMixConfig(n_types=4)
     assert not open_training_data(small_h5ad, config).isbacked  # small: in memory

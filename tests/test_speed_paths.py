@@ -20,8 +20,8 @@ from conftest import mixture_counts
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cplmix_explorer import CplMixConfig, CplMixVAE
-from cplmix_explorer.analysis.inference import infer
-from cplmix_explorer.bench import generated_counts
+from cplmix_explorer.model.inference import infer
+from cplmix_explorer.workflows.bench import generated_counts
 from cplmix_explorer.cli import main as cli_main
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.errors import CplmixError

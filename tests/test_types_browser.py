@@ -12,7 +12,7 @@ from playwright.sync_api import sync_playwright
 
 from app_server import AppServer, fill_option, launch_browser, open_app, open_tab, wait_for_text
 
-from cplmix_explorer.train.run import load_run
+from cplmix_explorer.workflows.run import load_run
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

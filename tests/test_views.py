@@ -658,7 +658,7 @@ def test_the_trajectory_chart_follows_the_rounds_from_the_first_one():
 
 
 def test_the_cli_and_the_app_prune_with_one_declaration_of_the_options(demo_state):
-    from cplmix_explorer.analysis.pruning import default_fine_tune_steps as model_default
+    from cplmix_explorer.workflows.pruning import default_fine_tune_steps as model_default
     from cplmix_explorer.cli import build_parser
     from cplmix_explorer.config import PruningOptions
 

@@ -14,7 +14,7 @@ from conftest import mixture_counts
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.errors import CplmixError
 from cplmix_explorer.train.events import StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
-from cplmix_explorer.train.worker import ProcessPruning, ProcessTraining, TrainingProcessError
+from cplmix_explorer.workflows.worker import ProcessPruning, ProcessTraining, TrainingProcessError
 
 QUICK = {"n_types": 4, "n_arms": 2, "state_dim": 2, "n_genes": 100, "batch_size": 128, "log_every": 5, "eval_every": 20,
          "device": "cpu", "seed": 0}

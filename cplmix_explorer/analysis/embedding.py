@@ -19,13 +19,15 @@ import io
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import CplmixError
-from ..train.checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 UMAP, PCA = "umap", "pca"
 METHODS = (UMAP, PCA)
@@ -108,9 +110,7 @@ def compute_map(latent: np.ndarray, method: str = UMAP, seed: int = 0, sample: i
 def _umap_fit(latent: np.ndarray, seed: int):
     """UMAP of ``latent`` on its 15-nearest-neighbour graph; returns the (n, 2) map and the search index
     (pynndescent's, None for small samples, whose neighbours are found exactly)."""
-    import warnings
-
-    import umap
+    import umap  # lazy: umap loads numba (seconds); only a cell map needs it
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # n_jobs overridden by random_state, etc.
@@ -118,7 +118,7 @@ def _umap_fit(latent: np.ndarray, seed: int):
             index = None
             neighbors, distances = exact_neighbors(latent, UMAP_NEIGHBORS)
         else:
-            from pynndescent import NNDescent
+            from pynndescent import NNDescent  # lazy: numba again, only for samples above the exact search
 
             index = NNDescent(latent, n_neighbors=UMAP_NEIGHBORS, random_state=seed, low_memory=True, n_jobs=1)
             neighbors, distances = index.neighbor_graph
@@ -155,8 +155,6 @@ def place(latent: np.ndarray, sampled: np.ndarray, index, fitted: np.ndarray, ne
     """Map positions of cells not in the fit: the inverse-distance weighted mean of their nearest sampled
     cells' positions (``sampled``'s rows, searched with ``index`` or exactly without one), over the
     neighbours that lie within a small radius of the nearest one's position."""
-    from tqdm.auto import tqdm
-
     extent = np.ptp(fitted, axis=0)
     radius = 0.05 * float(np.hypot(*extent)) or 1.0
     out = np.empty((len(latent), 2), np.float32)

@@ -75,6 +75,7 @@ from ..data.gene_sets import (
 )
 from ..errors import CplmixError
 from .metrics import contingency_table
+from .names import SEPARATOR
 
 ZSCORE = "zscore"
 MINMAX = "minmax"
@@ -514,8 +515,6 @@ def _type_name(model, type_index: int, labels: str | None) -> str | None:
     """The type's name in titles, tables and file names: the model's type name (its rename, or the
     automatic name from the run's labels or markers); with another ``labels`` column, ``3 · <its matched
     label>``."""
-    from .names import SEPARATOR
-
     if labels is not None and labels != getattr(model.config, "labels", None) and labels in model.adata.obs.columns:
         label = context_for(model).type_labels(labels).name(type_index)
         return f"{type_index}{SEPARATOR}{label}" if label else None

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import psutil
+
 from ..errors import CplmixError
 
 #: X larger than this (stored values + indices, or dense values) is read backed by default.
@@ -186,8 +188,6 @@ def available_memory() -> tuple[int, str]:
     text = os.environ.get(MEMORY_LIMIT_ENV)
     if text:
         return parse_bytes(text), MEMORY_LIMIT_ENV
-    import psutil
-
     available, source = int(psutil.virtual_memory().available), "available memory"
     room = _cgroup_room()
     if room is not None and room < available:

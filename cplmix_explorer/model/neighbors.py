@@ -133,7 +133,7 @@ def exact_neighbours(scores: torch.Tensor, k: int, queries: torch.Tensor | None 
 def approximate_neighbours(scores: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Indices (N, k) of approximately the k nearest other rows of ``scores`` (N, q) float32: pynndescent's
     nearest-neighbour descent (Euclidean), as scanpy finds its neighbours."""
-    from pynndescent import NNDescent
+    from pynndescent import NNDescent  # lazy: loads numba (seconds); only searches above 50,000 cells use it
 
     index = NNDescent(scores, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
                       compressed=True, verbose=False)

@@ -25,8 +25,10 @@ import math
 import random
 from dataclasses import dataclass
 
+import igraph
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 
 #: Resolution range searched for K communities, and the bisection steps (geometric; plenty for K <= 1000).
 RESOLUTION_RANGE = (1e-4, 1e3)
@@ -75,8 +77,6 @@ EDGE_CHUNK = 2_000_000
 def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
     """An undirected igraph Graph on ``n`` vertices with the edges (sources[i], targets[i]), added in chunks
     of EDGE_CHUNK so that a graph of millions of edges never needs all of them as Python objects at once."""
-    import igraph
-
     graph = igraph.Graph(n=n)
     for start in range(0, len(sources), EDGE_CHUNK):
         stop = start + EDGE_CHUNK
@@ -108,8 +108,6 @@ def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: i
     found by geometric bisection, that gives K of them. When no resolution gives exactly K, the partition with
     the fewest communities above K is taken and its smallest community merged into the one it shares most
     edge weight with, until K remain. Deterministic for a seed."""
-    import igraph
-
     prepared = neighbours if isinstance(neighbours, LeidenGraph) else LeidenGraph.from_neighbours(neighbours)
     adjacency, graph = prepared.adjacency, prepared.graph
     n = adjacency.shape[0]
@@ -150,8 +148,6 @@ def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: i
 def align_to(reference: np.ndarray, labels: np.ndarray, n_types: int) -> np.ndarray:
     """Relabel ``labels`` (R,) so that each category takes the id of the ``reference`` category (R,) it
     overlaps most, one to one (Hungarian matching on the K x K overlap counts)."""
-    from scipy.optimize import linear_sum_assignment
-
     overlap = np.zeros((n_types, n_types))
     np.add.at(overlap, (labels, reference), 1)
     own, matched = linear_sum_assignment(overlap, maximize=True)

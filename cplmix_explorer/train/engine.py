@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis.consensus import consensus
-from ..analysis.inference import infer
+from ..model.consensus import consensus
+from ..model.inference import infer
 from ..config import TYPE_INIT_WEIGHT, CplMixConfig
 from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
-from ..model.augment import augmenter_for
+from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.neighbors import find_neighbours, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE

@@ -17,8 +17,8 @@ TRAJECTORY_COLUMNS = ["k", "min_agreement", "mean_agreement", "removed"]
 
 
 def pruning_available() -> bool:
-    """Whether this installation has category pruning (cplmix_explorer.analysis.pruning)."""
-    return importlib.util.find_spec("cplmix_explorer.analysis.pruning") is not None
+    """Whether this installation has category pruning (cplmix_explorer.workflows.pruning)."""
+    return importlib.util.find_spec("cplmix_explorer.workflows.pruning") is not None
 
 
 def trajectory_plot(rounds: pd.DataFrame, threshold: float | None = None, chosen_k: int | None = None,

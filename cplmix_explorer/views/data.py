@@ -239,7 +239,7 @@ class DataView(pn.viewable.Viewer):
         loads them and then puts the widget in its place."""
         if self._upload_scripts_ready or not served_session():
             return self.upload
-        from panel.models.file_dropper import FileDropper as FileDropperModel
+        from panel.models.file_dropper import FileDropper as FileDropperModel  # lazy: panel loads it with the widget
 
         loader = ScriptLoader(urls=list(FileDropperModel.__javascript__), ready_global="FilePond", sizing_mode="stretch_width")
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 import traceback
@@ -28,18 +30,21 @@ from panel.io.callbacks import PeriodicCallback
 import param
 from anndata import AnnData
 
-from ..analysis.consensus import Consensus
-from ..analysis.inference import Inference
+from ..analysis import traversal
+from ..analysis.names import check_name, check_unique, resolve_type_index
+from ..model.consensus import Consensus
+from ..model.inference import Inference
 from ..api import CplMixVAE
 from ..config import CplMixConfig, PruningOptions, default_fine_tune_steps
 from ..data.bundled import DATASETS
 from ..data.bundled import load as load_bundled
+from ..data.io import read_data
 from ..data.validate import check_types_fit_cells, validate_anndata
 from ..errors import CplmixError, describe_failure
 from ..train.engine import resolve_device
 from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
-from ..train.run import load_run
-from ..train.worker import ProcessPruning, ProcessTraining
+from ..workflows.run import METRICS_FILE, load_run, read_run_info
+from ..workflows.worker import ProcessPruning, ProcessTraining
 from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning
 from .live import LiveTraining
 from .safety import DEFAULT_MAX_UPLOAD_MB, app_run_name, read_upload, resolve_data_path, resolve_run_folder
@@ -75,8 +80,6 @@ def shared_demo(run_dir: str | os.PathLike) -> CplMixVAE:
     key = str(Path(run_dir).resolve())
     with _cache_lock:
         if key not in _demo_cache:
-            import json
-
             source = json.loads((Path(run_dir) / "run.json").read_text())["data"]
             data = _bundled_cache.get(source)
             if data is None and source in DATASETS:
@@ -163,8 +166,6 @@ class ExplorerState(param.Parameterized):
         elif isinstance(source, (str, os.PathLike)) and str(source) in DATASETS:
             state.load_bundled(str(source))
         elif isinstance(source, (str, os.PathLike)):
-            from ..data.io import read_data
-
             path = Path(source)
             state.use_data(read_data(path), path.name, source=str(path.resolve()))
         else:
@@ -213,8 +214,6 @@ class ExplorerState(param.Parameterized):
 
     def load_server_file(self, text: str) -> None:
         """Read an .h5ad typed as a path; only files inside the allowed data folder are read."""
-        from ..data.io import read_data
-
         private = (self.runs_dir,) if self.runs_dir is not None else ()
         path = resolve_data_path(text, self.data_dir, private_dirs=private)
         self.use_data(read_data(path), path.name, source=str(path))
@@ -253,8 +252,6 @@ class ExplorerState(param.Parameterized):
         folder); returns the folder."""
         if self.busy:
             raise CplmixError(f"{self.job.kind} is running in this session; stop it before opening another run")
-        from ..train.run import read_run_info
-
         run_dir = resolve_run_folder(name, self.runs_dir, self.session_id)
         source = read_run_info(run_dir).get("data")
         if source is None or source == "in-memory":
@@ -262,8 +259,6 @@ class ExplorerState(param.Parameterized):
         if source in DATASETS:
             data, data_name, data_source = shared_bundled(source), source, source
         else:
-            from ..data.io import read_data
-
             try:
                 private = (self.runs_dir,) if self.runs_dir is not None else ()
                 path = resolve_data_path(source, self.data_dir, private_dirs=private)
@@ -287,9 +282,6 @@ class ExplorerState(param.Parameterized):
 
     def show_run_history(self, run_dir: str | os.PathLike) -> None:
         """Put a run folder's training record (metrics.json) in the training monitor."""
-        import json
-
-        from ..train.run import METRICS_FILE
 
         path = Path(run_dir) / METRICS_FILE
         if not path.exists():
@@ -324,8 +316,6 @@ class ExplorerState(param.Parameterized):
     def rename_type(self, type_index: int, name: str) -> None:
         """Rename a type (an empty name goes back to the automatic one). A run's names are saved in its run
         folder and result.h5ad; a shared demo model is renamed for this session only."""
-        from ..analysis.names import check_name, check_unique, resolve_type_index
-
         model = self.model
         if model is None:
             raise CplmixError("no model: train one or open a run")
@@ -361,8 +351,6 @@ class ExplorerState(param.Parameterized):
 
     def new_run_dir(self, kind: str = "train") -> Path:
         if self.runs_dir is None:
-            import tempfile
-
             self.runs_dir = Path(tempfile.mkdtemp(prefix="cplmix-runs-"))
         return self.runs_dir / app_run_name(kind, self.session_id, time.strftime("%Y%m%d-%H%M%S"), uuid.uuid4().hex[:6])
 
@@ -374,7 +362,7 @@ class ExplorerState(param.Parameterized):
         source, run_dir = self.data_source, self.new_run_dir("train")
 
         def work(control, attach_model):
-            # in a process of its own: as fast as `cplmix train` whatever this server has drawn (train/worker.py)
+            # in a process of its own: as fast as `cplmix train` whatever this server has drawn (workflows/worker.py)
             training = ProcessTraining(source, run_dir, config)
             attach_model(training)
             outcome = training.run(control)
@@ -415,7 +403,7 @@ class ExplorerState(param.Parameterized):
 
         def work(control, attach_model):
             source_model.save(run_dir)  # prune a copy: the shown model (maybe shared) stays as it is
-            # the fine-tuning rounds train: in a process of their own, as training does (train/worker.py)
+            # the fine-tuning rounds train: in a process of their own, as training does (workflows/worker.py)
             job = ProcessPruning(run_dir, source_model.adata, str(source_model.device), options, on_round=rounds.put)
             attach_model(job)
             model, result = job.run(control)
@@ -608,8 +596,6 @@ def release_model_caches(model: CplMixVAE) -> None:
     values hold the model itself, so its entries never expire on their own; shared demo models stay."""
     if model in _demo_cache.values():
         return
-    from ..analysis import traversal
-
     with traversal._CONTEXTS_LOCK:
         traversal._CONTEXTS.pop(model, None)
 

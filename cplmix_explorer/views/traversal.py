@@ -20,6 +20,7 @@ from ..analysis import export as exporting
 from ..analysis.traversal import MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, traverse
 from ..data.gene_sets import HOUSEKEEPING, IMMEDIATE_EARLY, MARKERS, PRIMARY_RESPONSE
 from ..errors import CplmixError
+from ..files import atomic_write_bytes
 from .safety import sanitize_filename
 from .state import ExplorerState, format_exception
 
@@ -383,8 +384,6 @@ class TraversalView(pn.viewable.Viewer):
         """Write the current heatmap (.png .svg .pdf) or matrix (.csv) to ``path`` (notebooks, scripts)."""
         file_format = exporting.output_format(path, ("png", "svg", "pdf", "csv"))
         payload = self.export_bytes(file_format).getvalue()
-        from ..train.checkpoint import atomic_write_bytes
-
         path = Path(path).expanduser()
         atomic_write_bytes(path, payload)
         return path

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.network import CoupledMixtureVAE
+from .network import CoupledMixtureVAE
 
 DEFAULT_CHUNK = 8192
 

@@ -11,11 +11,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .analysis.inference import DEFAULT_CHUNK, infer
-from .config import CplMixConfig
-from .data.preprocess import prepare
-from .threads import apply_threads
-from .train.engine import Trainer, build_model, resolve_device
+from ..config import CplMixConfig
+from ..data.preprocess import prepare
+from ..model.inference import DEFAULT_CHUNK, infer
+from ..threads import apply_threads
+from ..train.engine import Trainer, build_model, resolve_device
 
 
 def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000, distinct_cells: int | None = None) -> AnnData:
