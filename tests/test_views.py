@@ -869,7 +869,7 @@ def test_served_app_caps_malloc_arenas_once_unless_the_user_set_them(environment
     import subprocess
     import sys
 
-    code = "from cplmix_explorer.views.state import limit_malloc_arenas as f; print(f(), f())"
+    code = "from cplmix_explorer.views.server import limit_malloc_arenas as f; print(f(), f())"
     env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
     out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
                          check=True, timeout=120)

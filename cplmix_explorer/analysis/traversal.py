@@ -438,6 +438,13 @@ def context_for(model) -> TraversalContext:
         return context
 
 
+def forget(model) -> None:
+    """Drop the cached context of ``model`` (a model no longer shown), so that it can be freed: the cache is
+    weakly keyed, but its values hold the model, so an entry never expires on its own."""
+    with _CONTEXTS_LOCK:
+        _CONTEXTS.pop(model, None)
+
+
 # -- type names from known labels -------------------------------------------------------------------------
 @dataclass
 class TypeLabels:

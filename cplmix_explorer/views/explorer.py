@@ -21,7 +21,8 @@ from .data import DataView
 from .markers import MarkersView
 from .runs import RunsView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
+from .server import freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
+from .state import ExplorerState
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
