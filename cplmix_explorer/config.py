@@ -367,3 +367,41 @@ CLI_FLAGS: dict[str, str] = {
 
 def cli_flag(name: str) -> str:
     return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+class TraversalOptions(OptionSet):
+    """Options of a state traversal (``analysis.traversal.traverse``) and of its heatmap, declared once for
+    ``cplmix traverse``, the API and the app's Traversal tab."""
+
+    dim = param.Integer(0, doc="State dimension to sweep.")
+    steps = param.Integer(50, bounds=(2, 10000), doc="Rows of the sweep.")
+    genes = param.String(
+        "MG,IEG,HKG",
+        doc="Comma-separated gene groups in column order: MG (markers computed from the data), IEG, HKG, PRG, "
+        "rPRG, dPRG, or a text file with one symbol a line.",
+    )
+    n_markers = param.Integer(20, bounds=(1, None), doc="Marker genes in the MG group.")
+    normalize = param.Selector(
+        default="zscore", objects=["zscore", "minmax"],
+        doc="Display form: z-score against all cells, or min-max per gene across the sweep.",
+    )
+    percentiles = param.NumericTuple((2.0, 98.0), length=2, doc="Swept range within the type's state distribution (low, high).")
+    arm = param.Integer(None, allow_None=True, bounds=(0, None), doc="One arm instead of the arms' mean.")
+    max_genes = param.Integer(30, bounds=(0, None), doc="Most driven genes shown per group in a heatmap (0: all).")
+
+
+class BenchOptions(OptionSet):
+    """Options of the throughput benchmark (``workflows.bench.run_benchmark``, ``cplmix bench``) besides the
+    model options it shares with training."""
+
+    steps = param.Integer(200, bounds=(1, None), doc="Timed steps after the warm-up.")
+    warmup = param.Integer(20, bounds=(0, None), doc="Untimed steps first.")
+    cells = param.Integer(None, allow_None=True, bounds=(1, None), doc="Generated cells; unset: max(4 x batch size, 10000).")
+    dense = param.Boolean(False, doc="Store the data dense instead of CSR.")
+
+
+#: The training options the benchmark times with unless told otherwise (the others are CplMixConfig's defaults).
+BENCH_CONFIG_DEFAULTS = {"n_types": 115}
+
+
+CLI_FLAGS["n_markers"] = "--markers"  # cplmix traverse

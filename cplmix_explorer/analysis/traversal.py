@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..config import TraversalOptions
 from ..data.gene_sets import (
     HOUSEKEEPING,
     IMMEDIATE_EARLY,
@@ -79,11 +80,12 @@ from .names import SEPARATOR
 
 ZSCORE = "zscore"
 MINMAX = "minmax"
-NORMALIZATIONS = (ZSCORE, MINMAX)
-DEFAULT_GROUPS = (MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING)
-DEFAULT_STEPS = 50
-DEFAULT_PERCENTILES = (2.0, 98.0)
-DEFAULT_MARKERS = 20
+NORMALIZATIONS = tuple(TraversalOptions.param.normalize.objects)
+_DEFAULTS = TraversalOptions()  # the declared defaults, shared with `cplmix traverse` and the app
+DEFAULT_GROUPS = tuple(_DEFAULTS.genes.split(","))
+DEFAULT_STEPS = _DEFAULTS.steps
+DEFAULT_PERCENTILES = _DEFAULTS.percentiles
+DEFAULT_MARKERS = _DEFAULTS.n_markers
 #: |rho| at or above which a gene counts as monotone in the group summaries.
 MONOTONE_RHO = 0.9
 #: Floor of a gene's standard deviation across cells (log units) when dividing by it.
@@ -741,15 +743,15 @@ def spearman_with_steps(values: np.ndarray) -> np.ndarray:
 def traverse(
     model,
     type: int | str | None = None,  # noqa: A002 - the word users know
-    dim: int = 0,
+    dim: int = _DEFAULTS.dim,
     steps: int = DEFAULT_STEPS,
     *,
     cell: int | str | None = None,
     genes=None,
     n_markers: int = DEFAULT_MARKERS,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    normalize: str = ZSCORE,
-    arm: int | None = None,
+    normalize: str = _DEFAULTS.normalize,
+    arm: int | None = _DEFAULTS.arm,
     labels: str | None = None,
 ) -> Traversal:
     """Sweep state dimension ``dim`` of a type (or of one cell) with the type held fixed (module docstring).

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from ..config import CplMixConfig
+from ..config import BENCH_CONFIG_DEFAULTS, BenchOptions, CplMixConfig
 from ..data.preprocess import prepare
 from ..model.inference import DEFAULT_CHUNK, infer
 from ..threads import apply_threads
@@ -56,19 +56,23 @@ def device_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+_OPTIONS = BenchOptions()
+_CONFIG = CplMixConfig().update(**BENCH_CONFIG_DEFAULTS)
+
+
 def run_benchmark(
-    genes: int = 5000,
-    types: int = 115,
-    state_dim: int = 2,
-    arms: int = 2,
-    batch_size: int = 256,
-    steps: int = 200,
-    warmup: int = 20,
+    genes: int = _CONFIG.n_genes,
+    types: int = _CONFIG.n_types,
+    state_dim: int = _CONFIG.state_dim,
+    arms: int = _CONFIG.n_arms,
+    batch_size: int = _CONFIG.batch_size,
+    steps: int = _OPTIONS.steps,
+    warmup: int = _OPTIONS.warmup,
     device: str = "auto",
-    cells: int | None = None,
+    cells: int | None = _OPTIONS.cells,
     fast_path: str = "auto",
     augment: str = "none",
-    dense: bool = False,
+    dense: bool = _OPTIONS.dense,
     seed: int = 0,
     distinct_cells: int | None = None,
     inference: bool = False,
