@@ -22,10 +22,8 @@ from .errors import CplmixError
 COUPLING_EPS = 1e-8
 #: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
 TARGET_SUM = 1e4
-#: Default hops of the neighbour walks (``neighbor_steps`` None): expression data walk along a type's continuum
-#: (Zeisel classes, 2 arms: ARI 0.769 with 6 hops against 0.618 with 1); images stay near the digit (raw MNIST pixels,
-#: before deskewing: 15-NN purity in pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms, seed 0, 4,000
-#: steps: ACC 0.63 with 2 hops, 0.52 with 6).
+#: Default hops of the neighbor walks (``neighbor_steps`` None): expression data walk along a type's continuum;
+#: images stay near the digit, where a long walk reaches other digits (measurements: benchmarks/HISTORY.md).
 NEIGHBOR_STEPS_EXPRESSION = 6
 NEIGHBOR_STEPS_IMAGES = 2
 #: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
@@ -114,14 +112,13 @@ class CplMixConfig(OptionSet):
         default="separate", objects=["separate", "shared"],
         doc="Where the state posterior q(s|c,x) reads the cell: a second encoder of the type encoder's shape "
         "(separate) or the type encoder's bottleneck (shared, the paper's network). The coupling trains only the "
-        "type encoder; with neighbour copies it makes that encoder blind to within-type variation, so a shared "
-        "state loses the within-type state (simulator: median |rho| 0.24 shared, 0.90 separate).",
+        "type encoder; with neighbor copies it makes that encoder blind to within-type variation, so a shared "
+        "state loses the within-type state.",
     )
     state_bottleneck = param.Selector(
         default="linear", objects=["linear", "relu"],
         doc="Activation of the separate state encoder's bottleneck before its BatchNorm: none (linear), or ReLU "
-        "as in the type encoder (runs before this option): with ReLU some cells had every unit at zero and so "
-        "shared one state.",
+        "as in the type encoder: with ReLU some cells had every unit at zero and so shared one state.",
     )
     share_arm_parameters = param.Boolean(False, doc="All arms share one set of weights (ablation).")
 
@@ -180,8 +177,8 @@ class CplMixConfig(OptionSet):
     type_init = param.Selector(
         default="leiden", objects=["leiden", "random"],
         doc="Where the categories start: 'leiden' fits the arms' type heads during the first type_init_steps "
-        "steps to K Leiden communities of the cells' 15-nearest-neighbour graph (top 50 PCs; the graph the "
-        "neighbour walks use), then the objective alone refines them; 'random' starts from the random network, "
+        "steps to K Leiden communities of the cells' 15-nearest-neighbor graph (top 50 PCs; the graph the "
+        "neighbor walks use), then the objective alone refines them; 'random' starts from the random network, "
         "as the paper.",
     )
     type_init_steps = param.Integer(
@@ -208,13 +205,13 @@ class CplMixConfig(OptionSet):
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
         doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (any number of cells) "
         "and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
-        "of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
+        "of neighbor_steps hops among the cells' 15 nearest neighbors (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     neighbor_steps = param.Integer(
         None, bounds=(1, 100), allow_None=True,
-        doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
-        f"copy (1 = a direct neighbour; more hops move the copy along its type's continuous state). Unset (None): "
+        doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbor graph that picks each arm's "
+        f"copy (1 = a direct neighbor; more hops move the copy along its type's continuous state). Unset (None): "
         f"{NEIGHBOR_STEPS_EXPRESSION} for expression data, {NEIGHBOR_STEPS_IMAGES} for images.",
     )
     neighbor_ramp_steps = param.Integer(
@@ -225,7 +222,7 @@ class CplMixConfig(OptionSet):
     )
     neighbor_scale_genes = param.Boolean(
         True,
-        doc="Expression data: find the 15-nearest-neighbour graph (walks and the Leiden start) in the top 50 principal "
+        doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top 50 principal "
         "components of the genes standardised to unit variance and clipped at 10, as scanpy's standard pipeline "
         "(sc.pp.scale before sc.pp.pca), so that the markers of small types count as much as those of large "
         "ones; False: of the unscaled model input. Images always keep their pixels.",
@@ -274,7 +271,7 @@ class CplMixConfig(OptionSet):
         True,
         doc="Images (uns['image_shape']): shear each image upright and centre it by its intensity moments "
         "(deskewing, the standard preprocessing of handwritten digits; LeCun et al. 1998) before the model, the "
-        "neighbour graph and the initial partition see it; ignored for expression data.",
+        "neighbor graph and the initial partition see it; ignored for expression data.",
     )
     drop_empty_cells = param.Boolean(
         False,

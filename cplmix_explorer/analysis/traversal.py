@@ -40,8 +40,8 @@ genes are drawn at 0.5).
 
 Speed: what depends only on the model (inference, gene statistics, marker AUROCs) and on the type (state
 means given the type, alignment) is computed once and cached per model in a :class:`TraversalContext`;
-a sweep is then one decoder pass over ``A x steps`` rows plus per-gene ranks (a 50-step sweep over 5,000
-genes takes a few milliseconds on a CPU; ``benchmarks/traversal_speed.py``).
+a sweep is then one decoder pass over ``A x steps`` rows plus per-gene ranks (``benchmarks/traversal_speed.py``
+measures it).
 
 This module is pure numpy / pandas / torch (no UI): the app's traversal view and ``cplmix traverse`` call it.
 """

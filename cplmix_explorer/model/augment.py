@@ -116,12 +116,9 @@ def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int) -> str:
 
     Why walks: arms that see the same cell can agree on any deterministic partition of it, also one that cuts
     a type along its continuous state; arms that see different cells of one neighbourhood can only agree on
-    groups with few neighbours across them. On the Zeisel 2015 classes the default walks (grown over 300
-    steps) raised the 2-arm ARI from 0.572 to 0.686, and the simulator's type ACC from 0.572 to 0.801, at the
-    cost of its within-type state (README, "Augmentation default"). On the MNIST digits two-hop walks
-    in pixel PCs raised the 2-arm ACC from 0.30 (affine warps of the same digit) to about 0.6 (README, Table 1):
-    a warped copy of the digit itself lets the arms agree on the digit's style, another digit of the
-    neighbourhood does not."""
+    groups with few neighbors across them. On images, too, a warped copy of the digit itself lets the arms
+    agree on the digit's style, another digit of the neighborhood does not (measurements:
+    benchmarks/HISTORY.md)."""
     if n_arms > 1:
         return "neighbors"
     if image_shape is not None:

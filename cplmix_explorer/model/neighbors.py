@@ -12,13 +12,11 @@ Each arm's copy is the end of a short random walk on the graph (``walk_steps`` h
 cell itself or one of its k neighbours): a walk stays inside a type (types are the graph's weakly connected
 groups) but travels along the type's continuum, so two arms see the same type at different states. With one
 hop the arms' copies are so close in state that a split of a large type along its state still looks
-type-preserving to the coupling. On the Zeisel 2015 classes six hops raised the 2-arm ARI from 0.618 to 0.769
-(benchmarks/results/zeisel_quality_class_augmentneighbors*.md).
+type-preserving to the coupling; longer walks let the arms see one type at different states.
 
 The walks start at one hop and grow to ``walk_steps`` over the first ``ramp_steps`` training steps. Long walks
-from the first step, while the categories are still arbitrary, made the arms agree fastest by merging groups:
-on four well-separated simulated types 6-hop walks recovered all four on 3 of 6 seeds (two types merged,
-one category unused on the others), walks grown over 300 steps on every seed tried.
+from the first step, while the categories are still arbitrary, made the arms agree fastest by merging groups
+(benchmarks/HISTORY.md).
 """
 
 from __future__ import annotations

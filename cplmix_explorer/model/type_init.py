@@ -2,9 +2,8 @@
 
 At the engine's coupling weight (0.1) the paper's objective prefers the right typing, but gradient descent from a
 random network does not reach it: on the simulator, arms first fitted to the true types and then trained with
-the objective alone end at a lower loss, on training and held-out cells (1,079 against 1,137 nats per cell on
-seed 0, 1,165 against 1,171 on seed 1) and keep 9-10 of the 10 types (ACC 0.985), where the random start uses
-5-6 categories (ACC 0.73-0.76; ``benchmarks/start_study.py``, README "Quality").
+the objective alone end at a lower loss and keep nearly every type, where the random start uses about half of
+the categories (``benchmarks/start_study.py``; figures in benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
 partition of the training cells into K groups: Leiden communities (modularity, the resolution bisected until
 there are K of them) of the same 15-nearest-neighbour graph the neighbour walks use. This is how the deep
@@ -13,9 +12,8 @@ then refines the partition together with the continuous state.
 
 Each arm starts from its own Leiden run (its own random seed), aligned to the first arm's categories by
 maximum overlap. Groups the graph really has come out the same in every run; a cut that only makes up the
-number K (a type split in two because K is generous) can fall elsewhere in another run (the test suite's four
-simulated types split into eight: runs with seeds 1-3 agree with seed 0's at ARI 0.62-0.71; the simulator's 10
-types split into 20 are cut more alike, ARI 0.91-0.95). So the arms agree less on made-up categories, which
+number K (a type split in two because K is generous) can fall elsewhere in another run. So the arms agree less
+on made-up categories, which
 consensus pruning (``cplmix prune``) removes first.
 """
 

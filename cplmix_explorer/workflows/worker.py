@@ -1,12 +1,11 @@
 """Training and pruning in a child process of their own, their metric events forwarded to this process.
 
-What the served app trains and prunes with. Training inside the server process ran 20-30 % slower than ``cplmix train``
-with the same options, from the process state alone: once datashader had drawn a cell map (its numba kernels
-start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships), CPU training in that
-process ran at 25-28 steps/s instead of 34-38 (benchmarks/results/app_overhead*.json, README). A spawned child
-starts clean, so it trains as fast as the CLI, whatever the app's sessions have imported or drawn; its memory
-goes back to the system when it ends; and no Python work of the server (sessions, plots, the GIL) competes
-with the training loop.
+What the served app trains and prunes with. Training inside the server process ran slower than ``cplmix train``
+with the same options, from the process state alone: once datashader had drawn a cell map, its numba kernels
+start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships
+(``benchmarks/app_overhead.py``; figures in benchmarks/HISTORY.md). A spawned child starts clean, so it trains
+as fast as the CLI, whatever the app's sessions have imported or drawn; its memory goes back to the system
+when it ends; and no Python work of the server (sessions, plots, the GIL) competes with the training loop.
 
 :class:`ProcessTraining` (``train_run``) and :class:`ProcessPruning` (``prune`` of a saved model) are the
 engine side only (no UI): ``run`` blocks until the child ends, publishing the child's events on ``self.events``
