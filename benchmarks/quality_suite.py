@@ -332,7 +332,7 @@ def markdown(report: dict) -> list[str]:
     timed = [(name, e) for name, e in summary["datasets"].items() if e["seeds"]]
     if timed:
         lines += ["", f"Time per run (CPU seconds of one process, {report['threads']} torch thread(s); the set-up is the "
-                  "neighbour walks and the start partition; a run costs about set-up + steps x ms/step):", "",
+                  "neighbor walks and the start partition; a run costs about set-up + steps x ms/step):", "",
                   "| dataset | set-up CPU s | CPU ms/step | CPU min at 10,000 steps (estimate) | Leiden baseline CPU s |",
                   "|---|---|---|---|---|"]
         for name, e in timed:

@@ -92,8 +92,8 @@ class CplMixVAE:
         self.augment_used: str | None = None
         #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
         self.type_init: dict | None = None
-        #: how the training cells' neighbours were found (method, recall; Trainer.neighbour_search), None without
-        self.neighbours: dict | None = None
+        #: how the training cells' neighbors were found (method, recall; Trainer.neighbour_search), None without
+        self.neighbors: dict | None = None
         self._optimizer_state: dict | None = None
         self._rng_state: dict | None = None
         self._device_data: DeviceData | None = None
@@ -174,7 +174,7 @@ class CplMixVAE:
             self.step = trainer.step
             self.augment_used = trainer.augment_name
             self.type_init = trainer.type_init_summary
-            self.neighbours = trainer.neighbour_search or self.neighbours
+            self.neighbors = trainer.neighbour_search or self.neighbors
             self._optimizer_state = trainer.optimizer.state_dict()
             self._rng_state = trainer.rng_state()
             self._invalidate()
@@ -341,7 +341,7 @@ class CplMixVAE:
             "augment": self.augment_used,
             "type_init": self.type_init,
             **({"dropped_empty_cells": self.dropped_empty_cells} if self.dropped_empty_cells else {}),
-            "neighbours": self.neighbours,
+            "neighbours": self.neighbors,
         }
 
     def write_results(self, adata: AnnData | None = None, metrics: dict | None = None) -> AnnData:
@@ -376,7 +376,7 @@ class CplMixVAE:
             optimizer=optimizer,
             rng_state=self._rng_state or {"cpu": torch.get_rng_state()},
             extra={"augment": self.augment_used, **({"type_init": self.type_init} if self.type_init else {}),
-                   **({"neighbours": self.neighbours} if self.neighbours else {})},
+                   **({"neighbours": self.neighbors} if self.neighbors else {})},
         )
 
     @classmethod
@@ -399,7 +399,7 @@ class CplMixVAE:
         model.step = checkpoint.step
         model.augment_used = checkpoint.extra.get("augment")
         model.type_init = checkpoint.extra.get("type_init")
-        model.neighbours = checkpoint.extra.get("neighbours")
+        model.neighbors = checkpoint.extra.get("neighbours")
         model._optimizer_state = checkpoint.optimizer_state
         model._rng_state = checkpoint.rng_state or None
         return model

@@ -357,7 +357,7 @@ def test_tampered_run_json_is_one_error_line(run_copy, tiny_h5ad, capsys, conten
 def _overflowing_data(cell_step: int, batch_size: int = 32, seed: int = 0):
     """Data whose one cell holds values so large that the Gaussian reconstruction term overflows float32,
     placed in the batch of 0-based step ``cell_step`` (the engine's permutation of the same seed and size).
-    Train it with ``augment='none'``: neighbour copies would carry the cell into other steps' batches."""
+    Train it with ``augment='none'``: neighbor copies would carry the cell into other steps' batches."""
     from cplmix_explorer.data.preprocess import prepare
     from cplmix_explorer.train.engine import Trainer, build_model
 

@@ -110,12 +110,12 @@ class AffineImageAugmenter(Augmenter):
 
 
 def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int) -> str:
-    """What ``augment='auto'`` means for a run: neighbour walks when there is a second arm to couple with,
-    whatever the data's size (the neighbours are found in chunks, approximately above a size, see
+    """What ``augment='auto'`` means for a run: neighbor walks when there is a second arm to couple with,
+    whatever the data's size (the neighbors are found in chunks, approximately above a size, see
     :mod:`.neighbors`); otherwise affine warps for images and none for expression data.
 
     Why walks: arms that see the same cell can agree on any deterministic partition of it, also one that cuts
-    a type along its continuous state; arms that see different cells of one neighbourhood can only agree on
+    a type along its continuous state; arms that see different cells of one neighborhood can only agree on
     groups with few neighbors across them. On images, too, a warped copy of the digit itself lets the arms
     agree on the digit's style, another digit of the neighborhood does not (measurements:
     benchmarks/HISTORY.md)."""

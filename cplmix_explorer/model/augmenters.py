@@ -6,7 +6,7 @@ from ..config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
 from ..errors import CplmixError
 from .augment import AffineImageAugmenter, Augmenter, CountNoiseAugmenter, IdentityAugmenter, ValueNoiseAugmenter, resolve_auto
 from .generative import load_generative_augmenter
-from .neighbors import NeighbourAugmenter
+from .neighbors import NeighborAugmenter
 
 
 def make_augmenter(
@@ -39,7 +39,7 @@ def make_augmenter(
         walk = {"walk_steps": neighbor_steps}
         if neighbor_ramp_steps is not None:
             walk["ramp_steps"] = neighbor_ramp_steps
-        return NeighbourAugmenter(**walk), name
+        return NeighborAugmenter(**walk), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
     if name == "affine":

@@ -6,7 +6,7 @@ q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from 
 
 The state reads either the type encoder's bottleneck (``state_encoder="shared"``, the paper's network) or the
 bottleneck of a second encoder of the same shape (``"separate"``). The coupling's gradient reaches only the
-type encoder, and when the arms see different cells of one type (neighbour copies) it makes that encoder
+type encoder, and when the arms see different cells of one type (neighbor copies) it makes that encoder
 blind to the within-type variation the state is meant to capture; a separate state encoder keeps it.
 
 Tensors carry a leading arm axis: inputs (A, B, G), outputs (A, B, ...).

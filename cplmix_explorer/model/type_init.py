@@ -1,4 +1,4 @@
-"""Where the categories start: a Leiden partition of the cells' nearest-neighbour graph.
+"""Where the categories start: a Leiden partition of the cells' nearest-neighbor graph.
 
 At the engine's coupling weight (0.1) the paper's objective prefers the right typing, but gradient descent from a
 random network does not reach it: on the simulator, arms first fitted to the true types and then trained with
@@ -6,7 +6,7 @@ the objective alone end at a lower loss and keep nearly every type, where the ra
 the categories (``benchmarks/start_study.py``; figures in benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
 partition of the training cells into K groups: Leiden communities (modularity, the resolution bisected until
-there are K of them) of the same 15-nearest-neighbour graph the neighbour walks use. This is how the deep
+there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use. This is how the deep
 clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster from k-means); the objective
 then refines the partition together with the continuous state.
 
@@ -57,14 +57,14 @@ class TypePartition:
         }
 
 
-def neighbour_graph(neighbours: np.ndarray) -> sp.csr_matrix:
-    """Symmetric weighted adjacency (R, R) of a k-nearest-neighbour table (R, k) of row indices: 1 between
-    mutual neighbours, 1/2 where only one is among the other's neighbours (0.5 (A + A^T), as scikit-learn's
+def neighbor_graph(neighbors: np.ndarray) -> sp.csr_matrix:
+    """Symmetric weighted adjacency (R, R) of a k-nearest-neighbor table (R, k) of row indices: 1 between
+    mutual neighbors, 1/2 where only one is among the other's neighbors (0.5 (A + A^T), as scikit-learn's
     spectral clustering symmetrises a k-NN connectivity)."""
-    n, k = neighbours.shape
+    n, k = neighbors.shape
     rows = np.repeat(np.arange(n), k)
-    adjacency = sp.csr_matrix((np.ones(rows.size), (rows, neighbours.reshape(-1))), shape=(n, n))
-    adjacency.data[:] = 1.0  # a neighbour listed twice counts once
+    adjacency = sp.csr_matrix((np.ones(rows.size), (rows, neighbors.reshape(-1))), shape=(n, n))
+    adjacency.data[:] = 1.0  # a neighbor listed twice counts once
     return ((adjacency + adjacency.T) * 0.5).tocsr()
 
 
@@ -84,7 +84,7 @@ def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
 
 @dataclass(frozen=True)
 class LeidenGraph:
-    """The weighted neighbour graph Leiden runs on, built once for every arm's run: the symmetric adjacency
+    """The weighted neighbor graph Leiden runs on, built once for every arm's run: the symmetric adjacency
     (scipy, for merging communities) and igraph's graph with the weights as its edge attribute 'weight'
     (converted once, not at every resolution tried)."""
 
@@ -92,21 +92,21 @@ class LeidenGraph:
     graph: object
 
     @classmethod
-    def from_neighbours(cls, neighbours: np.ndarray) -> LeidenGraph:
-        adjacency = neighbour_graph(neighbours)
+    def from_neighbors(cls, neighbors: np.ndarray) -> LeidenGraph:
+        adjacency = neighbor_graph(neighbors)
         upper = sp.triu(adjacency, k=1).tocoo()
-        graph = igraph_graph(neighbours.shape[0], upper.row, upper.col)
+        graph = igraph_graph(neighbors.shape[0], upper.row, upper.col)
         graph.es["weight"] = upper.data.tolist()
         return cls(adjacency, graph)
 
 
-def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
-    """K = ``n_types`` groups of the rows of a k-nearest-neighbour table (R, k) (or its :class:`LeidenGraph`):
+def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
+    """K = ``n_types`` groups of the rows of a k-nearest-neighbor table (R, k) (or its :class:`LeidenGraph`):
     Leiden communities (modularity with a resolution parameter, igraph's implementation) at the resolution,
     found by geometric bisection, that gives K of them. When no resolution gives exactly K, the partition with
     the fewest communities above K is taken and its smallest community merged into the one it shares most
     edge weight with, until K remain. Deterministic for a seed."""
-    prepared = neighbours if isinstance(neighbours, LeidenGraph) else LeidenGraph.from_neighbours(neighbours)
+    prepared = neighbors if isinstance(neighbors, LeidenGraph) else LeidenGraph.from_neighbors(neighbors)
     adjacency, graph = prepared.adjacency, prepared.graph
     n = adjacency.shape[0]
     if not 1 <= n_types <= n:

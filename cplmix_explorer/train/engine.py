@@ -29,7 +29,7 @@ from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
-from ..model.neighbors import find_neighbours, standardized
+from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from ..model.type_init import LeidenGraph, align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
@@ -367,13 +367,13 @@ class Trainer:
             position[rows] = torch.arange(len(rows), device=self.device)
             neighbours = position[self.augmenter.table[rows, 1:]]
         else:
-            search = find_neighbours(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
+            search = find_neighbors(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
             neighbours = search.indices
             self.neighbour_search = search.summary()
         neighbours = neighbours.cpu().numpy()
         n_types, n_arms = self.model.n_types, self.model.n_arms
         runs = 1 if self.config.share_arm_parameters else n_arms
-        graph = LeidenGraph.from_neighbours(neighbours)  # built once for every arm's run
+        graph = LeidenGraph.from_neighbors(neighbours)  # built once for every arm's run
         partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]

@@ -83,7 +83,7 @@ def run_benchmark(
     """Train the real model on generated data and report throughput after ``warmup`` steps.
 
     Returns a JSON-ready dict with it_per_s, cells_per_s, the shape, the device and peak memory (training),
-    and type_init_seconds: the one-off cost of the initial partition (neighbours and Leiden) at this shape; the
+    and type_init_seconds: the one-off cost of the initial partition (neighbors and Leiden) at this shape; the
     timed steps themselves start from a random network (type_init='random'), so that they are all the
     objective's steps, as every step after the initial ``type_init_steps``.
     With ``inference`` it then assigns every cell in chunks and adds inference_seconds, inference_cells_per_s

@@ -265,7 +265,7 @@ def train_run(
     metrics["threads"] = model.threads_used
     if model.dropped_empty_cells:
         metrics["dropped_empty_cells"] = model.dropped_empty_cells
-    metrics["neighbours"] = model.neighbours  # which search found the neighbours, its recall against exact
+    metrics["neighbours"] = model.neighbors  # which search found the neighbors, its recall against exact
     if result.restarts:
         metrics["nan_restarts"] = result.restarts
     metrics["history"] = history_summary(result, config.log_every)
