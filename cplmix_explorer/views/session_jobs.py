@@ -61,11 +61,12 @@ class SessionJobs:
         if self.busy:
             raise CplmixError(f"{self.job.kind} is already running in this session; stop it first")
         config = self.training_config()
-        source, run_dir = self.data_source, self.new_run_dir("train")
+        source, data, run_dir = self.data_source, self.adata, self.new_run_dir("train")
 
         def work(control, attach_model):
             # in a process of its own: as fast as `cplmix train` whatever this server has drawn (workflows/worker.py)
-            training = ProcessTraining(source, run_dir, config)
+            # the child reads the data from its source; the model comes back onto the session's copy (read once here)
+            training = ProcessTraining(source, run_dir, config, data=data)
             attach_model(training)
             outcome = training.run(control)
             return outcome.result.status, f"trained to step {outcome.result.step}", outcome

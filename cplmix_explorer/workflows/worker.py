@@ -142,12 +142,15 @@ class ProcessTraining(ChildJob):
 
     source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); :meth:`run` returns the
     run's :class:`~cplmix_explorer.workflows.run.RunOutcome` with the model loaded back from the run folder onto
-    ``config``'s device. ``events`` publishes the child's metric events in this process (subscribe before
-    :meth:`run`).
+    ``config``'s device. ``data``: the AnnData this process already holds for ``source`` (the app's session
+    data); the model loaded back is built on it instead of reading ``source`` a second time. ``events``
+    publishes the child's metric events in this process (subscribe before :meth:`run`).
     """
 
-    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
+    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None,
+                 data=None):
         self.source, self.run_dir, self.config = source, Path(run_dir), config.copy()
+        self.data = data
         threads = threads or resolve_threads(self.config.threads, APP_RESERVED_CORES)
         super().__init__((source, str(self.run_dir), self.config.to_dict()), threads)
 
@@ -161,7 +164,7 @@ class ProcessTraining(ChildJob):
     def _outcome(self, result):
         metrics_path = self.run_dir / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
-        model = load_run(self.run_dir, self.source, device=self.config.device)
+        model = load_run(self.run_dir, self.data if self.data is not None else self.source, device=self.config.device)
         return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
 
 
