@@ -2,9 +2,10 @@
 
 :class:`ExplorerState` holds the dataset, the trained model, its inference, the run folder and the status of
 background work. Views take it as a ``param.ClassSelector`` and react to its parameters; they never compute
-the model themselves. Background jobs (training, pruning) only publish events; :meth:`ExplorerState.poll`,
-run by the session's periodic callback about once a second, drains them and updates the state in the
-session's own thread, so Bokeh models are only ever touched there.
+the model themselves. Background jobs (training, pruning; :mod:`.session_jobs`) only publish events;
+:meth:`ExplorerState.poll`, run by the session's periodic callback about once a second, drains them and updates
+the state in the session's own thread, so Bokeh models are only ever touched there. What all sessions of a
+server share (bundled data, demo models, memory housekeeping) is in :mod:`.server`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import panel as pn
 import param
 from anndata import AnnData
 
+from ..analysis.names import check_name, check_unique, resolve_type_index
 from ..api import CplMixVAE
 from ..config import CplMixConfig
 from ..data.bundled import DATASETS
 from ..data.io import read_data
 from ..data.validate import validate_anndata
-from ..analysis.names import check_name, check_unique, resolve_type_index
 from ..errors import CplmixError, describe_failure
 from ..model.consensus import Consensus
 from ..model.inference import Inference
