@@ -68,6 +68,8 @@ class NeighbourSearch:
     recall: float
     checked_cells: int
     components: int
+    #: (N, k) Euclidean distance to each neighbor in the principal components (what the graph's weights use)
+    distances: torch.Tensor | None = None
 
     def summary(self) -> dict:
         """What a run records about its neighbour search (JSON-ready)."""
@@ -167,7 +169,8 @@ def find_neighbours(rows_of: RowSource, n: int, k: int = NEIGHBOURS, n_component
     scores = principal_scores(rows_of, n, n_components, device)
     method = method or search_method(n, device)
     if method == "exact":
-        return NeighbourSearch(exact_neighbours(scores, k), "exact", 1.0, 0, scores.shape[1])
+        found = exact_neighbours(scores, k)
+        return NeighbourSearch(found, "exact", 1.0, 0, scores.shape[1], neighbour_distances(scores, found))
     if method != "pynndescent":
         raise ValueError(f"unknown neighbour search '{method}' (exact, pynndescent)")
     host = scores.cpu().numpy()
@@ -176,7 +179,19 @@ def find_neighbours(rows_of: RowSource, n: int, k: int = NEIGHBOURS, n_component
     sample_t = torch.as_tensor(sample, device=device)
     exact = exact_neighbours(scores, k, sample_t)
     hits = (found[sample_t].unsqueeze(-1) == exact.unsqueeze(1)).any(-1).float().mean()
-    return NeighbourSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1])
+    return NeighbourSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1],
+                           neighbour_distances(scores, found))
+
+
+@torch.no_grad()
+def neighbour_distances(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N, k) from each row of ``scores`` (N, q) to its neighbors ``indices`` (N, k),
+    in chunks of rows (memory: a chunk x k x q block)."""
+    out = torch.empty(indices.shape, dtype=torch.float32, device=scores.device)
+    for start in range(0, indices.shape[0], PCA_CHUNK):
+        stop = start + PCA_CHUNK
+        out[start:stop] = (scores[start:stop, None, :] - scores[indices[start:stop]]).norm(dim=-1)
+    return out
 
 
 @torch.no_grad()
