@@ -22,9 +22,10 @@ from .errors import CplmixError
 COUPLING_EPS = 1e-8
 #: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
 TARGET_SUM = 1e4
-#: Default hops of the neighbor walks (``neighbor_steps`` None): expression data walk along a type's continuum;
-#: images stay near the digit, where a long walk reaches other digits (measurements: benchmarks/HISTORY.md).
-NEIGHBOR_STEPS_EXPRESSION = 6
+#: Default hops of the neighbor walks (``neighbor_steps`` None): one for expression data, where each arm sees a
+#: direct neighbor of the cell (longer walks cross from small types into their neighbors, so the arms disagree on
+#: the types themselves), two for images (benchmarks/HISTORY.md has the comparisons).
+NEIGHBOR_STEPS_EXPRESSION = 1
 NEIGHBOR_STEPS_IMAGES = 2
 #: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
 DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
@@ -97,7 +98,12 @@ class CplMixConfig(OptionSet):
         "cannot predict (noise) weigh less than genes it can; the logged reconstruction is then that negative "
         "log-likelihood, which can be below 0.",
     )
-    tau = param.Number(1.0, bounds=(1e-3, 100.0), doc="Softmax temperature of the categorical posterior q(c|x).")
+    tau = param.Number(
+        0.1, bounds=(1e-3, 100.0),
+        doc="Softmax temperature of the categorical posterior q(c|x) = softmax(logits / tau), one softmax. 0.1 lets "
+        "the type head reach confident posteriors within the warm-up; at 1 the head on its 10-d bottleneck stays "
+        "near uniform over many types and the argmax, not the posterior, decides the type.",
+    )
     gumbel_temperature = param.Number(
         1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."
     )
@@ -136,10 +142,13 @@ class CplMixConfig(OptionSet):
         "probabilities (the square root of the batch variance keeps its own 1e-8).",
     )
     coupling_spread = param.Selector(
-        default="relative", objects=["absolute", "relative"],
-        doc="sigma of the coupling distance: 'absolute', each category's batch standard deviation (the paper's), "
-        "or 'relative', that deviation over the arm's root mean variance across categories, which keeps the "
-        "distance's scale independent of the number of types K (the absolute form grows like K^2).",
+        default="none", objects=["absolute", "relative", "none"],
+        doc="sigma of the coupling distance: 'none' (sigma = 1: the squared difference of the arms' log "
+        "probabilities, every cell's disagreement costs the same), 'absolute', each category's batch standard "
+        "deviation (the paper's), or 'relative', that deviation over the arm's root mean variance across "
+        "categories. Dividing by a category's spread makes a disagreement on a rare type's cell dearer than one on "
+        "a common type's, so the arms stop using small types' categories (they merge); the absolute form also "
+        "grows like K^2 with the number of types.",
     )
     entropy_weight = param.Number(
         1.0, bounds=(0.0, None),
@@ -185,6 +194,19 @@ class CplMixConfig(OptionSet):
         300, bounds=(0, None),
         doc="type_init='leiden': training steps during which a cross-entropy toward the initial partition is "
         "added to the objective (0 = no initial partition).",
+    )
+    leiden_weights = param.Selector(
+        default="umap", objects=["umap", "uniform"],
+        doc="type_init='leiden': edge weights of the neighbor graph the start partition is found in: 'umap', the "
+        "fuzzy simplicial set memberships scanpy's sc.pp.neighbors gives (a neighbor weighs less the farther it is "
+        "beyond the cell's nearest), or 'uniform' (1 between mutual neighbors, 1/2 otherwise).",
+    )
+    start_per_arm = param.Boolean(
+        True,
+        doc="type_init='leiden': each arm starts from its own Leiden run (its own seed, aligned to the first arm's "
+        "categories); cuts that only make up the number K fall differently in each arm, so the arms agree less on "
+        "them and consensus pruning finds them. False: one partition for all arms (they then agree on made-up "
+        "categories too).",
     )
     type_prior_weight = param.Number(
         10.0, bounds=(0.0, None),

@@ -95,3 +95,40 @@ def test_initial_partition_is_kept_in_the_saved_run_and_without_walks(tmp_path):
     assert loaded.type_init == model.type_init
     loaded.train(steps=5, progress=False)  # past the warm-up: the partition is not computed again, still recorded
     assert loaded.type_init == model.type_init
+
+
+def test_fuzzy_connectivities_are_scanpys_umap_weights():
+    # The start partition's graph carries the weights sc.pp.neighbors gives (umap-learn's fuzzy simplicial set,
+    # which scanpy calls with each cell listed as its own first neighbor at distance 0).
+    from umap.umap_ import fuzzy_simplicial_set
+
+    from cplmix_explorer.model.neighbors import exact_neighbors, neighbor_distances
+    from cplmix_explorer.model.type_init import LeidenGraph, fuzzy_connectivities
+
+    points, _ = _blobs([150, 100], dim=5, spread=1.0)
+    indices = exact_neighbors(points, 15)
+    distances = neighbor_distances(points, indices)
+    assert torch.allclose(distances[:, 0], (points - points[indices[:, 0]]).norm(dim=-1))
+    ours = fuzzy_connectivities(indices.numpy(), distances.numpy())
+    n = points.shape[0]
+    with_self = np.concatenate([np.arange(n)[:, None], indices.numpy()], axis=1)
+    self_distance = np.concatenate([np.zeros((n, 1)), distances.numpy()], axis=1).astype(np.float32)
+    umap_weights, _, _ = fuzzy_simplicial_set(np.zeros((n, 1)), 16, None, None, knn_indices=with_self,
+                                              knn_dists=self_distance)
+    assert abs(ours - umap_weights.tocsr()).max() < 1e-5
+    assert (ours != ours.T).nnz == 0 and ours.max() <= 1.0 + 1e-9
+    graph = LeidenGraph.from_neighbors(indices.numpy(), distances.numpy())
+    assert abs(graph.adjacency - ours).max() == 0
+    assert sorted(graph.graph.es["weight"]) == sorted(sp.triu(ours, k=1).tocoo().data.tolist())
+
+
+def test_the_start_graph_is_weighted_unless_uniform_weights_are_asked_for(mixture):
+    weighted = CplMixVAE(mixture, n_types=4, n_arms=2, seed=0).make_trainer()
+    weighted.prepare_type_init()
+    assert weighted.augmenter.search.distances.shape == weighted.augmenter.search.indices.shape
+    uniform = CplMixVAE(mixture, n_types=4, n_arms=2, seed=0, leiden_weights="uniform").make_trainer()
+    uniform.prepare_type_init()
+    for trainer in (weighted, uniform):  # well-separated types: both graphs find them
+        covered = trainer.type_targets[0] >= 0
+        truth = np.asarray(mixture.obs["type"])[covered.numpy()]
+        assert compare_to_labels(trainer.type_targets[0][covered].numpy(), truth)["ari"] == 1.0

@@ -66,6 +66,8 @@ class NeighborSearch:
     recall: float
     checked_cells: int
     components: int
+    #: (N, k) Euclidean distance to each neighbor in the principal components (what the graph's weights use)
+    distances: torch.Tensor | None = None
 
     def summary(self) -> dict:
         """What a run records about its neighbor search (JSON-ready)."""
@@ -165,7 +167,8 @@ def find_neighbors(rows_of: RowSource, n: int, k: int = NEIGHBORS, n_components:
     scores = principal_scores(rows_of, n, n_components, device)
     method = method or search_method(n, device)
     if method == "exact":
-        return NeighborSearch(exact_neighbors(scores, k), "exact", 1.0, 0, scores.shape[1])
+        found = exact_neighbors(scores, k)
+        return NeighborSearch(found, "exact", 1.0, 0, scores.shape[1], neighbor_distances(scores, found))
     if method != "pynndescent":
         raise ValueError(f"unknown neighbor search '{method}' (exact, pynndescent)")
     host = scores.cpu().numpy()
@@ -174,7 +177,19 @@ def find_neighbors(rows_of: RowSource, n: int, k: int = NEIGHBORS, n_components:
     sample_t = torch.as_tensor(sample, device=device)
     exact = exact_neighbors(scores, k, sample_t)
     hits = (found[sample_t].unsqueeze(-1) == exact.unsqueeze(1)).any(-1).float().mean()
-    return NeighborSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1])
+    return NeighborSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1],
+                           neighbor_distances(scores, found))
+
+
+@torch.no_grad()
+def neighbor_distances(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N, k) from each row of ``scores`` (N, q) to its neighbors ``indices`` (N, k),
+    in chunks of rows (memory: a chunk x k x q block)."""
+    out = torch.empty(indices.shape, dtype=torch.float32, device=scores.device)
+    for start in range(0, indices.shape[0], PCA_CHUNK):
+        stop = start + PCA_CHUNK
+        out[start:stop] = (scores[start:stop, None, :] - scores[indices[start:stop]]).norm(dim=-1)
+    return out
 
 
 @torch.no_grad()

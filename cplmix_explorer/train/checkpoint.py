@@ -47,6 +47,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "coupling_spread": "absolute",
     "neighbor_scale_genes": False,
     "type_prior_weight": 0.0,
+    "leiden_weights": "uniform",
 }
 
 

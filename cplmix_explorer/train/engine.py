@@ -362,18 +362,17 @@ class Trainer:
         when the arms share their weights), aligned to the first arm's categories. Deterministic for the
         config's seed."""
         rows = self.train_rows
-        if self.augmenter.chooses_rows:  # the walks' table: every training row's neighbours, as data rows
-            position = torch.full((self.data.n_cells,), -1, dtype=torch.long, device=self.device)
-            position[rows] = torch.arange(len(rows), device=self.device)
-            neighbours = position[self.augmenter.table[rows, 1:]]
+        if self.augmenter.chooses_rows:  # the walks' search: every training row's neighbours, as positions in rows
+            search = self.augmenter.search
         else:
             search = find_neighbors(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
-            neighbours = search.indices
             self.neighbour_search = search.summary()
-        neighbours = neighbours.cpu().numpy()
+        neighbours = search.indices.cpu().numpy()
+        weighted = self.config.leiden_weights == "umap" and search.distances is not None
+        distances = search.distances.cpu().numpy() if weighted else None
         n_types, n_arms = self.model.n_types, self.model.n_arms
-        runs = 1 if self.config.share_arm_parameters else n_arms
-        graph = LeidenGraph.from_neighbors(neighbours)  # built once for every arm's run
+        runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
+        graph = LeidenGraph.from_neighbors(neighbours, distances)  # built once for every arm's run
         partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
