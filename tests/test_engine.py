@@ -271,7 +271,7 @@ def test_the_defaults_keep_every_small_type_and_are_confident_about_it():
     # step 600 (10 of 12 categories used) and, with the softmax temperature 1, the median confidence was 0.69.
     # The defaults (no spread, tau 0.1) keep every category the start used, sure of each cell's type.
     from cplmix_explorer import datasets
-    from cplmix_explorer.analysis.inference import infer
+    from cplmix_explorer.model.inference import infer
 
     sizes = [int(round(x)) for x in np.geomspace(300, 20, 12)]
     adata = datasets.simulate(n_genes=500, n_types=12, n_classes=3, state_dim=2, type_sizes=sizes, seed=7,
