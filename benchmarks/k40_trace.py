@@ -49,7 +49,7 @@ tr = m.make_trainer()
 t0 = time.time()
 def on(ev):
     if isinstance(ev, Evaluation):
-        inf = infer(tr.model, tr.data)
+        inf = infer(tr.module, tr.data)
         aris = [compare_to_labels(inf.type_per_arm[i], y)["ari"] for i in range(inf.type_per_arm.shape[0])]
         c = compare_to_labels(inf.consensus_type, y)
         used = [len(np.unique(inf.type_per_arm[i])) for i in range(inf.type_per_arm.shape[0])]

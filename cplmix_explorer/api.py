@@ -48,7 +48,7 @@ from .train.checkpoint import (
     save_checkpoint,
 )
 from .train.device_data import DeviceData
-from .train.engine import Trainer, TrainingResult, build_model, planned_steps, resolve_device
+from .train.engine import Trainer, TrainingResult, build_module, planned_steps, resolve_device
 from .train.events import EventBus, TrainingControl
 from .train.progress import ProgressBar
 
@@ -85,14 +85,14 @@ class CplMixVAE:
             layer = _preprocessing.layer if _preprocessing is not None else self.config.layer
             self.adata, self.dropped_empty_cells = drop_empty_cells(self.adata, layer)
         self.prepared: PreparedData = prepare(self.adata, self.config, preprocessing=_preprocessing)
-        self.module = build_model(self.config, self.prepared.n_genes)
+        self.module = build_module(self.config, self.prepared.n_genes)
         self.events = EventBus()
         self.step = 0
         self.history: TrainingResult | None = None
         self.augment_used: str | None = None
         #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
         self.type_init: dict | None = None
-        #: how the training cells' neighbors were found (method, recall; Trainer.neighbour_search), None without
+        #: how the training cells' neighbors were found (method, recall; Trainer.neighbor_search), None without
         self.neighbors: dict | None = None
         self._optimizer_state: dict | None = None
         self._rng_state: dict | None = None
@@ -174,7 +174,7 @@ class CplMixVAE:
             self.step = trainer.step
             self.augment_used = trainer.augment_name
             self.type_init = trainer.type_init_summary
-            self.neighbors = trainer.neighbour_search or self.neighbors
+            self.neighbors = trainer.neighbor_search or self.neighbors
             self._optimizer_state = trainer.optimizer.state_dict()
             self._rng_state = trainer.rng_state()
             self._invalidate()
@@ -390,7 +390,7 @@ class CplMixVAE:
         n_types = len(checkpoint.model_state["category_ids"])
         if n_types != model.module.n_types:  # a pruned model: rebuild at its size
             model.config.update(n_types=n_types)
-            model.module = build_model(model.config, model.prepared.n_genes)
+            model.module = build_module(model.config, model.prepared.n_genes)
         try:
             model.module.load_state_dict(checkpoint.model_state)
         except RuntimeError as error:

@@ -13,7 +13,7 @@ from conftest import mixture_counts
 from cplmix_explorer import CplMixConfig, CplMixVAE
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.errors import CplmixError, NonFiniteLossError
-from cplmix_explorer.train.engine import Trainer, build_model
+from cplmix_explorer.train.engine import Trainer, build_module
 from cplmix_explorer.train.events import Evaluation, StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
 
 
@@ -196,7 +196,7 @@ def test_sparse_and_dense_storage_train_identically():
 def test_non_finite_loss_stops_with_the_step_and_the_term(mixture):
     config = CplMixConfig().update(n_types=4, lr=1.0, log_every=5)
     prepared = prepare(mixture, config)
-    model = build_model(config, prepared.n_genes)
+    model = build_module(config, prepared.n_genes)
     trainer = Trainer(model, prepared, config)
     with torch.no_grad():
         model.decoder_output.bias.fill_(float("nan"))  # what a diverged update leaves behind
@@ -258,7 +258,7 @@ def test_a_type_prior_keeps_every_start_category_and_adds_its_cross_entropy_to_t
     assert with_prior.item() > objective.item()  # the prior's cross-entropy is added
     from cplmix_explorer.model.inference import infer
 
-    inference = infer(trainer.model, trainer.data)
+    inference = infer(trainer.module, trainer.data)
     for arm in range(2):
         covered = start[arm] >= 0
         assert len(np.unique(inference.type_per_arm[arm])) == len(np.unique(start[arm][covered]))
@@ -280,7 +280,7 @@ def test_the_defaults_keep_every_small_type_and_are_confident_about_it():
     trainer = model.make_trainer()
     trainer.fit(600)
     start = trainer.type_targets.cpu().numpy()
-    inference = infer(trainer.model, trainer.data)
+    inference = infer(trainer.module, trainer.data)
     for arm in range(2):
         assert len(np.unique(inference.type_per_arm[arm])) == len(np.unique(start[arm][start[arm] >= 0])) == 12
     assert np.median(inference.consensus_confidence) >= 0.9

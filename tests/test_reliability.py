@@ -359,13 +359,13 @@ def _overflowing_data(cell_step: int, batch_size: int = 32, seed: int = 0):
     placed in the batch of 0-based step ``cell_step`` (the engine's permutation of the same seed and size).
     Train it with ``augment='none'``: neighbor copies would carry the cell into other steps' batches."""
     from cplmix_explorer.data.preprocess import prepare
-    from cplmix_explorer.train.engine import Trainer, build_model
+    from cplmix_explorer.train.engine import Trainer, build_module
 
     adata = mixture_counts(n_cells=600, n_genes=40, n_types=3)  # 16 steps an epoch: step 7 holds new cells
     adata.X = adata.X.toarray() + 0.5  # not counts: used as it is
     config = small_config(seed=seed, batch_size=batch_size, augment="none")
     prepared = prepare(adata, config)
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     earlier = set(torch.cat([trainer._batch_for_step(s) for s in range(cell_step)]).tolist())
     cell = next(c for c in trainer._batch_for_step(cell_step).tolist() if c not in earlier)
     adata.X[cell, :] = 1e30

@@ -8,15 +8,14 @@ continuum (a state split of one type has many neighbors on both sides of its bou
 separates groups of cells with few neighbors across them. The paper's trained generative augmenter aims
 at the same "samples in the latent vicinity of a cell"; this one needs no training.
 
-Each arm's copy is the end of a short random walk on the graph (``walk_steps`` hops, each to the current
-cell itself or one of its k neighbors): a walk stays inside a type (types are the graph's weakly connected
-groups) but travels along the type's continuum, so two arms see the same type at different states. With one
-hop the arms' copies are so close in state that a split of a large type along its state still looks
-type-preserving to the coupling; longer walks let the arms see one type at different states.
+Each arm's copy is the end of a random walk on the graph (``walk_steps`` hops, each to the current cell itself
+or one of its k neighbors). For expression data the default is one hop, a direct neighbor: longer walks travel
+along a type's continuum but also leave small types, whose cells then reach the arms as copies of other types,
+and the arms disagree on (or merge) those types. Images take two hops.
 
-The walks start at one hop and grow to ``walk_steps`` over the first ``ramp_steps`` training steps. Long walks
-from the first step, while the categories are still arbitrary, made the arms agree fastest by merging groups
-(benchmarks/HISTORY.md).
+With more than one hop the walks start at one hop and grow to ``walk_steps`` over the first ``ramp_steps``
+training steps. Long walks from the first step, while the categories are still arbitrary, made the arms agree
+fastest by merging groups (benchmarks/HISTORY.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
 """Where the categories start: a Leiden partition of the cells' nearest-neighbor graph.
 
-At the engine's coupling weight (0.1) the paper's objective prefers the right typing, but gradient descent from a
-random network does not reach it: on the simulator, arms first fitted to the true types and then trained with
-the objective alone end at a lower loss and keep nearly every type, where the random start uses about half of
-the categories (``benchmarks/start_study.py``; figures in benchmarks/HISTORY.md).
+Gradient descent from a random network does not reach the typing the objective prefers: on the simulator, arms
+first fitted to the true types and then trained with the objective alone end at a lower loss and keep nearly
+every type, where the random start uses about half of the categories (``benchmarks/start_study.py``; figures in
+benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
 partition of the training cells into K groups: Leiden communities (modularity, the resolution bisected until
-there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use. This is how the deep
+there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use, its edges weighted as scanpy's
+``sc.pp.neighbors`` weighs them (UMAP's fuzzy simplicial set). After the warm-up the partition stays a prior
+(``type_prior_weight``) that the objective can overrule where the data disagree. This is how the deep
 clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster from k-means); the objective
 then refines the partition together with the continuous state.
 
 Each arm starts from its own Leiden run (its own random seed), aligned to the first arm's categories by
 maximum overlap. Groups the graph really has come out the same in every run; a cut that only makes up the
 number K (a type split in two because K is generous) can fall elsewhere in another run. So the arms agree less
-on made-up categories, which
-consensus pruning (``cplmix prune``) removes first.
+on made-up categories, which consensus pruning (``cplmix prune``) removes first (``start_per_arm``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from ..config import BENCH_CONFIG_DEFAULTS, BenchOptions, CplMixConfig
 from ..data.preprocess import prepare
 from ..model.inference import DEFAULT_CHUNK, infer
 from ..threads import apply_threads
-from ..train.engine import Trainer, build_model, resolve_device
+from ..train.engine import Trainer, build_module, resolve_device
 
 
 def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000, distinct_cells: int | None = None) -> AnnData:
@@ -105,7 +105,7 @@ def run_benchmark(
     if state_encoder is not None:
         config.update(state_encoder=state_encoder)
     prepared = prepare(adata, config)
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     trainer.evaluate_at_end = False
     if resolved.type == "cuda":
         torch.cuda.reset_peak_memory_stats(resolved)
@@ -160,7 +160,7 @@ def time_inference(trainer: Trainer, chunk_size: int = DEFAULT_CHUNK) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = infer(trainer.model, trainer.data, chunk_size=chunk_size)
+    result = infer(trainer.module, trainer.data, chunk_size=chunk_size)
     seconds = time.perf_counter() - start  # infer ends with the results on the host (synchronised)
     n_cells = len(result.consensus_type)
     return {
