@@ -34,7 +34,8 @@ from _common import machine, write_json  # noqa: E402
 from cplmix_explorer.workflows.bench import generated_counts, run_benchmark  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
-from cplmix_explorer.train.engine import Trainer, build_module, resolve_device  # noqa: E402
+from cplmix_explorer.device import resolve_device  # noqa: E402
+from cplmix_explorer.train.engine import Trainer, build_module  # noqa: E402
 
 FULL = dict(genes=5000, types=115, batch=256, cells=20_000, steps=1000, warmup=50, big_batch=5000, big_steps=200,
             scale_cells=1_000_000, scale_steps=300, schedule_cells=22_000, schedule_steps=40_000, equivalence_steps=200)

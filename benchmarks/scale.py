@@ -28,7 +28,8 @@ from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
 from cplmix_explorer.workflows.bench import generated_counts, peak_memory_mb, time_inference  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
-from cplmix_explorer.train.engine import Trainer, build_module, resolve_device  # noqa: E402
+from cplmix_explorer.device import resolve_device  # noqa: E402
+from cplmix_explorer.train.engine import Trainer, build_module  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -235,7 +235,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from cplmix_explorer import datasets
     from cplmix_explorer.config import CplMixConfig
-    from cplmix_explorer.train.engine import resolve_device
+    from cplmix_explorer.device import resolve_device
 
     if args.quick:
         args.steps, args.seeds = args.steps or 300, args.seeds[:1]

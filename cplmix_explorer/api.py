@@ -48,7 +48,8 @@ from .train.checkpoint import (
     save_checkpoint,
 )
 from .train.device_data import DeviceData
-from .train.engine import Trainer, TrainingResult, build_module, planned_steps, resolve_device
+from .device import resolve_device
+from .train.engine import Trainer, TrainingResult, build_module, planned_steps
 from .train.events import EventBus, TrainingControl
 from .train.progress import ProgressBar
 

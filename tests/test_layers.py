@@ -17,7 +17,7 @@ LAYERS = ("core", "data", "model", "train", "analysis", "api", "workflows", "fro
 
 #: The first name under cplmix_explorer/ -> its layer (a package, or a module at the top).
 UNITS = {
-    "config": "core", "errors": "core", "threads": "core", "files": "core",
+    "config": "core", "errors": "core", "threads": "core", "files": "core", "device": "core",
     "data": "data", "datasets": "data",
     "model": "model",
     "train": "train",

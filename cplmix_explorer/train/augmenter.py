@@ -31,7 +31,7 @@ from ..model.generative import (
     save_generative_augmenter,
 )
 from .device_data import DeviceData
-from .engine import resolve_device
+from ..device import resolve_device
 
 
 @dataclass

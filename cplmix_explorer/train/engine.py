@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from ..model.consensus import consensus
 from ..model.inference import infer
 from ..config import TYPE_INIT_WEIGHT, CplMixConfig
 from ..data.preprocess import PreparedData
+from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
@@ -50,26 +50,6 @@ logger = logging.getLogger(__name__)
 
 #: Cells used for the live agreement evaluation (a fixed random subset when there are more).
 MAX_EVALUATION_CELLS = 20000
-
-
-def resolve_device(spec: str | torch.device | None) -> torch.device:
-    """'auto' -> CUDA when present else CPU; 'cpu'; 'cuda' / 'cuda:N' (error when no such GPU)."""
-    if isinstance(spec, torch.device):
-        return spec
-    text = (spec or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if match is None:
-        raise CplmixError(f"unknown device '{spec}' (use auto, cpu, cuda or cuda:N)")
-    if not torch.cuda.is_available():
-        raise CplmixError(f"device '{spec}' was requested but no CUDA GPU is available on this machine")
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise CplmixError(f"device '{spec}' does not exist (this machine has {torch.cuda.device_count()} GPU(s))")
-    return torch.device("cuda", index)
 
 
 def build_module(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:

@@ -20,7 +20,7 @@ from panel.io.callbacks import PeriodicCallback
 from ..config import CplMixConfig, PruningOptions, default_fine_tune_steps
 from ..data.validate import check_types_fit_cells
 from ..errors import CplmixError, describe_failure
-from ..train.engine import resolve_device
+from ..device import resolve_device
 from ..train.events import Evaluation, StepMetrics, TrainingFinished, TrainingStarted
 from ..workflows.worker import ProcessPruning, ProcessTraining
 from .jobs import BackgroundJob, JobEnded, JobQueued, JobRunning

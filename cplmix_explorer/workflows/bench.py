@@ -15,7 +15,8 @@ from ..config import BENCH_CONFIG_DEFAULTS, BenchOptions, CplMixConfig
 from ..data.preprocess import prepare
 from ..model.inference import DEFAULT_CHUNK, infer
 from ..threads import apply_threads
-from ..train.engine import Trainer, build_module, resolve_device
+from ..device import resolve_device
+from ..train.engine import Trainer, build_module
 
 
 def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000, distinct_cells: int | None = None) -> AnnData:

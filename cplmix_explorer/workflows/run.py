@@ -33,7 +33,8 @@ from ..errors import CplmixError
 from ..files import METRICS_FILE, RESULT_FILE, RUN_FILE, atomic_write_bytes
 from ..model.augmenters import augmenter_for
 from ..train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_run_checkpoint
-from ..train.engine import TrainingResult, planned_steps, resolve_device
+from ..device import resolve_device
+from ..train.engine import TrainingResult, planned_steps
 from ..train.events import TrainingControl
 from .pruning import prune
 #: Where a resumed run moves a damaged newest checkpoint (the previous one was used instead).
