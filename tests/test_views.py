@@ -17,7 +17,7 @@ import panel as pn
 import param
 import pytest
 from bokeh.document import Document
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, Legend
 
 from cplmix_explorer.analysis.embedding import pca_2d
 from cplmix_explorer.analysis.metrics import compare_to_labels
@@ -321,6 +321,17 @@ def test_a_million_cells_reach_the_browser_as_an_image_and_a_thinned_hover_layer
         assert any(r.hover_glyph is not None for r in figure.renderers if hasattr(r, "hover_glyph"))
 
 
+def test_the_map_legend_lists_every_category_of_a_column_with_many():
+    """48 subclasses (more than the 25 layers after which HoloViews drops a legend): each listed once."""
+    rng = np.random.default_rng(2)
+    frame = plots.cell_frame(rng.normal(size=(500, 2)).astype(np.float32), rng.integers(0, 4, 500), rng.random(500),
+                             rng.normal(size=(500, 2)))
+    frame["subclass"] = pd.Categorical([f"subclass {i % 48}" for i in range(500)])
+    figure = hv.render(plots.cell_map(frame, "subclass"))
+    labels = [item.label["value"] for legend in figure.select({"type": Legend}) for item in legend.items]
+    assert sorted(labels) == sorted(f"subclass {i}" for i in range(48))
+
+
 # -- the form -----------------------------------------------------------------------------------------------------
 def test_config_form_shows_the_cli_validation_message():
     state = ExplorerState()
@@ -569,10 +580,12 @@ def test_cells_view_colours_highlights_and_compares(demo_state):
 def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
     view = CellsView(demo_state)
     adata, prepared = demo_state.model.adata, demo_state.model.prepared
-    assert len(view._genes) == adata.n_vars  # every input gene can be typed
+    assert sorted(view.gene.options) == sorted(map(str, adata.var_names))  # every input gene is suggested
     outside = next(g for g in adata.var_names if g not in set(prepared.genes))  # read from X, not the model's input
     for gene in (prepared.genes[0], outside):
-        view.gene.value = gene
+        # as a browser sends Enter: the typed text and the value in one update, in any case
+        view.gene.param.update(value=gene.lower(), value_input=gene.lower())
+        assert not view.gene_note.visible
         assert view.color_by.value == f"gene {gene}" and view.color_by.options[-1] == f"gene {gene}"
         pane = view.map_element(view.embedding.value, view.color_by.value, "(none)")
         table = view.cell_table()
@@ -583,6 +596,9 @@ def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
         figure = hv.render(pane.object)
         assert any(getattr(r.glyph, "color_mapper", None) is not None for r in figure.renderers if hasattr(r, "glyph")), \
             "a gene is drawn on a colour scale"
+    view.gene.param.update(value="NotAGene", value_input="NotAGene")
+    assert view.gene_note.visible and "No gene named `NotAGene`" in view.gene_note.object
+    assert view.color_by.value == f"gene {outside}", "an unknown name leaves the colour as it was"
 
 
 def test_the_map_colours_any_obs_column_by_its_kind():
