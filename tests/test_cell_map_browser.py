@@ -31,6 +31,29 @@ JS_LEGEND = f"""() => {{ const map = {JS_MAP}; const out = []; if (map) for (con
 #: How many images the cell map draws (two when a type is highlighted: the other cells in grey beneath it).
 JS_IMAGE_COUNT = f"""() => {{ const map = {JS_MAP}; let n = 0; if (map) for (const r of map.renderers) {{
     const d = r.data_source && r.data_source.data; if (d && d.image !== undefined) n += d.image.length }} return n }}"""
+#: The cell map's pixels: for each image it draws, how many pixels are drawn (alpha > 0), how many of them are
+#: near black, light grey (the other cells under a highlight) or the colour of the legend's first entry.
+JS_PIXELS = f"""() => {{ const map = {JS_MAP}; const out = []; if (!map) return out
+    let entry = null; for (const side of ['center', 'right']) for (const a of (map[side] ?? [])) if (a.type == 'Legend' && a.items.length) {{
+        const c = a.items[0].renderers[0].glyph.fill_color; entry = String(typeof c == 'string' ? c : (c.value ?? c)).toLowerCase() }}
+    const hex = (v) => '#' + [v & 255, (v >>> 8) & 255, (v >>> 16) & 255].map(x => x.toString(16).padStart(2, '0')).join('')
+    for (const r of map.renderers) {{ const d = r.data_source && r.data_source.data; if (!d || d.image === undefined) continue
+        for (const image of d.image) {{ let drawn = 0, black = 0, grey = 0, legend = 0
+            for (const v of image) {{ if ((v >>> 24) == 0) continue; drawn++
+                const red = v & 255, green = (v >>> 8) & 255, blue = (v >>> 16) & 255
+                if (red < 60 && green < 60 && blue < 60) black++
+                if (red == green && green == blue && red > 150) grey++
+                if (entry && hex(v) == entry) legend++ }}
+            out.push({{drawn, black, grey, legend}}) }} }}
+    return out }}"""
+#: The cell map's x and y ranges against the cells' positions (the hover layer holds them): the margins left
+#: on each side as a fraction of the span.
+JS_MARGINS = f"""() => {{ const map = {JS_MAP}; let xs = [], ys = []
+    for (const r of map.renderers) {{ const d = r.data_source && r.data_source.data
+        if (d && d.x !== undefined && d.image === undefined && d.x.length > xs.length) {{ xs = Array.from(d.x); ys = Array.from(d.y) }} }}
+    const margins = (range, values) => {{ const low = Math.min(...values), high = Math.max(...values), span = high - low
+        return [(low - range.start) / span, (range.end - high) / span] }}
+    return xs.length ? [...margins(map.x_range, xs), ...margins(map.y_range, ys)] : null }}"""
 #: Whether the cell map's title contains the text.
 JS_TITLE = f"""(text) => {{ const map = {JS_MAP}; return map !== null && String(map.title.text).includes(text) }}"""
 #: The titles of the colour bars (numeric colour scales) on the page.
@@ -75,6 +98,8 @@ def cell_map(page):
     legend = page.evaluate(JS_LEGEND)
     assert legend and len(legend) == len(set(legend)), f"each type once in the legend: {legend}"
     images = page.evaluate(JS_IMAGES)
+    margins = page.evaluate(JS_MARGINS)
+    assert margins and min(margins) > 0.01, f"no cell on the frame of the map: margins {margins}"
     page.screenshot(path=ARTIFACTS / "cell_map_types.png")
 
     choose(page, "Colour by", "subclass")  # an obs column of categories
@@ -114,4 +139,8 @@ def cell_map(page):
     redrawn(page, images)
     page.wait_for_function(f"() => ({JS_IMAGE_COUNT})() == 2", timeout=REDRAW_TIMEOUT_MS)  # the others in grey beneath
     assert page.evaluate(JS_LEGEND) == [name], "the legend lists the highlighted type only"
+    grey, highlighted = page.evaluate(JS_PIXELS)  # the others beneath, then the type
+    assert grey["drawn"] > 0 and grey["grey"] == grey["drawn"], f"the other cells in light grey: {grey}"
+    assert highlighted["drawn"] > 0 and highlighted["black"] == 0, f"the highlighted type is not drawn in black: {highlighted}"
+    assert highlighted["legend"] > highlighted["drawn"] / 2, f"the highlighted type in its legend colour: {highlighted}"
     page.screenshot(path=ARTIFACTS / "cell_map_highlight.png")
