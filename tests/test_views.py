@@ -281,7 +281,12 @@ def test_consensus_matrix_puts_agreement_on_the_diagonal(demo_state):
     np.testing.assert_allclose(diagonal, expected)
     heatmap = plots.consensus_heatmap(consensus)
     assert heatmap.kdims[1].values[-1] == ordered.rows[0], "the most agreed type is the top row"
-    hv.render(heatmap)
+    assert hv.render(heatmap).xaxis[0].major_label_orientation == "horizontal", "type numbers side by side"
+    names = demo_state.type_names()  # names such as '2 · pyramidal CA1 #2' would overlap side by side: upright
+    for element in (plots.consensus_heatmap(consensus, names), plots.agreement_bars(consensus.agreement, consensus.used, names=names)):
+        figure = hv.render(element)
+        assert figure.xaxis[0].major_label_orientation == pytest.approx(np.pi / 2)
+        assert figure.min_height > 320, "the plot grows by the names' length"
 
 
 def test_confusion_is_ordered_by_matching_and_scored():
