@@ -32,19 +32,20 @@ JS_LEGEND = f"""() => {{ const map = {JS_MAP}; const out = []; if (map) for (con
 JS_IMAGE_COUNT = f"""() => {{ const map = {JS_MAP}; let n = 0; if (map) for (const r of map.renderers) {{
     const d = r.data_source && r.data_source.data; if (d && d.image !== undefined) n += d.image.length }} return n }}"""
 #: The cell map's pixels: for each image it draws, how many pixels are drawn (alpha > 0), how many of them are
-#: near black, light grey (the other cells under a highlight) or the colour of the legend's first entry.
+#: near black, light grey (the other cells under a highlight), the colour of the legend's first entry, or faint
+#: (alpha below the 160 of 255 the map gives its least dense pixel: cells a short run spreads thin stay visible).
 JS_PIXELS = f"""() => {{ const map = {JS_MAP}; const out = []; if (!map) return out
     let entry = null; for (const side of ['center', 'right']) for (const a of (map[side] ?? [])) if (a.type == 'Legend' && a.items.length) {{
         const c = a.items[0].renderers[0].glyph.fill_color; entry = String(typeof c == 'string' ? c : (c.value ?? c)).toLowerCase() }}
     const hex = (v) => '#' + [v & 255, (v >>> 8) & 255, (v >>> 16) & 255].map(x => x.toString(16).padStart(2, '0')).join('')
     for (const r of map.renderers) {{ const d = r.data_source && r.data_source.data; if (!d || d.image === undefined) continue
-        for (const image of d.image) {{ let drawn = 0, black = 0, grey = 0, legend = 0
-            for (const v of image) {{ if ((v >>> 24) == 0) continue; drawn++
+        for (const image of d.image) {{ let drawn = 0, black = 0, grey = 0, legend = 0, faint = 0
+            for (const v of image) {{ if ((v >>> 24) == 0) continue; drawn++; if ((v >>> 24) < 160) faint++
                 const red = v & 255, green = (v >>> 8) & 255, blue = (v >>> 16) & 255
                 if (red < 60 && green < 60 && blue < 60) black++
                 if (red == green && green == blue && red > 150) grey++
                 if (entry && hex(v) == entry) legend++ }}
-            out.push({{drawn, black, grey, legend}}) }} }}
+            out.push({{drawn, black, grey, legend, faint}}) }} }}
     return out }}"""
 #: The cell map's x and y ranges against the cells' positions (the hover layer holds them): the margins left
 #: on each side as a fraction of the span.
@@ -100,6 +101,8 @@ def cell_map(page):
     images = page.evaluate(JS_IMAGES)
     margins = page.evaluate(JS_MARGINS)
     assert margins and min(margins) > 0.01, f"no cell on the frame of the map: margins {margins}"
+    [by_type] = page.evaluate(JS_PIXELS)
+    assert by_type["drawn"] > 0 and by_type["faint"] == 0, f"every cell drawn opaque enough to see: {by_type}"
     page.screenshot(path=ARTIFACTS / "cell_map_types.png")
 
     choose(page, "Colour by", "subclass")  # an obs column of categories
