@@ -41,7 +41,7 @@ JS_ZOOM = """() => { for (const d of Bokeh.documents) for (const m of d.all_mode
 def build_run(work: Path, cells: int, genes: int, types: int, steps: int) -> tuple[Path, dict]:
     from cplmix_explorer.config import CplMixConfig
     from cplmix_explorer.datasets import simulate
-    from cplmix_explorer.train.run import train_run
+    from cplmix_explorer.workflows.run import train_run
 
     times = {}
     data = work / f"sim_{cells}.h5ad"
@@ -76,8 +76,8 @@ def placement_quality(run_dir: Path) -> dict:
         sampled[:] = True
     rng = np.random.default_rng(0)
     probe = rng.choice(n, min(n, 20_000), replace=False)
-    _, neighbours = NearestNeighbors(n_neighbors=16).fit(coordinates).kneighbors(coordinates[probe])
-    purity = (types[neighbours[:, 1:]] == types[probe, None]).mean(axis=1)
+    _, neighbors = NearestNeighbors(n_neighbors=16).fit(coordinates).kneighbors(coordinates[probe])
+    purity = (types[neighbors[:, 1:]] == types[probe, None]).mean(axis=1)
     out = {"purity_fitted": float(purity[sampled[probe]].mean())}
     if (~sampled[probe]).any():
         out["purity_placed"] = float(purity[~sampled[probe]].mean())
@@ -141,7 +141,7 @@ def main() -> None:
         f"| simulate + write .h5ad | {times['simulate_s']:.0f} s |",
         f"| train + inference + result.h5ad + map | {times['train_and_outputs_s']:.0f} s |",
         f"| of which the map ({map_info['method']}, fitted on {map_info['sample']:,} cells) | {times['map_s']:.0f} s |",
-        f"| map neighbours sharing the type: fitted cells / placed cells | {quality['purity_fitted']:.3f} / "
+        f"| map neighbors sharing the type: fitted cells / placed cells | {quality['purity_fitted']:.3f} / "
         f"{quality.get('purity_placed', float('nan')):.3f} |",
         f"| server start (run loaded, inferred, map read) | {browser['server_ready_s']:.0f} s |",
         f"| Cells tab opened -> map drawn | {browser['first_map_s']:.1f} s (target <= 15 s) |",

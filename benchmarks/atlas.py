@@ -6,7 +6,7 @@
 
 Per size, in fresh processes: the simulator writes a sparse ``.h5ad`` (10x-like depth, about 10 % non-zeros
 at 2,000 genes; ``--panel-fraction 1`` for deep data); then ``train_run`` (what ``cplmix train`` runs) reads it
-(backed above 1 GiB), checks and prepares it in row chunks, holds the training data, finds the neighbours,
+(backed above 1 GiB), checks and prepares it in row chunks, holds the training data, finds the neighbors,
 computes the Leiden start, trains ``--steps`` steps, runs the chunked inference and writes ``result.h5ad``;
 then ``cplmix traverse`` reads the run folder. A sampling thread records the peak resident memory (RSS) of
 each stage (and CUDA's peak allocation on a GPU); the process's own peak (``ru_maxrss``) is the total.
@@ -108,7 +108,7 @@ def child_train(args) -> dict:
     import cplmix_explorer.api as api
     import cplmix_explorer.model.neighbors as neighbors
     import cplmix_explorer.train.engine as engine
-    import cplmix_explorer.train.run as run
+    import cplmix_explorer.workflows.run as run
     from cplmix_explorer.config import CplMixConfig
     from cplmix_explorer.data.memory import estimate_for_file
 
@@ -117,7 +117,7 @@ def child_train(args) -> dict:
     run.open_training_data = meter.wrap("read", run.open_training_data)
     api.prepare = meter.wrap("check + prepare", api.prepare)
     engine.DeviceData = meter.wrap("training data", engine.DeviceData)
-    neighbors.find_neighbours = meter.wrap("neighbours", neighbors.find_neighbours)
+    neighbors.find_neighbors = meter.wrap("neighbours", neighbors.find_neighbors)
     engine.leiden_partition = meter.wrap("leiden start", engine.leiden_partition)
     engine.Trainer.fit = meter.wrap("training", engine.Trainer.fit)
     api.infer = meter.wrap("inference", api.infer)
@@ -190,7 +190,7 @@ def markdown(results: list[dict], info: dict) -> list[str]:
     lines = [f"# Atlas scale: stage times and peak memory ({info['host_cpu']}, load {info.get('load_average_1min')})",
              "", f"`{info['command']}`, {info['date']}", "",
              "| cells | non-zeros | simulate s | " + " | ".join(f"{s} s / GiB" for s in stages)
-             + " | train peak GiB (estimate) | steps/s | traverse s / GiB | neighbour search (recall) |",
+             + " | train peak GiB (estimate) | steps/s | traverse s / GiB | neighbor search (recall) |",
              "|" + "---|" * (len(stages) + 7)]
     for entry in results:
         train = entry["train"]

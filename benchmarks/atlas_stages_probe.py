@@ -1,5 +1,5 @@
 """The atlas path's stages up to the Leiden start on their own (no training), for sizes where a whole
-``atlas.py`` run takes too long: simulate, prepare + training data, neighbours (with the recorded search and
+``atlas.py`` run takes too long: simulate, prepare + training data, neighbors (with the recorded search and
 recall), the Leiden graph and one arm's Leiden run. Prints the figures after each stage (seconds and the
 process's peak RSS so far) and writes benchmarks/results/atlas_stages_<cells>.json at the end.
 
@@ -24,7 +24,7 @@ from _common import RESULTS, machine, write_json  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
 from cplmix_explorer.datasets import simulate  # noqa: E402
-from cplmix_explorer.model.neighbors import find_neighbours  # noqa: E402
+from cplmix_explorer.model.neighbors import find_neighbors  # noqa: E402
 from cplmix_explorer.model.type_init import LeidenGraph, leiden_partition  # noqa: E402
 from cplmix_explorer.train.device_data import DeviceData  # noqa: E402
 
@@ -49,11 +49,11 @@ def main() -> None:
     data = DeviceData(prepared, torch.device("cpu"))
     mark("prepare + training data", started)
     started = time.perf_counter()
-    search = find_neighbours(lambda index: data.model_input(index), n, seed=0)
+    search = find_neighbors(lambda index: data.model_input(index), n, seed=0)
     mark("neighbours", started)
     out["search"] = search.summary()
     started = time.perf_counter()
-    graph = LeidenGraph.from_neighbours(search.indices.numpy())
+    graph = LeidenGraph.from_neighbors(search.indices.numpy())
     mark("leiden graph", started)
     started = time.perf_counter()
     partition = leiden_partition(graph, 40, seed=0)

@@ -1,4 +1,4 @@
-"""The augmentation default for expression data: type recovery with no copies, count noise and neighbour walks.
+"""The augmentation default for expression data: type recovery with no copies, count noise and neighbor walks.
 
 Four well-separated simulated types (the test suite's mixture: 600 cells x 200 genes), 2 arms, 300 steps,
 seeds 0-5, for each augmentation; reports Hungarian-matched ACC per seed. ``neighbors, full walks`` gives the
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cplmix_explorer import CplMixVAE
-from cplmix_explorer.analysis.pruning import prune
+from cplmix_explorer.workflows.pruning import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

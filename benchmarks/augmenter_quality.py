@@ -24,7 +24,7 @@ from cplmix_explorer import datasets
 from cplmix_explorer.config import AugmenterConfig, CplMixConfig
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.model.augment import CountNoiseAugmenter
-from cplmix_explorer.model.generative import train_generative_augmenter
+from cplmix_explorer.train.augmenter import train_generative_augmenter
 from cplmix_explorer.train.device_data import DeviceData
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, write_json  # noqa: E402
 
-from cplmix_explorer.bench import generated_counts, run_benchmark  # noqa: E402
+from cplmix_explorer.workflows.bench import generated_counts, run_benchmark  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
-from cplmix_explorer.train.engine import Trainer, build_model, resolve_device  # noqa: E402
+from cplmix_explorer.train.engine import Trainer, build_module, resolve_device  # noqa: E402
 
 FULL = dict(genes=5000, types=115, batch=256, cells=20_000, steps=1000, warmup=50, big_batch=5000, big_steps=200,
             scale_cells=1_000_000, scale_steps=300, schedule_cells=22_000, schedule_steps=40_000, equivalence_steps=200)
@@ -52,7 +52,7 @@ def graph_vs_eager(sizes: dict, device: torch.device) -> dict:
     for fast_path in ("eager", "graph"):
         config = CplMixConfig().update(n_types=sizes["types"], n_genes=sizes["genes"], device=str(device), seed=1,
                                        fast_path=fast_path, eval_every=10**9, validation_fraction=0.0)
-        trainer = Trainer(build_model(config, sizes["genes"]), prepare(adata, config), config)
+        trainer = Trainer(build_module(config, sizes["genes"]), prepare(adata, config), config)
         trainer.evaluate_at_end = False
         histories[fast_path] = trainer.fit(sizes["equivalence_steps"]).history_values
         paths[fast_path] = trainer.fast_path
@@ -70,7 +70,7 @@ def smartseq_schedule(sizes: dict, device: torch.device, arms2_it_per_s: float, 
         return {"projected_seconds": projected, "run": False}
     adata = generated_counts(sizes["schedule_cells"], sizes["genes"], seed=2)
     config = CplMixConfig().update(n_types=sizes["types"], n_genes=sizes["genes"], device=str(device), seed=2)
-    trainer = Trainer(build_model(config, sizes["genes"]), prepare(adata, config), config)
+    trainer = Trainer(build_module(config, sizes["genes"]), prepare(adata, config), config)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result = trainer.fit(sizes["schedule_steps"])

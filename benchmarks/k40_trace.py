@@ -10,7 +10,7 @@ import sys, json, time, argparse
 import numpy as np, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 from cplmix_explorer import CplMixVAE, datasets
-from cplmix_explorer.analysis.inference import infer
+from cplmix_explorer.model.inference import infer
 from cplmix_explorer.analysis.metrics import compare_to_labels
 from cplmix_explorer.train.events import Evaluation
 
@@ -49,7 +49,7 @@ tr = m.make_trainer()
 t0 = time.time()
 def on(ev):
     if isinstance(ev, Evaluation):
-        inf = infer(tr.model, tr.data)
+        inf = infer(tr.module, tr.data)
         aris = [compare_to_labels(inf.type_per_arm[i], y)["ari"] for i in range(inf.type_per_arm.shape[0])]
         c = compare_to_labels(inf.consensus_type, y)
         used = [len(np.unique(inf.type_per_arm[i])) for i in range(inf.type_per_arm.shape[0])]

@@ -79,9 +79,9 @@ N_TOP_GENES = 2000
 
 
 def standard_pipeline(adata, as_is: bool = False):
-    """scanpy's standard pipeline up to the neighbour graph, on a copy: normalize_total 1e4, log1p, the
+    """scanpy's standard pipeline up to the neighbor graph, on a copy: normalize_total 1e4, log1p, the
     N_TOP_GENES highly variable genes (seurat flavour; all genes when there are no more), scale (max 10), PCA
-    50, 15 nearest neighbours. ``as_is`` (pixels, not counts) skips normalisation, log1p and gene selection.
+    50, 15 nearest neighbors. ``as_is`` (pixels, not counts) skips normalisation, log1p and gene selection.
     Returns the AnnData with the graph and a one-line description of the pipeline."""
     adata = adata.copy()
     pipeline = "scale (max 10), PCA 50, exact kNN 15, Leiden (igraph, resolution bisected to K)"
@@ -96,8 +96,8 @@ def standard_pipeline(adata, as_is: bool = False):
         pipeline = f"normalize_total 1e4, log1p, {genes}, " + pipeline
     sc.pp.scale(adata, max_value=10)
     sc.tl.pca(adata, n_comps=min(50, adata.n_vars - 1, adata.n_obs - 1), random_state=0)
-    # exact neighbours (scikit-learn): scanpy 1.11's approximate path for 8,192 cells and more fails with scipy 1.17
-    # (csr_array has no getnnz); below that size scanpy computes exact neighbours too
+    # exact neighbors (scikit-learn): scanpy 1.11's approximate path for 8,192 cells and more fails with scipy 1.17
+    # (csr_array has no getnnz); below that size scanpy computes exact neighbors too
     sc.pp.neighbors(adata, n_neighbors=15, random_state=0, transformer="sklearn")
     return adata, pipeline
 

@@ -25,7 +25,7 @@ majority category at the end is shared with another start category); the start p
 ``obs['cplmix_confidence']`` (the arms' mean max q(c|x)); on simulated sets the median within-type |Spearman
 rho| of the inferred vs the true state; the training time. ``--trace`` adds every evaluation's per-arm and
 consensus ARI, agreement (per category), categories used per arm and held-out objective
-(``cplmix_explorer.train.trace``).
+(``cplmix_explorer.analysis.trace``).
 
 scanpy + Leiden at the same K (``leiden_baseline.standard_pipeline``: normalize_total 1e4, log1p, 2,000 HVG,
 scale, PCA 50, kNN 15, resolution bisected to K; images as the engine's data path gives them, deskewed, without
@@ -167,7 +167,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
     model = CplMixVAE(adata, config=_config(config))
     recorder = None
     if trace:
-        from cplmix_explorer.train.trace import EvaluationTrace
+        from cplmix_explorer.analysis.trace import EvaluationTrace
 
         recorder = EvaluationTrace(model.module, model.prepared, adata.obs[dataset.labels], seed=seed).attach(model.events)
     loop_cpu = {}  # CPU seconds at the start and the end of the step loop (after the set-up: walks, start partition)
@@ -332,7 +332,7 @@ def markdown(report: dict) -> list[str]:
     timed = [(name, e) for name, e in summary["datasets"].items() if e["seeds"]]
     if timed:
         lines += ["", f"Time per run (CPU seconds of one process, {report['threads']} torch thread(s); the set-up is the "
-                  "neighbour walks and the start partition; a run costs about set-up + steps x ms/step):", "",
+                  "neighbor walks and the start partition; a run costs about set-up + steps x ms/step):", "",
                   "| dataset | set-up CPU s | CPU ms/step | CPU min at 10,000 steps (estimate) | Leiden baseline CPU s |",
                   "|---|---|---|---|---|"]
         for name, e in timed:

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
 
-from cplmix_explorer.bench import generated_counts, peak_memory_mb, time_inference  # noqa: E402
+from cplmix_explorer.workflows.bench import generated_counts, peak_memory_mb, time_inference  # noqa: E402
 from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
-from cplmix_explorer.train.engine import Trainer, build_model, resolve_device  # noqa: E402
+from cplmix_explorer.train.engine import Trainer, build_module, resolve_device  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     memory["after_prepare_rss_mb"] = rss_mb()
 
     start = time.perf_counter()
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     trainer.evaluate_at_end = False
     phases["to_device_seconds"] = time.perf_counter() - start
     memory["after_device_data_rss_mb"] = rss_mb()

@@ -50,7 +50,7 @@ def median_state_rho(adata, state_mean) -> float:
 
 def run_seed(adata, seed: int, args) -> dict:
     import cplmix_explorer as cx
-    from cplmix_explorer.analysis.pruning import prune
+    from cplmix_explorer.workflows.pruning import prune
     from cplmix_explorer.data.simulate import state_recovery
 
     info = adata.uns["simulation"]

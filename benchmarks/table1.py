@@ -6,7 +6,7 @@ KL(q(c)||p(c)) and training it/s for 1, 2, 3 and 5 arms and the ablations, on th
     python benchmarks/table1.py --list                            # the datasets and methods
 
 Datasets: mnist5k (10 digits, deskewed by the data path unless the method says not; auto gives coupled arms
-2-hop neighbour walks, one arm affine warps),
+2-hop neighbor walks, one arm affine warps),
 zeisel2015 classes and subclasses, and the simulator's bundled set (10 imbalanced types). K is the number of
 labels. Every method starts from the configuration's default (the Leiden start, type_init='leiden') unless
 its name says 'random start' (the paper's); JointVAE is the published baseline and starts at random. The

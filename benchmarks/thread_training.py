@@ -40,7 +40,7 @@ def in_thread(steps: int, threads: int, out: Path, set_threads: bool) -> None:
     import torch
 
     from cplmix_explorer.config import CplMixConfig
-    from cplmix_explorer.train.run import train_run
+    from cplmix_explorer.workflows.run import train_run
 
     def work() -> None:
         if set_threads:

@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --device cpu --steps 20 --warmup 5
     python benchmarks/throughput.py --quick            # tiny sizes, a smoke test
 
-Uses cplmix_explorer.bench.run_benchmark (the real training step on generated Poisson counts, the Smart-seq
+Uses cplmix_explorer.workflows.bench.run_benchmark (the real training step on generated Poisson counts, the Smart-seq
 shape: 5,000 genes, 115 types, 2 state dims). Writes throughput.json and throughput.md (machine, torch version,
 date and the command included) to benchmarks/results/ or --out.
 """
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, write_atomic, write_json  # noqa: E402
 
-from cplmix_explorer.bench import run_benchmark  # noqa: E402
+from cplmix_explorer.workflows.bench import run_benchmark  # noqa: E402
 
 FULL = dict(genes=5000, types=115, batch_sizes=[256, 512, 1000, 2000, 5000], arms=[1, 2, 3, 5],
             cells=[10_000, 100_000, 1_000_000])

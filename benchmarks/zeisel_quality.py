@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cplmix_explorer import CplMixVAE, datasets
-from cplmix_explorer.analysis.pruning import prune
+from cplmix_explorer.workflows.pruning import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import config_option, initial_partition_scores  # noqa: E402

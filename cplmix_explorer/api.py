@@ -18,15 +18,26 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .analysis.consensus import Consensus, consensus
+from .model.consensus import Consensus, consensus
 from .analysis.embedding import UMAP, CellMap, keep_map, map_key, run_map
-from .analysis.inference import Inference, infer
+from .analysis.names import (
+    automatic_names,
+    check_name,
+    check_unique,
+    names_payload,
+    read_names_file,
+    rename_result_file,
+    resolve_type_index,
+    write_names_file,
+)
+from .model.inference import Inference, infer
 from .analysis.results import evaluate_inference, write_results
 from .config import CplMixConfig
 from .data.io import read_data
 from .data.preprocess import PreparedData, Preprocessing, prepare
 from .data.validate import drop_empty_cells
 from .errors import CplmixError
+from .files import RESULT_FILE
 from .threads import apply_threads, resolve_threads
 from .train.checkpoint import (
     CHECKPOINT_NAME,
@@ -37,7 +48,7 @@ from .train.checkpoint import (
     save_checkpoint,
 )
 from .train.device_data import DeviceData
-from .train.engine import Trainer, TrainingResult, build_model, planned_steps, resolve_device
+from .train.engine import Trainer, TrainingResult, build_module, planned_steps, resolve_device
 from .train.events import EventBus, TrainingControl
 from .train.progress import ProgressBar
 
@@ -74,15 +85,15 @@ class CplMixVAE:
             layer = _preprocessing.layer if _preprocessing is not None else self.config.layer
             self.adata, self.dropped_empty_cells = drop_empty_cells(self.adata, layer)
         self.prepared: PreparedData = prepare(self.adata, self.config, preprocessing=_preprocessing)
-        self.module = build_model(self.config, self.prepared.n_genes)
+        self.module = build_module(self.config, self.prepared.n_genes)
         self.events = EventBus()
         self.step = 0
         self.history: TrainingResult | None = None
         self.augment_used: str | None = None
         #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
         self.type_init: dict | None = None
-        #: how the training cells' neighbours were found (method, recall; Trainer.neighbour_search), None without
-        self.neighbours: dict | None = None
+        #: how the training cells' neighbors were found (method, recall; Trainer.neighbor_search), None without
+        self.neighbors: dict | None = None
         self._optimizer_state: dict | None = None
         self._rng_state: dict | None = None
         self._device_data: DeviceData | None = None
@@ -163,7 +174,7 @@ class CplMixVAE:
             self.step = trainer.step
             self.augment_used = trainer.augment_name
             self.type_init = trainer.type_init_summary
-            self.neighbours = trainer.neighbour_search or self.neighbours
+            self.neighbors = trainer.neighbor_search or self.neighbors
             self._optimizer_state = trainer.optimizer.state_dict()
             self._rng_state = trainer.rng_state()
             self._invalidate()
@@ -252,8 +263,6 @@ class CplMixVAE:
         return [self.type_renames.get(int(c)) or automatic[t] for t, c in enumerate(ids)]
 
     def _automatic_type_names(self) -> tuple[list[str], str | None]:
-        from .analysis.names import automatic_names
-
         stored = self._stored_names
         if stored is not None and stored.get("automatic") is not None and (
             stored.get("step") == self.step and stored.get("n_cells") == self.prepared.n_cells
@@ -271,8 +280,6 @@ class CplMixVAE:
         """Name type ``type`` (an index or its current name) ``name``; an empty name goes back to the
         automatic one. With ``run_dir`` the names are saved there (type_names.json) and put into its
         result.h5ad. Returns the names of all types."""
-        from .analysis.names import check_name, check_unique, resolve_type_index
-
         names = self.type_names()
         index = resolve_type_index(names, type)
         name = check_name(name)
@@ -289,9 +296,6 @@ class CplMixVAE:
     def save_type_names(self, run_dir: str | os.PathLike, update_result: bool = False) -> Path:
         """Write RUN_DIR/type_names.json (atomically); ``update_result`` also puts the names into the
         run's result.h5ad."""
-        from .analysis.names import names_payload, rename_result_file, write_names_file
-        from .train.run import RESULT_FILE
-
         automatic, labels = self._automatic_type_names()
         names = self.type_names()
         payload = names_payload(self, names, automatic, labels)
@@ -304,8 +308,6 @@ class CplMixVAE:
     def load_type_names(self, run_dir: str | os.PathLike) -> None:
         """Take the renames (and, while they still describe this model, the automatic names) saved in
         RUN_DIR/type_names.json; nothing happens when the run has none."""
-        from .analysis.names import read_names_file
-
         payload = read_names_file(run_dir)
         if payload is None:
             return
@@ -317,14 +319,14 @@ class CplMixVAE:
         """The top ``top`` marker genes of every type (one-vs-rest Wilcoxon, as scanpy's
         ``rank_genes_groups``): type, name, rank, gene, score, logfoldchange, pval, pval_adj, frac_in,
         frac_out, mean_in, mean_out, n_cells."""
-        from .analysis.markers import markers
+        from .analysis.markers import markers  # lazy: markers load matplotlib, which a model needs only here
 
         return markers(self, top)
 
     def dotplot(self, top: int = 3, **options):
         """A matplotlib Figure: the dot plot of every type's top ``top`` markers (fraction of the type's
         cells expressing x mean expression); ``options`` go to ``analysis.markers.dotplot_figure``."""
-        from .analysis.markers import dotplot
+        from .analysis.markers import dotplot  # lazy: as markers
 
         return dotplot(self, top, **options)
 
@@ -339,7 +341,7 @@ class CplMixVAE:
             "augment": self.augment_used,
             "type_init": self.type_init,
             **({"dropped_empty_cells": self.dropped_empty_cells} if self.dropped_empty_cells else {}),
-            "neighbours": self.neighbours,
+            "neighbours": self.neighbors,
         }
 
     def write_results(self, adata: AnnData | None = None, metrics: dict | None = None) -> AnnData:
@@ -374,7 +376,7 @@ class CplMixVAE:
             optimizer=optimizer,
             rng_state=self._rng_state or {"cpu": torch.get_rng_state()},
             extra={"augment": self.augment_used, **({"type_init": self.type_init} if self.type_init else {}),
-                   **({"neighbours": self.neighbours} if self.neighbours else {})},
+                   **({"neighbours": self.neighbors} if self.neighbors else {})},
         )
 
     @classmethod
@@ -388,7 +390,7 @@ class CplMixVAE:
         n_types = len(checkpoint.model_state["category_ids"])
         if n_types != model.module.n_types:  # a pruned model: rebuild at its size
             model.config.update(n_types=n_types)
-            model.module = build_model(model.config, model.prepared.n_genes)
+            model.module = build_module(model.config, model.prepared.n_genes)
         try:
             model.module.load_state_dict(checkpoint.model_state)
         except RuntimeError as error:
@@ -397,7 +399,7 @@ class CplMixVAE:
         model.step = checkpoint.step
         model.augment_used = checkpoint.extra.get("augment")
         model.type_init = checkpoint.extra.get("type_init")
-        model.neighbours = checkpoint.extra.get("neighbours")
+        model.neighbors = checkpoint.extra.get("neighbours")
         model._optimizer_state = checkpoint.optimizer_state
         model._rng_state = checkpoint.rng_state or None
         return model

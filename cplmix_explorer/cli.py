@@ -16,7 +16,17 @@ from pathlib import Path
 
 import param
 
-from .config import DATA_OPTIONS, AugmenterConfig, CplMixConfig, OptionSet, PruningOptions, cli_flag
+from .config import (
+    BENCH_CONFIG_DEFAULTS,
+    DATA_OPTIONS,
+    AugmenterConfig,
+    BenchOptions,
+    CplMixConfig,
+    OptionSet,
+    PruningOptions,
+    TraversalOptions,
+    cli_flag,
+)
 from .errors import CplmixError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -65,12 +75,25 @@ def add_config_arguments(
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(parameter, param.Selector):
             parser.add_argument(flag, dest=name, choices=parameter.objects, default=default, help=help_text)
+        elif isinstance(parameter, param.NumericTuple):
+            parser.add_argument(flag, dest=name, type=float, nargs=parameter.length, default=default, metavar="X", help=help_text)
         elif isinstance(parameter, param.Integer):
             parser.add_argument(flag, dest=name, type=int, default=default, metavar="N", help=help_text)
         elif isinstance(parameter, param.Number):
             parser.add_argument(flag, dest=name, type=float, default=default, metavar="X", help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=default, help=help_text)
+
+
+def options_from_args(args: argparse.Namespace, config_class: type[OptionSet]) -> OptionSet:
+    """The options of ``config_class`` the command line gave (flags from :func:`add_config_arguments`), the
+    declared defaults for the others; a bad value raises a one-line error naming its flag."""
+    given = {}
+    for name, parameter in config_class.param.objects().items():
+        value = getattr(args, name, None)
+        if name != "name" and value is not None:
+            given[name] = tuple(value) if isinstance(parameter, param.NumericTuple) else value
+    return config_class().update(names=cli_flag, **given)
 
 
 def config_from_args(args: argparse.Namespace, base: CplMixConfig | None = None) -> CplMixConfig:
@@ -84,8 +107,9 @@ def config_from_args(args: argparse.Namespace, base: CplMixConfig | None = None)
 # -- commands ----------------------------------------------------------------------------------------------
 @command("train")
 def run_train(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .train.events import TrainingControl
-    from .train.run import train_run
+    from .workflows.run import train_run
 
     config = config_from_args(args)
     control = TrainingControl()
@@ -118,7 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 @command("evaluate")
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .train.run import evaluate_run
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.run import evaluate_run
 
     metrics = evaluate_run(args.run_dir, labels=args.labels, source=args.data)
     _print_json(metrics)
@@ -127,7 +152,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 @command("prune")
 def run_prune(args: argparse.Namespace) -> int:
-    from .train.run import prune_run
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.run import prune_run
 
     result, model = prune_run(
         args.run_dir, min_consensus=args.min_consensus, min_types=args.min_types, fine_tune_steps=args.fine_tune_steps,
@@ -140,14 +166,14 @@ def run_prune(args: argparse.Namespace) -> int:
 #: Options of CplMixConfig that ``cplmix bench`` takes, with the benchmark's own defaults where they differ.
 BENCH_CONFIG_OPTIONS = ("n_genes", "n_types", "state_dim", "n_arms", "batch_size", "device", "fast_path", "state_encoder",
                         "threads")
-BENCH_DEFAULTS = {"n_types": 115}
 #: Options of CplMixConfig that ``cplmix augmenter train`` takes: the data path, the device and the seed.
 AUGMENTER_DATA_OPTIONS = (*DATA_OPTIONS, "device", "seed")
 
 
 @command("augmenter")
 def run_augmenter(args: argparse.Namespace) -> int:
-    from .model.generative import train_generative_augmenter
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .train.augmenter import train_generative_augmenter
 
     if args.action == "train":
         config = CplMixConfig().update(
@@ -173,18 +199,17 @@ def run_augmenter(args: argparse.Namespace) -> int:
 @command("bench")
 def run_bench(args: argparse.Namespace) -> int:
     # the options the benchmark shares with training are checked as `cplmix train` checks them, by their flags
-    shared = CplMixConfig().update(names=cli_flag, **BENCH_DEFAULTS).update(
+    shared = CplMixConfig().update(names=cli_flag, **BENCH_CONFIG_DEFAULTS).update(
         names=cli_flag, **{name: getattr(args, name) for name in BENCH_CONFIG_OPTIONS if getattr(args, name) is not None}
     )
-    for flag, value in (("--steps", args.steps), ("--warmup", args.warmup), ("--cells", args.cells)):
-        if value is not None and value < (0 if flag == "--warmup" else 1):
-            raise CplmixError(f"invalid value for {flag}: must be at least {0 if flag == '--warmup' else 1}, not {value}")
-    from .bench import run_benchmark
+    options = options_from_args(args, BenchOptions)
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
+    from .workflows.bench import run_benchmark
 
     result = run_benchmark(
         genes=shared.n_genes, types=shared.n_types, state_dim=shared.state_dim, arms=shared.n_arms,
-        batch_size=shared.batch_size, steps=args.steps, warmup=args.warmup, device=shared.device, cells=args.cells,
-        fast_path=shared.fast_path, dense=args.dense, state_encoder=shared.state_encoder, threads=shared.threads,
+        batch_size=shared.batch_size, steps=options.steps, warmup=options.warmup, device=shared.device, cells=options.cells,
+        fast_path=shared.fast_path, dense=options.dense, state_encoder=shared.state_encoder, threads=shared.threads,
     )
     _print_json(result)
     return 0
@@ -193,6 +218,7 @@ def run_bench(args: argparse.Namespace) -> int:
 @command("datasets")
 def run_datasets(args: argparse.Namespace) -> int:
     """List the bundled datasets from the registry (sizes are stored there: nothing is loaded)."""
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .data.bundled import list_datasets
 
     rows = [
@@ -230,13 +256,15 @@ def _finite_or_none(value):
 
 @command("traverse")
 def run_traverse(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .analysis import export
     from .analysis.traversal import check_gene_groups, compare_types, traverse
-    from .train.run import load_run
+    from .workflows.run import load_run
 
     # everything that can be checked without the model is checked first: a mistake writes nothing
+    traversal = options_from_args(args, TraversalOptions)
     file_format = export.output_format(args.out)
-    check_gene_groups(args.genes)
+    check_gene_groups(traversal.genes)
     if args.cell is not None and len(args.type or []) > 1:
         raise CplmixError("--cell traverses one type; give one --type (or none: the cell's own type)")
     if not args.type and args.cell is None:
@@ -246,18 +274,18 @@ def run_traverse(args: argparse.Namespace) -> int:
 
     model = load_run(args.run_dir, source=args.data)
     options = dict(
-        genes=args.genes, n_markers=args.markers, percentiles=tuple(args.percentiles), normalize=args.normalize,
-        arm=args.arm, labels=args.labels,
+        genes=traversal.genes, n_markers=traversal.n_markers, percentiles=traversal.percentiles,
+        normalize=traversal.normalize, arm=traversal.arm, labels=args.labels,
     )
     if args.type and len(args.type) > 1:
-        result = compare_types(model, args.type, args.dim, args.steps, **options)
+        result = compare_types(model, args.type, traversal.dim, traversal.steps, **options)
         traversals = result.traversals
     else:
-        result = traverse(model, args.type[0] if args.type else None, args.dim, args.steps, cell=args.cell, **options)
+        result = traverse(model, args.type[0] if args.type else None, traversal.dim, traversal.steps, cell=args.cell, **options)
         traversals = [result]
     written = export.export(
         result, args.out, values=args.values, genes="all" if args.all_genes else "groups", dpi=args.dpi,
-        max_genes_per_group=args.max_genes or None, figsize=size, cmap=args.cmap, gene_labels=gene_labels,
+        max_genes_per_group=traversal.max_genes or None, figsize=size, cmap=args.cmap, gene_labels=gene_labels,
         mark_state=args.mark, title=args.title,
     )
     if not args.quiet:
@@ -296,16 +324,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_run(args: argparse.Namespace):
     """The trained model of RUN_DIR, read with its data (``--data`` when it moved). A folder that is no run,
     a damaged checkpoint or missing data raise a CplmixError, which ``main`` prints as one line."""
-    from .train.run import load_run
+    from .workflows.run import load_run  # lazy: 'cplmix --help' and argument errors load no torch or anndata
 
     return load_run(args.run_dir, source=args.data)
 
 
 @command("markers")
 def run_markers(args: argparse.Namespace) -> int:
+    # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .analysis import export
     from .analysis.markers import check_top, dotplot_figure, marker_statistics
-    from .train.checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     top = check_top(args.top)  # checked before the model is loaded: a mistake writes nothing
     file_format = export.output_format(args.out, ("csv", "png", "svg", "pdf")) if args.out is not None else None
@@ -399,11 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "per second after the warm-up), peak memory and the one-off cost of the initial partition as JSON. "
         "The model options are those of cplmix train; defaults here are the benchmark's shape.",
     )
-    add_config_arguments(bench, BENCH_CONFIG_OPTIONS, defaults=BENCH_DEFAULTS)
-    bench.add_argument("--steps", type=int, default=200, metavar="N", help="timed steps after the warm-up (default: 200)")
-    bench.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed steps first (default: 20)")
-    bench.add_argument("--cells", type=int, default=None, metavar="N", help="generated cells (default: max(4 x batch size, 10000))")
-    bench.add_argument("--dense", action="store_true", help="store the data dense instead of CSR (default: CSR)")
+    add_config_arguments(bench, BENCH_CONFIG_OPTIONS, defaults=BENCH_CONFIG_DEFAULTS)
+    add_config_arguments(bench, config_class=BenchOptions)  # --steps, --warmup, --cells, --dense
 
     markers = sub.add_parser(
         "markers", help="each type's top marker genes (Wilcoxon, one vs rest): a table, a .csv or a dot plot",
@@ -436,29 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--type", action="append", metavar="T",
         help="a type index (0..K-1) or a label name of the run's labels column; repeat to compare types side by side",
     )
-    traverse.add_argument("--dim", type=int, default=0, metavar="D", help="state dimension to sweep (default: 0)")
-    traverse.add_argument("--steps", type=int, default=50, metavar="N", help="rows of the sweep (default: 50)")
-    traverse.add_argument(
-        "--genes", default="MG,IEG,HKG", metavar="GROUPS_OR_FILE",
-        help="comma-separated gene groups in column order: MG (markers computed from the data), IEG, HKG, PRG, "
-        "rPRG, dPRG, or a text file with one symbol a line (default: MG,IEG,HKG)",
-    )
+    traversal_options = [n for n in TraversalOptions.param if n not in ("name", "max_genes")]
+    add_config_arguments(traverse, traversal_options, config_class=TraversalOptions)  # --dim, --steps, --genes, ...
     traverse.add_argument("--out", required=True, metavar="FILE", help="output file: .png .svg .pdf .csv or .parquet")
     traverse.add_argument("--cell", default=None, metavar="NAME", help="hold the other state dimensions at this cell's state")
     traverse.add_argument("--labels", default=None, metavar="OBS_KEY", help="obs column naming the types (default: the run's)")
     traverse.add_argument("--data", default=None, help="the data, when not where run.json says")
-    traverse.add_argument("--markers", type=int, default=20, metavar="N", help="marker genes in the MG group (default: 20)")
-    traverse.add_argument(
-        "--normalize", default="zscore", choices=["zscore", "minmax"],
-        help="display form: z-score against all cells, or min-max per gene across the sweep (default: zscore)",
-    )
-    traverse.add_argument(
-        "--percentiles", type=float, nargs=2, default=[2.0, 98.0], metavar=("LOW", "HIGH"),
-        help="swept range within the type's state distribution (default: 2 98)",
-    )
-    traverse.add_argument("--arm", type=int, default=None, metavar="A", help="one arm instead of the arms' mean")
     figure = traverse.add_argument_group("figure options")
-    figure.add_argument("--max-genes", type=int, default=30, metavar="N", help="most driven genes shown per group (0: all; default 30)")
+    add_config_arguments(figure, ["max_genes"], config_class=TraversalOptions)
     figure.add_argument("--size", type=float, nargs=2, default=None, metavar=("WIDTH", "HEIGHT"), help="figure size in inches")
     figure.add_argument("--cmap", default=None, help="matplotlib colour map (default: RdBu_r for zscore, viridis for minmax)")
     figure.add_argument("--gene-labels", default="auto", choices=["auto", "on", "off"], help="gene names under the columns")
@@ -472,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
     return f"cplmix: warning: {message}\n"
 
 
@@ -487,7 +498,7 @@ def _discard_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning = one_line_warning
     try:
         try:
             parser = build_parser()

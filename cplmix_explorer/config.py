@@ -22,11 +22,10 @@ from .errors import CplmixError
 COUPLING_EPS = 1e-8
 #: Library size that counts are scaled to before log1p (as scanpy's ``normalize_total`` default of 1e4).
 TARGET_SUM = 1e4
-#: Default hops of the neighbour walks (``neighbor_steps`` None): expression data walk along a type's continuum
-#: (Zeisel classes, 2 arms: ARI 0.769 with 6 hops against 0.618 with 1); images stay near the digit (raw MNIST pixels,
-#: before deskewing: 15-NN purity in pixel PCs is 0.88 after one hop, 0.76 after six; MNIST 2 arms, seed 0, 4,000
-#: steps: ACC 0.63 with 2 hops, 0.52 with 6).
-NEIGHBOR_STEPS_EXPRESSION = 6
+#: Default hops of the neighbor walks (``neighbor_steps`` None): one for expression data, where each arm sees a
+#: direct neighbor of the cell (longer walks cross from small types into their neighbors, so the arms disagree on
+#: the types themselves), two for images (benchmarks/HISTORY.md has the comparisons).
+NEIGHBOR_STEPS_EXPRESSION = 1
 NEIGHBOR_STEPS_IMAGES = 2
 #: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
 DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
@@ -99,7 +98,12 @@ class CplMixConfig(OptionSet):
         "cannot predict (noise) weigh less than genes it can; the logged reconstruction is then that negative "
         "log-likelihood, which can be below 0.",
     )
-    tau = param.Number(1.0, bounds=(1e-3, 100.0), doc="Softmax temperature of the categorical posterior q(c|x).")
+    tau = param.Number(
+        0.1, bounds=(1e-3, 100.0),
+        doc="Softmax temperature of the categorical posterior q(c|x) = softmax(logits / tau), one softmax. 0.1 lets "
+        "the type head reach confident posteriors within the warm-up; at 1 the head on its 10-d bottleneck stays "
+        "near uniform over many types and the argmax, not the posterior, decides the type.",
+    )
     gumbel_temperature = param.Number(
         1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."
     )
@@ -114,14 +118,13 @@ class CplMixConfig(OptionSet):
         default="separate", objects=["separate", "shared"],
         doc="Where the state posterior q(s|c,x) reads the cell: a second encoder of the type encoder's shape "
         "(separate) or the type encoder's bottleneck (shared, the paper's network). The coupling trains only the "
-        "type encoder; with neighbour copies it makes that encoder blind to within-type variation, so a shared "
-        "state loses the within-type state (simulator: median |rho| 0.24 shared, 0.90 separate).",
+        "type encoder; with neighbor copies it makes that encoder blind to within-type variation, so a shared "
+        "state loses the within-type state.",
     )
     state_bottleneck = param.Selector(
         default="linear", objects=["linear", "relu"],
         doc="Activation of the separate state encoder's bottleneck before its BatchNorm: none (linear), or ReLU "
-        "as in the type encoder (runs before this option): with ReLU some cells had every unit at zero and so "
-        "shared one state.",
+        "as in the type encoder: with ReLU some cells had every unit at zero and so shared one state.",
     )
     share_arm_parameters = param.Boolean(False, doc="All arms share one set of weights (ablation).")
 
@@ -139,10 +142,13 @@ class CplMixConfig(OptionSet):
         "probabilities (the square root of the batch variance keeps its own 1e-8).",
     )
     coupling_spread = param.Selector(
-        default="relative", objects=["absolute", "relative"],
-        doc="sigma of the coupling distance: 'absolute', each category's batch standard deviation (the paper's), "
-        "or 'relative', that deviation over the arm's root mean variance across categories, which keeps the "
-        "distance's scale independent of the number of types K (the absolute form grows like K^2).",
+        default="none", objects=["absolute", "relative", "none"],
+        doc="sigma of the coupling distance: 'none' (sigma = 1: the squared difference of the arms' log "
+        "probabilities, every cell's disagreement costs the same), 'absolute', each category's batch standard "
+        "deviation (the paper's), or 'relative', that deviation over the arm's root mean variance across "
+        "categories. Dividing by a category's spread makes a disagreement on a rare type's cell dearer than one on "
+        "a common type's, so the arms stop using small types' categories (they merge); the absolute form also "
+        "grows like K^2 with the number of types.",
     )
     entropy_weight = param.Number(
         1.0, bounds=(0.0, None),
@@ -180,14 +186,27 @@ class CplMixConfig(OptionSet):
     type_init = param.Selector(
         default="leiden", objects=["leiden", "random"],
         doc="Where the categories start: 'leiden' fits the arms' type heads during the first type_init_steps "
-        "steps to K Leiden communities of the cells' 15-nearest-neighbour graph (top 50 PCs; the graph the "
-        "neighbour walks use), then the objective alone refines them; 'random' starts from the random network, "
+        "steps to K Leiden communities of the cells' 15-nearest-neighbor graph (top 50 PCs; the graph the "
+        "neighbor walks use), then the objective alone refines them; 'random' starts from the random network, "
         "as the paper.",
     )
     type_init_steps = param.Integer(
         300, bounds=(0, None),
         doc="type_init='leiden': training steps during which a cross-entropy toward the initial partition is "
         "added to the objective (0 = no initial partition).",
+    )
+    leiden_weights = param.Selector(
+        default="umap", objects=["umap", "uniform"],
+        doc="type_init='leiden': edge weights of the neighbor graph the start partition is found in: 'umap', the "
+        "fuzzy simplicial set memberships scanpy's sc.pp.neighbors gives (a neighbor weighs less the farther it is "
+        "beyond the cell's nearest), or 'uniform' (1 between mutual neighbors, 1/2 otherwise).",
+    )
+    start_per_arm = param.Boolean(
+        True,
+        doc="type_init='leiden': each arm starts from its own Leiden run (its own seed, aligned to the first arm's "
+        "categories); cuts that only make up the number K fall differently in each arm, so the arms agree less on "
+        "them and consensus pruning finds them. False: one partition for all arms (they then agree on made-up "
+        "categories too).",
     )
     type_prior_weight = param.Number(
         10.0, bounds=(0.0, None),
@@ -208,13 +227,13 @@ class CplMixConfig(OptionSet):
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
         doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (any number of cells) "
         "and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
-        "of neighbor_steps hops among the cells' 15 nearest neighbours (top 50 PCs); generative needs a trained augmenter.",
+        "of neighbor_steps hops among the cells' 15 nearest neighbors (top 50 PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     neighbor_steps = param.Integer(
         None, bounds=(1, 100), allow_None=True,
-        doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbour graph that picks each arm's "
-        f"copy (1 = a direct neighbour; more hops move the copy along its type's continuous state). Unset (None): "
+        doc="augment='neighbors': hops of the random walk on the 15-nearest-neighbor graph that picks each arm's "
+        f"copy (1 = a direct neighbor; more hops move the copy along its type's continuous state). Unset (None): "
         f"{NEIGHBOR_STEPS_EXPRESSION} for expression data, {NEIGHBOR_STEPS_IMAGES} for images.",
     )
     neighbor_ramp_steps = param.Integer(
@@ -225,7 +244,7 @@ class CplMixConfig(OptionSet):
     )
     neighbor_scale_genes = param.Boolean(
         True,
-        doc="Expression data: find the 15-nearest-neighbour graph (walks and the Leiden start) in the top 50 principal "
+        doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top 50 principal "
         "components of the genes standardised to unit variance and clipped at 10, as scanpy's standard pipeline "
         "(sc.pp.scale before sc.pp.pca), so that the markers of small types count as much as those of large "
         "ones; False: of the unscaled model input. Images always keep their pixels.",
@@ -274,7 +293,7 @@ class CplMixConfig(OptionSet):
         True,
         doc="Images (uns['image_shape']): shear each image upright and centre it by its intensity moments "
         "(deskewing, the standard preprocessing of handwritten digits; LeCun et al. 1998) before the model, the "
-        "neighbour graph and the initial partition see it; ignored for expression data.",
+        "neighbor graph and the initial partition see it; ignored for expression data.",
     )
     drop_empty_cells = param.Boolean(
         False,
@@ -311,7 +330,7 @@ class AugmenterConfig(OptionSet):
 
 
 class PruningOptions(OptionSet):
-    """Options of consensus pruning (``analysis.pruning.prune``), declared once for ``cplmix prune``, the API and
+    """Options of consensus pruning (``workflows.pruning.prune``), declared once for ``cplmix prune``, the API and
     the app's Consensus tab, so that the three prune alike."""
 
     min_consensus = param.Number(
@@ -367,3 +386,41 @@ CLI_FLAGS: dict[str, str] = {
 
 def cli_flag(name: str) -> str:
     return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+class TraversalOptions(OptionSet):
+    """Options of a state traversal (``analysis.traversal.traverse``) and of its heatmap, declared once for
+    ``cplmix traverse``, the API and the app's Traversal tab."""
+
+    dim = param.Integer(0, doc="State dimension to sweep.")
+    steps = param.Integer(50, bounds=(2, 10000), doc="Rows of the sweep.")
+    genes = param.String(
+        "MG,IEG,HKG",
+        doc="Comma-separated gene groups in column order: MG (markers computed from the data), IEG, HKG, PRG, "
+        "rPRG, dPRG, or a text file with one symbol a line.",
+    )
+    n_markers = param.Integer(20, bounds=(1, None), doc="Marker genes in the MG group.")
+    normalize = param.Selector(
+        default="zscore", objects=["zscore", "minmax"],
+        doc="Display form: z-score against all cells, or min-max per gene across the sweep.",
+    )
+    percentiles = param.NumericTuple((2.0, 98.0), length=2, doc="Swept range within the type's state distribution (low, high).")
+    arm = param.Integer(None, allow_None=True, bounds=(0, None), doc="One arm instead of the arms' mean.")
+    max_genes = param.Integer(30, bounds=(0, None), doc="Most driven genes shown per group in a heatmap (0: all).")
+
+
+class BenchOptions(OptionSet):
+    """Options of the throughput benchmark (``workflows.bench.run_benchmark``, ``cplmix bench``) besides the
+    model options it shares with training."""
+
+    steps = param.Integer(200, bounds=(1, None), doc="Timed steps after the warm-up.")
+    warmup = param.Integer(20, bounds=(0, None), doc="Untimed steps first.")
+    cells = param.Integer(None, allow_None=True, bounds=(1, None), doc="Generated cells; unset: max(4 x batch size, 10000).")
+    dense = param.Boolean(False, doc="Store the data dense instead of CSR.")
+
+
+#: The training options the benchmark times with unless told otherwise (the others are CplMixConfig's defaults).
+BENCH_CONFIG_DEFAULTS = {"n_types": 115}
+
+
+CLI_FLAGS["n_markers"] = "--markers"  # cplmix traverse

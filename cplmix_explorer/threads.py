@@ -103,7 +103,7 @@ def resolve_threads(threads: int | None, reserve: int = 0) -> int:
 
 def apply_threads(threads: int | None, reserve: int = 0) -> int:
     """Resolve the thread count and set it for torch in this process; returns the number used."""
-    import torch
+    import torch  # lazy: the CLI imports this module at start-up; torch loads when training does
 
     used = resolve_threads(threads, reserve)
     if torch.get_num_threads() != used:

@@ -34,7 +34,7 @@ SETTLE_MS = 2_000
 
 def runs_folder(root: Path) -> Path:
     """A runs folder holding a copy of the demo run, with the result.h5ad a finished run has."""
-    from cplmix_explorer.train.run import load_run, write_result_file
+    from cplmix_explorer.workflows.run import load_run, write_result_file
 
     runs = root / "runs"
     run = runs / "zeisel2015_demo"

@@ -52,7 +52,7 @@ def build(name: str, device: str, steps: int | None) -> Path:
     from cplmix_explorer import __version__
     from cplmix_explorer.cli import main as cplmix
     from cplmix_explorer.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
-    from cplmix_explorer.train.run import METRICS_FILE, RUN_FILE, evaluate_run, load_run
+    from cplmix_explorer.workflows.run import METRICS_FILE, RUN_FILE, evaluate_run, load_run
 
     spec = DEMOS[name]
     options = list(spec["options"])

@@ -21,8 +21,8 @@ from cplmix_explorer.model.generative import (
     discriminator_loss,
     generator_loss,
     load_generative_augmenter,
-    train_generative_augmenter,
 )
+from cplmix_explorer.train.augmenter import train_generative_augmenter
 
 #: Small but real: the augmenter trains on 400 cells of 4 types in well under a minute on 2 cores.
 TRAIN_FLAGS = ["--steps", "150", "--hidden-dim", "32", "--batch-size", "64", "--noise-dim", "8", "--quiet"]

@@ -16,7 +16,7 @@ from cplmix_explorer.analysis import embedding
 from cplmix_explorer.api import CplMixVAE
 from cplmix_explorer.cli import main
 from cplmix_explorer.data.io import read_data
-from cplmix_explorer.train.run import load_run, write_result_file
+from cplmix_explorer.workflows.run import load_run, write_result_file
 
 
 def clusters(n_cells: int, n_types: int = 8, seed: int = 0):
@@ -28,8 +28,8 @@ def clusters(n_cells: int, n_types: int = 8, seed: int = 0):
 
 def map_purity(coordinates: np.ndarray, types: np.ndarray, k: int = 15) -> np.ndarray:
     """Per cell: the fraction of its k nearest cells on the map that share its type."""
-    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(coordinates).kneighbors(coordinates)
-    return (types[neighbours[:, 1:]] == types[:, None]).mean(axis=1)
+    _, neighbors = NearestNeighbors(n_neighbors=k + 1).fit(coordinates).kneighbors(coordinates)
+    return (types[neighbors[:, 1:]] == types[:, None]).mean(axis=1)
 
 
 def test_a_map_fitted_on_a_sample_places_the_other_cells_beside_their_own_type():

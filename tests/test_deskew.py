@@ -10,7 +10,7 @@ from cplmix_explorer import CplMixVAE, datasets
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.data.preprocess import Preprocessing, deskew_images, prepare
 from cplmix_explorer.errors import CplmixError
-from cplmix_explorer.model.neighbors import nearest_neighbours
+from cplmix_explorer.model.neighbors import nearest_neighbors
 
 SHAPE = (28, 28)
 
@@ -107,15 +107,15 @@ def test_the_train_command_turns_deskewing_off(tmp_path):
     assert not CplMixVAE.load(tmp_path / "run", adata).prepared.preprocessing.deskew
 
 
-def test_deskewed_digits_have_neighbours_of_the_same_digit_more_often():
-    """What it is for: the 15 nearest neighbours in pixel space (the graph of the neighbour walks and of the
+def test_deskewed_digits_have_neighbors_of_the_same_digit_more_often():
+    """What it is for: the 15 nearest neighbors in pixel space (the graph of the neighbor walks and of the
     initial partition) more often show the same digit once the writers' slant is removed."""
     adata = datasets.load("mnist5k")
     digits = np.asarray(adata.obs["digit"])
 
     def purity(values: np.ndarray) -> float:
-        neighbours = nearest_neighbours(torch.from_numpy(values)).numpy()
-        return float((digits[neighbours] == digits[:, None]).mean())
+        neighbors = nearest_neighbors(torch.from_numpy(values)).numpy()
+        return float((digits[neighbors] == digits[:, None]).mean())
 
     raw = purity(np.asarray(adata.X, dtype=np.float32))
     deskewed = purity(prepare(adata, CplMixConfig(n_types=10)).matrix)

@@ -69,3 +69,102 @@ def test_the_link_check_sees_links_and_catches_a_broken_one(tmp_path):
                     "```\n[not a link](nowhere.md)\n```\n")
     assert relative_links(page) == ["there.md#here-it-is", "missing.png"]
     assert anchors(tmp_path / "there.md") == {"here-it-is"}
+
+
+CODE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1", re.MULTILINE | re.DOTALL)
+IMPORT = re.compile(r"from (cplmix_explorer[\w.]*) import ([\w, ]+)|import (cplmix_explorer[\w.]*)")
+MODULE_PATH = re.compile(r"cplmix_explorer(?:/[\w]+)+\.py|cplmix_explorer(?:\.[a-z_]+)+")
+
+
+def code_lines(page: Path) -> list[str]:
+    return [line.strip() for block in CODE.findall(page.read_text(encoding="utf-8")) for line in block[1].splitlines()]
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(page, command line) for every ``cplmix ...`` line of a code block, without its comment and pipe."""
+    found = []
+    for page in PAGES:
+        for line in code_lines(page):
+            if line.startswith("cplmix "):
+                command = line.split(" #")[0].split(" | ")[0].strip()
+                found.append((str(page.relative_to(REPOSITORY)), command))
+    return found
+
+
+@pytest.mark.parametrize("page, command", shown_commands(), ids=lambda value: value)
+def test_every_cplmix_command_shown_is_one_the_cli_takes(page, command):
+    """Every command line in the README and docs/ names a command and flags that exist (argparse accepts it);
+    running them all would train for hours, so the pages' figures come from benchmarks/ instead."""
+    import shlex
+
+    from cplmix_explorer.cli import build_parser
+    from cplmix_explorer.errors import CplmixError
+
+    arguments = shlex.split(command)[1:]
+    try:
+        build_parser().parse_args(arguments)
+    except CplmixError as error:
+        pytest.fail(f"{page}: '{command}' is refused by the CLI: {error}")
+    except SystemExit as exit:  # --help prints and exits 0
+        assert exit.code == 0 and "--help" in arguments, f"{page}: '{command}' is refused by the CLI"
+
+
+def test_every_import_shown_resolves():
+    """Every ``from cplmix_explorer... import ...`` in the pages' code names a module and names that exist."""
+    import importlib
+
+    missing = []
+    for page in PAGES:
+        for line in code_lines(page):
+            for module, names, plain in IMPORT.findall(line):
+                try:
+                    imported = importlib.import_module(module or plain)
+                except ImportError as error:
+                    missing.append(f"{page.name}: {line} ({error})")
+                    continue
+                missing += [f"{page.name}: {module} has no {name}" for name in (n.strip() for n in names.split(","))
+                            if name and not hasattr(imported, name)]
+    assert not missing, "\n".join(missing)
+
+
+def named_module_missing(name: str) -> bool:
+    """True when a module path (``cplmix_explorer/train/engine.py``) or dotted name
+    (``cplmix_explorer.analysis.trace.EvaluationTrace``) leads to nothing."""
+    import importlib
+
+    if name.endswith(".py"):
+        return not (REPOSITORY / name).is_file()
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):  # the longest prefix that is a module, then attributes
+        try:
+            found = importlib.import_module(".".join(parts[:end]))
+        except ImportError:
+            continue
+        for attribute in parts[end:]:
+            if not hasattr(found, attribute):
+                return True
+            found = getattr(found, attribute)
+        return False
+    return True
+
+
+def test_every_module_the_pages_name_exists():
+    """Module paths and dotted names in the pages (``cplmix_explorer/train/engine.py``,
+    ``cplmix_explorer.analysis.trace``) lead to a module, so that moving one shows which pages to update."""
+    missing = sorted({f"{page.name}: {name}" for page in PAGES for name in MODULE_PATH.findall(page.read_text(encoding="utf-8"))
+                      if named_module_missing(name)})
+    assert not missing, "\n".join(missing)
+
+
+def test_the_module_check_sees_a_moved_module():
+    assert named_module_missing("cplmix_explorer/train/run.py") and named_module_missing("cplmix_explorer.train.run")
+    assert not named_module_missing("cplmix_explorer/workflows/run.py")
+    assert not named_module_missing("cplmix_explorer.analysis.trace.EvaluationTrace")
+
+
+def test_the_command_check_refuses_a_flag_the_cli_does_not_take():
+    from cplmix_explorer.cli import build_parser
+    from cplmix_explorer.errors import CplmixError
+
+    with pytest.raises(CplmixError, match="--no-such-flag"):
+        build_parser().parse_args(["traverse", "runs/x", "--out", "x.png", "--no-such-flag"])

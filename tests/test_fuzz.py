@@ -187,7 +187,7 @@ def test_non_utf8_names_in_an_h5ad_file_are_one_clear_error(tmp_path):
 
 # -- `cplmix train` arguments ---------------------------------------------------------------------------------
 #: In-range values of the options that size the network stay small (a fuzzed run must take a second); the
-#: out-of-range neighbours are refused before anything is built.
+#: out-of-range neighbors are refused before anything is built.
 SMALL_CHOICES = {
     "n_types": [1, 2, 3, 1001],
     "state_dim": [0, 1, 3, 129],

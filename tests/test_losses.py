@@ -252,3 +252,36 @@ def test_the_relative_spread_still_makes_a_collapsed_category_look_far():
     agreeing = coupling_distance(torch.stack([q, q]), spread="relative").item()
     assert agreeing == pytest.approx(0.0, abs=1e-4)
     assert coupling_distance(torch.stack([q, collapsed]), spread="relative").item() > 1.0
+
+
+def _one_disagreement_on(category: int, sizes: list[int]) -> torch.Tensor:
+    """Two confident arms over a batch whose categories have ``sizes`` cells; they disagree on one cell of
+    ``category`` only (arm b puts it in the next category)."""
+    types = torch.cat([torch.full((n,), k) for k, n in enumerate(sizes)])
+    other = types.clone()
+    other[int((types == category).nonzero()[0])] = (category + 1) % len(sizes)
+
+    def confident(assigned):
+        q = torch.full((len(types), len(sizes)), 0.02 / (len(sizes) - 1))
+        q[torch.arange(len(types)), assigned] = 0.98
+        return q
+
+    return torch.stack([confident(types), confident(other)])
+
+
+def test_without_a_spread_a_disagreement_costs_the_same_whether_the_type_is_rare_or_common():
+    # An imbalanced batch: one type of 200 cells, one of 2. Dividing by the batch spread makes a disagreement on
+    # the rare type's cell several times dearer than one on the common type's, so arms that are unsure near a
+    # small type avoid the cost by not using its category at all (the merging seen at K = 40); without a spread
+    # ('none', the default) every cell's disagreement costs the same.
+    sizes = [200, 30, 22, 2]
+
+    def cost(category, spread):
+        return coupling_distance(_one_disagreement_on(category, sizes), floor=1e-2, spread=spread).item()
+
+    assert cost(3, "relative") > 3 * cost(0, "relative")
+    assert cost(3, "absolute") > 3 * cost(0, "absolute")
+    assert cost(3, "none") == pytest.approx(cost(0, "none"), rel=1e-6)
+    assert cost(3, "none") > 0.05  # a disagreement still costs
+    agreeing = _one_disagreement_on(0, sizes)[0]
+    assert coupling_distance(torch.stack([agreeing, agreeing]), floor=1e-2, spread="none").item() == 0.0

@@ -204,7 +204,7 @@ def test_straight_through_types_are_one_hot_forward_with_relaxed_gradients():
 
 def test_straight_through_option_reaches_the_network():
     from cplmix_explorer.config import CplMixConfig
-    from cplmix_explorer.train.engine import build_model
+    from cplmix_explorer.train.engine import build_module
 
-    assert build_model(CplMixConfig(straight_through=True), n_genes=30).straight_through
-    assert not build_model(CplMixConfig(), n_genes=30).straight_through  # the paper's relaxed sample by default
+    assert build_module(CplMixConfig(straight_through=True), n_genes=30).straight_through
+    assert not build_module(CplMixConfig(), n_genes=30).straight_through  # the paper's relaxed sample by default

@@ -1,5 +1,5 @@
-"""The space the neighbour graph is found in: standardised genes for expression data, so that small types keep
-their own cells as neighbours (what the walks and the Leiden start rely on)."""
+"""The space the neighbor graph is found in: standardised genes for expression data, so that small types keep
+their own cells as neighbors (what the walks and the Leiden start rely on)."""
 
 import numpy as np
 import torch
@@ -21,14 +21,14 @@ def test_standardized_genes_have_zero_mean_unit_variance_and_are_clipped():
 
 
 def _small_type_neighbor_share(adata, scaled: bool) -> float:
-    """Share of the small types' (< 60 cells) graph neighbours that are of their own type."""
+    """Share of the small types' (< 60 cells) graph neighbors that are of their own type."""
     types = np.asarray(adata.obs["true_type"].cat.codes)
     small = np.bincount(types)[types] < 60
     model = CplMixVAE(adata, n_types=12, n_arms=2, augment="neighbors", neighbor_scale_genes=scaled, seed=0)
     trainer = model.make_trainer()
     rows = trainer.train_rows.cpu().numpy()
-    neighbours = trainer.augmenter.table.cpu().numpy()[rows, 1:]
-    same = types[neighbours] == types[rows, None]
+    neighbors = trainer.augmenter.table.cpu().numpy()[rows, 1:]
+    same = types[neighbors] == types[rows, None]
     return float(same[small[rows]].mean())
 
 
@@ -37,4 +37,4 @@ def test_small_types_keep_more_of_their_own_cells_as_neighbors_with_standardized
     adata = datasets.simulate(n_genes=1000, n_types=12, n_classes=3, type_sizes=sizes, seed=5)
     unscaled = _small_type_neighbor_share(adata, scaled=False)
     scaled = _small_type_neighbor_share(adata, scaled=True)
-    assert scaled > unscaled + 0.03  # measured 0.90 against 0.84 (exact PCA, 15 neighbours)
+    assert scaled > unscaled + 0.03  # measured 0.90 against 0.84 (exact PCA, 15 neighbors)

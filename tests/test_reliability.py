@@ -39,7 +39,7 @@ from cplmix_explorer.train.checkpoint import (
     read_checkpoint,
 )
 from cplmix_explorer.train.events import StepMetrics, TrainingRestarted
-from cplmix_explorer.train.run import train_run
+from cplmix_explorer.workflows.run import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 #: A small network, so a real run takes seconds on two shared cores.
@@ -357,15 +357,15 @@ def test_tampered_run_json_is_one_error_line(run_copy, tiny_h5ad, capsys, conten
 def _overflowing_data(cell_step: int, batch_size: int = 32, seed: int = 0):
     """Data whose one cell holds values so large that the Gaussian reconstruction term overflows float32,
     placed in the batch of 0-based step ``cell_step`` (the engine's permutation of the same seed and size).
-    Train it with ``augment='none'``: neighbour copies would carry the cell into other steps' batches."""
+    Train it with ``augment='none'``: neighbor copies would carry the cell into other steps' batches."""
     from cplmix_explorer.data.preprocess import prepare
-    from cplmix_explorer.train.engine import Trainer, build_model
+    from cplmix_explorer.train.engine import Trainer, build_module
 
     adata = mixture_counts(n_cells=600, n_genes=40, n_types=3)  # 16 steps an epoch: step 7 holds new cells
     adata.X = adata.X.toarray() + 0.5  # not counts: used as it is
     config = small_config(seed=seed, batch_size=batch_size, augment="none")
     prepared = prepare(adata, config)
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     earlier = set(torch.cat([trainer._batch_for_step(s) for s in range(cell_step)]).tolist())
     cell = next(c for c in trainer._batch_for_step(cell_step).tolist() if c not in earlier)
     adata.X[cell, :] = 1e30

@@ -19,7 +19,7 @@ from cplmix_explorer.api import CplMixVAE
 from cplmix_explorer.cli import main
 from cplmix_explorer.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 from cplmix_explorer.train.events import CheckpointSaved
-from cplmix_explorer.train.run import load_run
+from cplmix_explorer.workflows.run import load_run
 
 #: No checkpoint by steps before the end: any earlier checkpoint was written by time.
 NEVER_BY_STEPS = ["--checkpoint-every", "1000000"]

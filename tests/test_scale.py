@@ -1,5 +1,5 @@
 """Atlas scale on small data: memory known before it is spent (the estimate from the file's header and the
-refusal when it does not fit), data prepared and neighbours found in chunks without a dense cells x genes
+refusal when it does not fit), data prepared and neighbors found in chunks without a dense cells x genes
 matrix, large files read backed, and the atlas benchmark's quick mode."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.data import memory
 from cplmix_explorer.data.io import read_data
 from cplmix_explorer.data.preprocess import prepare
-from cplmix_explorer.model.neighbors import PCA_CHUNK, find_neighbours
+from cplmix_explorer.model.neighbors import PCA_CHUNK, find_neighbors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_the_dense_million_cell_file_of_issue_33_is_estimated_from_a_small_files
 
 
 def test_large_files_are_read_backed_and_give_the_same_preparation(small_h5ad, monkeypatch):
-    from cplmix_explorer.train.run import open_training_data
+    from cplmix_explorer.workflows.run import open_training_data
 
     config = CplMixConfig(n_types=4)
     assert not open_training_data(small_h5ad, config).isbacked  # small: in memory
@@ -130,7 +130,7 @@ def test_the_estimate_knows_where_the_approximate_search_starts():
     assert memory.APPROXIMATE_ABOVE_CELLS == EXACT_MAX_CELLS  # data cannot import model: the value is repeated
 
 
-def test_neighbours_read_the_rows_in_chunks():
+def test_neighbors_read_the_rows_in_chunks():
     points = torch.randn(3 * PCA_CHUNK + 5, 30, generator=torch.Generator().manual_seed(0))
     asked = []
 
@@ -138,7 +138,7 @@ def test_neighbours_read_the_rows_in_chunks():
         asked.append(len(index))
         return points[index]
 
-    search = find_neighbours(rows_of, len(points), k=5, n_components=10)
+    search = find_neighbors(rows_of, len(points), k=5, n_components=10)
     assert max(asked) <= PCA_CHUNK and sum(asked) == 2 * len(points)  # two passes: covariance, scores
     assert search.indices.shape == (len(points), 5)
 

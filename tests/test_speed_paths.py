@@ -20,13 +20,13 @@ from conftest import mixture_counts
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cplmix_explorer import CplMixConfig, CplMixVAE
-from cplmix_explorer.analysis.inference import infer
-from cplmix_explorer.bench import generated_counts
+from cplmix_explorer.model.inference import infer
+from cplmix_explorer.workflows.bench import generated_counts
 from cplmix_explorer.cli import main as cli_main
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.errors import CplmixError
 from cplmix_explorer.train.device_data import DeviceData
-from cplmix_explorer.train.engine import Trainer, build_model, choose_fast_path
+from cplmix_explorer.train.engine import Trainer, build_module, choose_fast_path
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -44,7 +44,7 @@ SMALL = dict(hidden_dim=32, n_hidden_layers=2, bottleneck_dim=8, validation_frac
 def _trainer(adata: AnnData, **options) -> Trainer:
     config = CplMixConfig().update(**{**SMALL, "n_types": 4, "n_genes": adata.n_vars, "device": "cpu", **options})
     prepared = prepare(adata, config)
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     trainer.evaluate_at_end = False
     return trainer
 
@@ -71,7 +71,7 @@ def test_cuda_graph_step_gives_the_losses_of_the_eager_step():
         config = CplMixConfig().update(**{**SMALL, "n_types": 4, "n_genes": 120, "device": "cuda", "seed": 2,
                                           "fast_path": fast_path, "log_every": 7, "batch_size": 64})
         prepared = prepare(adata, config)
-        trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+        trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
         result = trainer.fit(60)  # crosses epoch boundaries (12 steps per epoch)
         assert trainer.fast_path == fast_path  # the graph was captured, not fallen back to eager
         runs[fast_path] = result
@@ -169,7 +169,7 @@ def test_training_step_does_no_work_proportional_to_the_number_of_cells():
     # the same operations on tensors of the same shapes, whatever the number of cells
     assert trace_large == trace_small
     largest = max(np.prod(shape) for _, read, made in trace_large for shape in read + made)
-    assert largest <= trainer_large.model.n_arms * 64 * 60  # nothing bigger than the arms' copies of one batch
+    assert largest <= trainer_large.module.n_arms * 64 * 60  # nothing bigger than the arms' copies of one batch
 
 
 # -- chunked inference -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from cplmix_explorer.api import CplMixVAE
 from cplmix_explorer.cli import main
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.errors import CplmixError
-from cplmix_explorer.train.worker import APP_RESERVED_CORES, ProcessTraining
+from cplmix_explorer.workflows.worker import APP_RESERVED_CORES, ProcessTraining
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--types", "3", "--hidden-dim", "16", "--n-hidden-layers", "2", "--batch-size", "32", "--eval-every", "1000"]

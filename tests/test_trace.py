@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from cplmix_explorer import CplMixVAE
-from cplmix_explorer.train.trace import EvaluationTrace
+from cplmix_explorer.analysis.trace import EvaluationTrace
 
 
 def _train(adata, trace: bool):

@@ -32,7 +32,7 @@ from cplmix_explorer.analysis.traversal import (
 from cplmix_explorer.cli import main
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.errors import CplmixError
-from cplmix_explorer.train.run import load_run, train_run
+from cplmix_explorer.workflows.run import load_run, train_run
 
 # a few simulated genes are never detected; preparing the data says so (tested in the data tests)
 pytestmark = pytest.mark.filterwarnings("ignore:.*genes have no counts:UserWarning")

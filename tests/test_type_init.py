@@ -1,4 +1,4 @@
-"""Where the categories start: the Leiden partition of the neighbour graph and the warm-up that fits the type
+"""Where the categories start: the Leiden partition of the neighbor graph and the warm-up that fits the type
 heads to it (cplmix_explorer.model.type_init, Trainer.prepare_type_init)."""
 
 import numpy as np
@@ -8,8 +8,8 @@ from conftest import mixture_counts
 
 from cplmix_explorer import CplMixVAE
 from cplmix_explorer.analysis.metrics import compare_to_labels
-from cplmix_explorer.model.neighbors import nearest_neighbours
-from cplmix_explorer.model.type_init import leiden_partition, merge_smallest, neighbour_graph, relabel_by_size
+from cplmix_explorer.model.neighbors import nearest_neighbors
+from cplmix_explorer.model.type_init import leiden_partition, merge_smallest, neighbor_graph, relabel_by_size
 
 
 def _blobs(sizes, dim=10, spread=0.3, seed=0):
@@ -23,17 +23,17 @@ def _blobs(sizes, dim=10, spread=0.3, seed=0):
 
 def test_leiden_partition_finds_separated_groups_of_very_different_sizes():
     points, group = _blobs([400, 120, 40, 15])
-    partition = leiden_partition(nearest_neighbours(points, 10).numpy(), 4, seed=0)
+    partition = leiden_partition(nearest_neighbors(points, 10).numpy(), 4, seed=0)
     assert partition.n_types == 4
     assert compare_to_labels(partition.labels, group)["ari"] == 1.0  # every group whole, the 15-point one too
     assert np.bincount(partition.labels).tolist() == [400, 120, 40, 15]  # category 0 is the largest
-    again = leiden_partition(nearest_neighbours(points, 10).numpy(), 4, seed=0)
+    again = leiden_partition(nearest_neighbors(points, 10).numpy(), 4, seed=0)
     assert np.array_equal(partition.labels, again.labels)
 
 
 def test_fewer_types_than_groups_merges_whole_groups():
     points, group = _blobs([100] * 6)
-    partition = leiden_partition(nearest_neighbours(points, 10).numpy(), 3, seed=1)
+    partition = leiden_partition(nearest_neighbors(points, 10).numpy(), 3, seed=1)
     assert partition.n_types == 3
     for g in range(6):  # no group is cut in two
         assert len(np.unique(partition.labels[group == g])) == 1
@@ -50,9 +50,9 @@ def test_merge_smallest_joins_the_group_with_most_edges_to_it():
     assert merged[7] == merged[8] == merged[4] != merged[0]
 
 
-def test_neighbour_graph_weighs_mutual_neighbours_twice_one_way_ones():
+def test_neighbor_graph_weighs_mutual_neighbors_twice_one_way_ones():
     table = np.array([[1], [0], [1]])  # 0 <-> 1 mutual, 2 -> 1 one way
-    graph = neighbour_graph(table).toarray()
+    graph = neighbor_graph(table).toarray()
     assert graph[0, 1] == graph[1, 0] == 1.0 and graph[1, 2] == graph[2, 1] == 0.5 and graph[0, 2] == 0.0
 
 
@@ -88,10 +88,47 @@ def test_random_start_trains_exactly_as_without_an_initial_partition():
 def test_initial_partition_is_kept_in_the_saved_run_and_without_walks(tmp_path):
     adata = mixture_counts(n_cells=300, n_genes=80)
     model = CplMixVAE(adata, n_types=4, n_arms=1, seed=0, hidden_dim=32, n_hidden_layers=2, type_init_steps=20)
-    model.train(steps=25, progress=False)  # one arm: no walks, the neighbours are found for the partition
+    model.train(steps=25, progress=False)  # one arm: no walks, the neighbors are found for the partition
     assert model.augment_used == "none" and model.type_init["method"] == "leiden"
     model.save(tmp_path / "run")
     loaded = CplMixVAE.load(tmp_path / "run", adata)
     assert loaded.type_init == model.type_init
     loaded.train(steps=5, progress=False)  # past the warm-up: the partition is not computed again, still recorded
     assert loaded.type_init == model.type_init
+
+
+def test_fuzzy_connectivities_are_scanpys_umap_weights():
+    # The start partition's graph carries the weights sc.pp.neighbors gives (umap-learn's fuzzy simplicial set,
+    # which scanpy calls with each cell listed as its own first neighbor at distance 0).
+    from umap.umap_ import fuzzy_simplicial_set
+
+    from cplmix_explorer.model.neighbors import exact_neighbors, neighbor_distances
+    from cplmix_explorer.model.type_init import LeidenGraph, fuzzy_connectivities
+
+    points, _ = _blobs([150, 100], dim=5, spread=1.0)
+    indices = exact_neighbors(points, 15)
+    distances = neighbor_distances(points, indices)
+    assert torch.allclose(distances[:, 0], (points - points[indices[:, 0]]).norm(dim=-1))
+    ours = fuzzy_connectivities(indices.numpy(), distances.numpy())
+    n = points.shape[0]
+    with_self = np.concatenate([np.arange(n)[:, None], indices.numpy()], axis=1)
+    self_distance = np.concatenate([np.zeros((n, 1)), distances.numpy()], axis=1).astype(np.float32)
+    umap_weights, _, _ = fuzzy_simplicial_set(np.zeros((n, 1)), 16, None, None, knn_indices=with_self,
+                                              knn_dists=self_distance)
+    assert abs(ours - umap_weights.tocsr()).max() < 1e-5
+    assert (ours != ours.T).nnz == 0 and ours.max() <= 1.0 + 1e-9
+    graph = LeidenGraph.from_neighbors(indices.numpy(), distances.numpy())
+    assert abs(graph.adjacency - ours).max() == 0
+    assert sorted(graph.graph.es["weight"]) == sorted(sp.triu(ours, k=1).tocoo().data.tolist())
+
+
+def test_the_start_graph_is_weighted_unless_uniform_weights_are_asked_for(mixture):
+    weighted = CplMixVAE(mixture, n_types=4, n_arms=2, seed=0).make_trainer()
+    weighted.prepare_type_init()
+    assert weighted.augmenter.search.distances.shape == weighted.augmenter.search.indices.shape
+    uniform = CplMixVAE(mixture, n_types=4, n_arms=2, seed=0, leiden_weights="uniform").make_trainer()
+    uniform.prepare_type_init()
+    for trainer in (weighted, uniform):  # well-separated types: both graphs find them
+        covered = trainer.type_targets[0] >= 0
+        truth = np.asarray(mixture.obs["type"])[covered.numpy()]
+        assert compare_to_labels(trainer.type_targets[0][covered].numpy(), truth)["ari"] == 1.0

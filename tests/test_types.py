@@ -23,7 +23,7 @@ from cplmix_explorer.cli import main
 from cplmix_explorer.config import CplMixConfig
 from cplmix_explorer.data.preprocess import prepare
 from cplmix_explorer.errors import CplmixError
-from cplmix_explorer.train.run import RESULT_FILE, load_run, train_run
+from cplmix_explorer.workflows.run import RESULT_FILE, load_run, train_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*genes have no counts:UserWarning")
 

@@ -11,7 +11,7 @@ import pytest
 
 from app_server import ARTIFACTS, fill_option, open_app, open_tab, wait_for_text
 
-from cplmix_explorer.train.run import load_run
+from cplmix_explorer.workflows.run import load_run
 
 pytestmark = pytest.mark.browser
 DEMO = Path(__file__).resolve().parent.parent / "models" / "zeisel2015_demo"

@@ -679,7 +679,7 @@ def test_the_trajectory_chart_follows_the_rounds_from_the_first_one():
 
 
 def test_the_cli_and_the_app_prune_with_one_declaration_of_the_options(demo_state):
-    from cplmix_explorer.analysis.pruning import default_fine_tune_steps as model_default
+    from cplmix_explorer.workflows.pruning import default_fine_tune_steps as model_default
     from cplmix_explorer.cli import build_parser
     from cplmix_explorer.config import PruningOptions
 
@@ -890,7 +890,7 @@ def test_served_app_caps_malloc_arenas_once_unless_the_user_set_them(environment
     import subprocess
     import sys
 
-    code = "from cplmix_explorer.views.state import limit_malloc_arenas as f; print(f(), f())"
+    code = "from cplmix_explorer.views.server import limit_malloc_arenas as f; print(f(), f())"
     env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
     out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
                          check=True, timeout=120)

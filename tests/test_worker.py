@@ -12,9 +12,10 @@ import pytest
 from conftest import mixture_counts
 
 from cplmix_explorer.config import CplMixConfig
+from cplmix_explorer.data.io import read_data
 from cplmix_explorer.errors import CplmixError
 from cplmix_explorer.train.events import StepMetrics, TrainingControl, TrainingFinished, TrainingStarted
-from cplmix_explorer.train.worker import ProcessPruning, ProcessTraining, TrainingProcessError
+from cplmix_explorer.workflows.worker import ProcessPruning, ProcessTraining, TrainingProcessError
 
 QUICK = {"n_types": 4, "n_arms": 2, "state_dim": 2, "n_genes": 100, "batch_size": 128, "log_every": 5, "eval_every": 20,
          "device": "cpu", "seed": 0}
@@ -41,6 +42,17 @@ def test_a_run_in_a_child_process_streams_its_events_and_returns_the_trained_mod
     assert (tmp_path / "run" / "result.h5ad").exists() and outcome.metrics["acc"] > 0.5
     # the model loaded back here is the one the child trained: the same accuracy
     assert outcome.model.predict().consensus_type.shape == (600,)
+    assert outcome.model.evaluate("type")["acc"] == pytest.approx(outcome.metrics["acc"])
+
+
+def test_the_model_comes_back_onto_the_data_this_process_already_holds(tmp_path):
+    """The app's session has read the file already: the child reads it for itself, and the trained model is
+    loaded back onto the session's copy instead of a second reading of the file here."""
+    path = tmp_path / "cells.h5ad"
+    mixture_counts().write_h5ad(path)
+    held = read_data(path)
+    outcome = ProcessTraining(str(path), tmp_path / "run", CplMixConfig(**QUICK, steps=30, labels="type"), data=held).run()
+    assert outcome.model.adata is held
     assert outcome.model.evaluate("type")["acc"] == pytest.approx(outcome.metrics["acc"])
 
 

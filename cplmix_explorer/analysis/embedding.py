@@ -2,10 +2,10 @@
 
 UMAP (umap-learn, the map scanpy users know) is fitted on at most ``MAP_SAMPLE`` randomly chosen cells; every
 other cell is placed at the distance-weighted mean of the map positions of its ``PLACE_NEIGHBORS`` nearest
-sampled cells in the latent (pynndescent, the search UMAP itself uses), keeping only neighbours that lie on
+sampled cells in the latent (pynndescent, the search UMAP itself uses), keeping only neighbors that lie on
 the nearest one's island of the map, so a cell between two islands is not drawn in the gap. The fit's cost
 is thus bounded whatever the number of cells and the placement grows linearly with it. PCA of the latent
-(exact, from the D x D covariance) stays available and is used for runs too small for UMAP's neighbourhoods.
+(exact, from the D x D covariance) stays available and is used for runs too small for UMAP's neighborhoods.
 
 A run folder keeps its map as ``map.npy`` (N x 2 float32) with ``map.json`` (method, cells, sample, seed and
 a key of the model's weights and the cells), both written atomically; a map whose key no longer matches the
@@ -19,26 +19,28 @@ import io
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import CplmixError
-from ..train.checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 UMAP, PCA = "umap", "pca"
 METHODS = (UMAP, PCA)
 #: Cells UMAP is fitted on at most; the others are placed from their nearest sampled cells.
 MAP_SAMPLE = 50_000
-#: Sampled neighbours (in the latent) a placed cell's position is averaged over.
+#: Sampled neighbors (in the latent) a placed cell's position is averaged over.
 PLACE_NEIGHBORS = 10
-#: UMAP's neighbourhood size (umap-learn's and scanpy's default) and its minimum distance (scanpy's default).
+#: UMAP's neighborhood size (umap-learn's and scanpy's default) and its minimum distance (scanpy's default).
 UMAP_NEIGHBORS = 15
 UMAP_MIN_DIST = 0.5
-#: Below this many cells the map is PCA: UMAP's 15-cell neighbourhoods would span the whole dataset.
+#: Below this many cells the map is PCA: UMAP's 15-cell neighborhoods would span the whole dataset.
 MIN_UMAP_CELLS = 64
-#: Largest sample whose neighbours are found exactly (above: pynndescent, as UMAP itself).
+#: Largest sample whose neighbors are found exactly (above: pynndescent, as UMAP itself).
 EXACT_NEIGHBORS_MAX = 8192
 #: Cells placed per block (bounds the placement's working memory).
 PLACE_CHUNK = 100_000
@@ -106,11 +108,9 @@ def compute_map(latent: np.ndarray, method: str = UMAP, seed: int = 0, sample: i
 
 
 def _umap_fit(latent: np.ndarray, seed: int):
-    """UMAP of ``latent`` on its 15-nearest-neighbour graph; returns the (n, 2) map and the search index
-    (pynndescent's, None for small samples, whose neighbours are found exactly)."""
-    import warnings
-
-    import umap
+    """UMAP of ``latent`` on its 15-nearest-neighbor graph; returns the (n, 2) map and the search index
+    (pynndescent's, None for small samples, whose neighbors are found exactly)."""
+    import umap  # lazy: umap loads numba (seconds); only a cell map needs it
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # n_jobs overridden by random_state, etc.
@@ -118,7 +118,7 @@ def _umap_fit(latent: np.ndarray, seed: int):
             index = None
             neighbors, distances = exact_neighbors(latent, UMAP_NEIGHBORS)
         else:
-            from pynndescent import NNDescent
+            from pynndescent import NNDescent  # lazy: numba again, only for samples above the exact search
 
             index = NNDescent(latent, n_neighbors=UMAP_NEIGHBORS, random_state=seed, low_memory=True, n_jobs=1)
             neighbors, distances = index.neighbor_graph
@@ -139,7 +139,7 @@ def exact_neighbors(latent: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.n
         block = latent[start : start + chunk]
         squared = norms[start : start + chunk, None] - 2 * block @ latent.T + norms[None]
         rows = np.arange(len(block))
-        squared[rows, start + rows] = -np.inf  # each cell is its own first neighbour
+        squared[rows, start + rows] = -np.inf  # each cell is its own first neighbor
         nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(squared, nearest, axis=1), axis=1)
         nearest = np.take_along_axis(nearest, order, axis=1)
@@ -154,9 +154,7 @@ def place(latent: np.ndarray, sampled: np.ndarray, index, fitted: np.ndarray, ne
           progress: bool = False) -> np.ndarray:
     """Map positions of cells not in the fit: the inverse-distance weighted mean of their nearest sampled
     cells' positions (``sampled``'s rows, searched with ``index`` or exactly without one), over the
-    neighbours that lie within a small radius of the nearest one's position."""
-    from tqdm.auto import tqdm
-
+    neighbors that lie within a small radius of the nearest one's position."""
     extent = np.ptp(fitted, axis=0)
     radius = 0.05 * float(np.hypot(*extent)) or 1.0
     out = np.empty((len(latent), 2), np.float32)

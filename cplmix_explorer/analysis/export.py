@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import rc_context
+from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from ..errors import CplmixError
-from ..train.checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .traversal import MINMAX, Traversal, TypeComparison
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
@@ -162,8 +162,6 @@ def heatmap_figure(
 
 
 def _check_cmap(name: str) -> None:
-    from matplotlib import colormaps
-
     if name not in colormaps:
         raise CplmixError(f"unknown colour map '{name}' (e.g. RdBu_r, viridis, magma, coolwarm)")
 
@@ -272,7 +270,7 @@ def table_bytes(frame: pd.DataFrame, file_format: str) -> bytes:
         return frame.to_csv(index=False).encode()
     if file_format == "parquet":
         try:
-            import pyarrow  # noqa: F401
+            import pyarrow  # noqa: F401  # lazy: an optional dependency, checked when Parquet is asked for
         except ImportError:
             raise CplmixError("writing Parquet needs pyarrow (pip install pyarrow); or write .csv") from None
         buffer = io.BytesIO()

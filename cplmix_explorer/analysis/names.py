@@ -22,10 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from anndata import read_h5ad
 
+from ..data.io import write_h5ad
 from ..errors import CplmixError
-from ..train.checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .metrics import contingency_table
+from .results import TYPE_ID_KEY, TYPE_KEY, UNS_KEY
 
 NAMES_FILE = "type_names.json"
 SEPARATOR = " · "
@@ -70,7 +73,7 @@ def automatic_names(model, labels: str | None = None) -> tuple[list[str], str | 
         names = label_names(inference.consensus_type, model.adata.obs[labels].to_numpy(), n_types)
     counts = np.bincount(inference.consensus_type, minlength=n_types)
     if any(counts[t] > 0 and t not in names for t in range(n_types)):
-        from .markers import marker_statistics
+        from .markers import marker_statistics  # lazy: markers load matplotlib; labelled types need none
 
         by_markers = marker_names(marker_statistics(model))
         names = {**by_markers, **names}
@@ -154,11 +157,6 @@ def rename_result_file(path: str | os.PathLike, names: list[str]) -> bool:
     """Put ``names`` into an existing result.h5ad (obs['cplmix_type'] and the per-arm columns' categories,
     uns['cplmix']['type_names']), rewritten atomically. False when the file does not hold this model's
     types (no ``cplmix_type_id``, or another number of types)."""
-    from anndata import read_h5ad
-
-    from ..train.run import write_h5ad
-    from .results import TYPE_ID_KEY, TYPE_KEY, UNS_KEY
-
     path = Path(path)
     if not path.exists():
         return False

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .consensus import Consensus
-from .inference import Inference
+from ..model.consensus import Consensus
+from ..model.inference import Inference
 from .metrics import compare_to_labels
 
 TYPE_KEY = "cplmix_type"

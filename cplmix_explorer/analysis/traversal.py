@@ -40,8 +40,8 @@ genes are drawn at 0.5).
 
 Speed: what depends only on the model (inference, gene statistics, marker AUROCs) and on the type (state
 means given the type, alignment) is computed once and cached per model in a :class:`TraversalContext`;
-a sweep is then one decoder pass over ``A x steps`` rows plus per-gene ranks (a 50-step sweep over 5,000
-genes takes a few milliseconds on a CPU; ``benchmarks/traversal_speed.py``).
+a sweep is then one decoder pass over ``A x steps`` rows plus per-gene ranks (``benchmarks/traversal_speed.py``
+measures it).
 
 This module is pure numpy / pandas / torch (no UI): the app's traversal view and ``cplmix traverse`` call it.
 """
@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..config import TraversalOptions
 from ..data.gene_sets import (
     HOUSEKEEPING,
     IMMEDIATE_EARLY,
@@ -75,14 +76,16 @@ from ..data.gene_sets import (
 )
 from ..errors import CplmixError
 from .metrics import contingency_table
+from .names import SEPARATOR
 
 ZSCORE = "zscore"
 MINMAX = "minmax"
-NORMALIZATIONS = (ZSCORE, MINMAX)
-DEFAULT_GROUPS = (MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING)
-DEFAULT_STEPS = 50
-DEFAULT_PERCENTILES = (2.0, 98.0)
-DEFAULT_MARKERS = 20
+NORMALIZATIONS = tuple(TraversalOptions.param.normalize.objects)
+_DEFAULTS = TraversalOptions()  # the declared defaults, shared with `cplmix traverse` and the app
+DEFAULT_GROUPS = tuple(_DEFAULTS.genes.split(","))
+DEFAULT_STEPS = _DEFAULTS.steps
+DEFAULT_PERCENTILES = _DEFAULTS.percentiles
+DEFAULT_MARKERS = _DEFAULTS.n_markers
 #: |rho| at or above which a gene counts as monotone in the group summaries.
 MONOTONE_RHO = 0.9
 #: Floor of a gene's standard deviation across cells (log units) when dividing by it.
@@ -437,6 +440,13 @@ def context_for(model) -> TraversalContext:
         return context
 
 
+def forget(model) -> None:
+    """Drop the cached context of ``model`` (a model no longer shown), so that it can be freed: the cache is
+    weakly keyed, but its values hold the model, so an entry never expires on its own."""
+    with _CONTEXTS_LOCK:
+        _CONTEXTS.pop(model, None)
+
+
 # -- type names from known labels -------------------------------------------------------------------------
 @dataclass
 class TypeLabels:
@@ -514,8 +524,6 @@ def _type_name(model, type_index: int, labels: str | None) -> str | None:
     """The type's name in titles, tables and file names: the model's type name (its rename, or the
     automatic name from the run's labels or markers); with another ``labels`` column, ``3 · <its matched
     label>``."""
-    from .names import SEPARATOR
-
     if labels is not None and labels != getattr(model.config, "labels", None) and labels in model.adata.obs.columns:
         label = context_for(model).type_labels(labels).name(type_index)
         return f"{type_index}{SEPARATOR}{label}" if label else None
@@ -735,15 +743,15 @@ def spearman_with_steps(values: np.ndarray) -> np.ndarray:
 def traverse(
     model,
     type: int | str | None = None,  # noqa: A002 - the word users know
-    dim: int = 0,
+    dim: int = _DEFAULTS.dim,
     steps: int = DEFAULT_STEPS,
     *,
     cell: int | str | None = None,
     genes=None,
     n_markers: int = DEFAULT_MARKERS,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    normalize: str = ZSCORE,
-    arm: int | None = None,
+    normalize: str = _DEFAULTS.normalize,
+    arm: int | None = _DEFAULTS.arm,
     labels: str | None = None,
 ) -> Traversal:
     """Sweep state dimension ``dim`` of a type (or of one cell) with the type held fixed (module docstring).

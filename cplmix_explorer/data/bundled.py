@@ -44,6 +44,7 @@ class BundledDataset:
 
 
 def _load_zeisel2015() -> AnnData:
+    # lazy: listing the datasets ('cplmix datasets', --help) loads no data library
     import anndata
 
     adata = anndata.read_h5ad(data_file("zeisel2015_mouse_cortex.h5ad"))
@@ -56,6 +57,7 @@ MNIST_IMAGE_SHAPE = (28, 28)
 
 def _load_mnist5k() -> AnnData:
     """5,000 MNIST digits (500 per digit): X (5000, 784) float32 in [0, 1], row-major 28 x 28 pixels."""
+    # lazy: listing the datasets ('cplmix datasets', --help) loads no data library
     import numpy as np
     import pandas as pd
     from anndata import AnnData
@@ -77,7 +79,8 @@ def _load_mnist5k() -> AnnData:
 def _load_han2018_bladder() -> AnnData:
     """2,100 mouse bladder cells (Microwell-seq), raw counts (uint16 CSR) of the genes detected in at least 10
     cells; ``var_names`` keep the source's column names (gene0 ...: the selection shipped no gene symbols)."""
-    import numpy as np  # imported here: ``cplmix --help`` does not load the data stack
+    # lazy: listing the datasets ('cplmix datasets', --help) loads no data library
+    import numpy as np
     import pandas as pd
     import scipy.sparse as sp
     from anndata import AnnData
@@ -101,6 +104,7 @@ SYNTHETIC_PANEL_FRACTION = 1.0
 
 
 def _load_synthetic() -> AnnData:
+    # lazy: listing the datasets ('cplmix datasets', --help) loads no data library
     from .simulate import simulate
 
     adata = simulate(panel_fraction=SYNTHETIC_PANEL_FRACTION)

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import anndata
 import h5py
+import numpy as np
+import scipy.sparse as sp
 from anndata import AnnData
+from anndata.io import sparse_dataset, write_elem
 
 from ..errors import CplmixError
 from .bundled import DATASETS, load
+from .validate import _iter_row_chunks
 
 
 def read_data(source: str | os.PathLike | AnnData, backed: bool = False) -> AnnData:
@@ -66,3 +70,36 @@ def _check_h5ad_structure(path: Path, text: str) -> None:
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def write_h5ad(path: Path, adata: AnnData, x_chunks=None) -> None:
+    """Write ``adata`` atomically; ``x_chunks`` (a backed matrix) becomes its X, copied in row chunks."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        adata.write_h5ad(temporary)
+        if x_chunks is not None:
+            _append_x(temporary, x_chunks)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _append_x(path: Path, matrix) -> None:
+    """Write a backed (sparse or dense) matrix as X of the .h5ad at ``path``, one block of rows at a time."""
+    with h5py.File(path, "a") as handle:
+        start, written = 0, None
+        for block in _iter_row_chunks(matrix):
+            if sp.issparse(block):
+                block = sp.csr_matrix(block)
+                if written is None:
+                    write_elem(handle, "X", block)  # resizable: anndata writes sparse parts with maxshape None
+                    written = sparse_dataset(handle["X"])
+                else:
+                    written.append(block)
+            else:
+                block = np.asarray(block)
+                if written is None:
+                    written = handle.create_dataset("X", shape=matrix.shape, dtype=block.dtype, chunks=True)
+                    written.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+                written[start : start + len(block)] = block
+            start += block.shape[0]

@@ -2,7 +2,7 @@
 
 :func:`h5ad_shape` reads the shape, the number of stored values and their dtypes from the HDF5 header (X is
 not loaded); :func:`estimate_training_memory` turns them into the resident memory of each stage of a run
-(reading, preparation, the data the engine holds, the neighbour search, the Leiden start, training,
+(reading, preparation, the data the engine holds, the neighbor search, the Leiden start, training,
 inference), and :func:`check_training_memory` refuses a run whose largest stage does not fit in the memory
 available (:func:`available_memory`: the smaller of the machine's available memory and the cgroup's limit
 less its usage, or the ``CPLMIX_MEMORY_LIMIT`` environment variable, e.g. ``8G``) with one line saying what
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import psutil
+
 from ..errors import CplmixError
 
 #: X larger than this (stored values + indices, or dense values) is read backed by default.
@@ -30,9 +32,9 @@ BACKED_MIN_BYTES = 1 << 30
 MEMORY_LIMIT_ENV = "CPLMIX_MEMORY_LIMIT"
 #: Resident memory of the interpreter with torch, anndata and the libraries loaded.
 BASE_BYTES = 700 * 2**20
-#: Bytes per cell of the neighbour search beyond the principal component scores: pynndescent's graph and
+#: Bytes per cell of the neighbor search beyond the principal component scores: pynndescent's graph and
 #: search trees, and the walks' table (N x 16 int64) (checked at 1e5 cells: docs/scale.md).
-NEIGHBOUR_BYTES_PER_CELL = 1200
+NEIGHBOR_BYTES_PER_CELL = 1200
 #: Resident memory that the approximate search adds once (numba's compiled code and compiler), and the cells
 #: above which it is used on the CPU (model.neighbors.EXACT_MAX_CELLS).
 APPROXIMATE_SEARCH_BYTES = 500 * 2**20
@@ -47,7 +49,7 @@ TRAINING_BYTES = 300 * 2**20
 #: Model genes kept by highly-variable selection hold at most this multiple of their share of the non-zeros
 #: (variable genes are more often expressed than the average gene).
 SELECTED_DENSITY_FACTOR = 1.5
-#: Principal components of the neighbour search (model.neighbors.NEIGHBOUR_COMPONENTS).
+#: Principal components of the neighbor search (model.neighbors.NEIGHBOR_COMPONENTS).
 COMPONENTS = 50
 
 
@@ -124,8 +126,8 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
 
     read: X in memory unless backed. prepare: the selected genes as CSR float32 (or dense float32), grown
     block by block (at most 1.25 x its size while it grows). data: the engine's copy of the selected values
-    (float32 values + int32 columns; on a GPU it lives there instead). neighbours: 50 principal component scores
-    and the search. leiden: the neighbour graph in scipy and igraph. training: the walks' table, the start
+    (float32 values + int32 columns; on a GPU it lives there instead). neighbors: 50 principal component scores
+    and the search. leiden: the neighbor graph in scipy and igraph. training: the walks' table, the start
     categories and a step's working memory. inference: the per-cell results."""
     n = shape.n_cells
     kept = min(n_genes, shape.n_genes)
@@ -145,7 +147,7 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
         "read": BASE_BYTES + read + n * 200,
         "prepare": BASE_BYTES + read + int(selected * 1.25) + n * 8,
         "data": held + engine,
-        "neighbours": held + engine + search + n * COMPONENTS * 4 + n * NEIGHBOUR_BYTES_PER_CELL,
+        "neighbours": held + engine + search + n * COMPONENTS * 4 + n * NEIGHBOR_BYTES_PER_CELL,
         "leiden": later + n * LEIDEN_BYTES_PER_CELL,
         "training": later + n * n_arms * 8 + TRAINING_BYTES,
         "inference": later + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4),
@@ -186,8 +188,6 @@ def available_memory() -> tuple[int, str]:
     text = os.environ.get(MEMORY_LIMIT_ENV)
     if text:
         return parse_bytes(text), MEMORY_LIMIT_ENV
-    import psutil
-
     available, source = int(psutil.virtual_memory().available), "available memory"
     room = _cgroup_room()
     if room is not None and room < available:

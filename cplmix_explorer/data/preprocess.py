@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from ..config import TARGET_SUM, CplMixConfig
 from ..errors import CplmixError
+from .simulate import CsrBuilder
 from .validate import _iter_row_chunks, check_types_fit_cells, expression_matrix, validate_anndata
 
 LOG1P_NORMALIZE = "log1p_normalize"
@@ -248,7 +249,7 @@ def deskew_images(values: np.ndarray | sp.csr_matrix, image_shape: tuple[int, in
     image: the deskewing of LeCun et al. (1998), which removes the slant that writers add to the same digit.
     A uniform image is kept as it is. Values stay within each image's range.
     """
-    import torch
+    import torch  # lazy: only image deskewing uses torch; reading and preparing data does not
 
     height, width = image_shape
     if height * width != values.shape[1]:
@@ -290,8 +291,6 @@ def _select_columns(matrix, gene_index: np.ndarray):
     """Column subset as float32, CSR when the input is sparse, read in row chunks (backed files too) and
     written into one growing buffer (sparse) or one preallocated array (dense), so the peak stays near the
     output's size instead of the chunks plus their concatenation."""
-    from .simulate import _CsrBuilder
-
     n_rows = matrix.shape[0]
     builder = dense = None
     start = 0
@@ -299,7 +298,7 @@ def _select_columns(matrix, gene_index: np.ndarray):
         if sp.issparse(block):
             block = sp.csr_matrix(block)[:, gene_index].astype(np.float32)
             block.sort_indices()
-            builder = builder or _CsrBuilder(n_rows, len(gene_index))
+            builder = builder or CsrBuilder(n_rows, len(gene_index))
             builder.append(block.data, block.indices, np.diff(block.indptr))
         else:
             dense = np.empty((n_rows, len(gene_index)), np.float32) if dense is None else dense

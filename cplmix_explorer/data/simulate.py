@@ -37,6 +37,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.stats import rankdata
 from anndata import AnnData
 
 from ..errors import CplmixError
@@ -236,7 +237,7 @@ def simulate(
     # -- counts, in chunks of whole RNG blocks --------------------------------------------------------------
     chunk_rows = int(np.ceil(chunk_size / RNG_BLOCK_CELLS)) * RNG_BLOCK_CELLS
     profile32, response32 = profile.astype(np.float32), response.astype(np.float32)
-    builder = _CsrBuilder(n_cells, n_genes)
+    builder = CsrBuilder(n_cells, n_genes)
     for start in range(0, n_cells, chunk_rows):
         stop = min(start + chunk_rows, n_cells)
         rows = slice(start, stop)
@@ -369,7 +370,7 @@ def _gains(parameters, gains, n_types, state_dim, activity_gain, metabolic_gain,
 
 
 def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int, seed: int, midpoint, slope,
-                 builder: _CsrBuilder) -> None:
+                 builder: CsrBuilder) -> None:
     """Negative-binomial counts with dropout for cells first_cell.. (rows of ``mean``), block by block,
     appended to ``builder``."""
     n_genes = mean.shape[1]
@@ -396,7 +397,7 @@ def _draw_counts(mean: np.ndarray, gene_dispersion: np.ndarray, first_cell: int,
         builder.append(kept, flat - rows * n_genes, np.bincount(rows, minlength=block_mean.shape[0]))
 
 
-class _CsrBuilder:
+class CsrBuilder:
     """Appends row blocks into one growing CSR buffer (values float32, column indices int32).
 
     The buffers start at an estimate and grow / shrink with ``ndarray.resize`` (realloc: large blocks are
@@ -447,8 +448,6 @@ def state_recovery(adata: AnnData, inferred_state: np.ndarray, min_cells: int = 
     dimension j, averaged across arms; NaN where the type does not respond to j). NaN for types with fewer
     than ``min_cells`` cells.
     """
-    from scipy.stats import rankdata
-
     if "simulation" not in adata.uns or "true_state" not in adata.obsm:
         raise CplmixError("state_recovery needs simulated data (uns['simulation'] and obsm['true_state'])")
     inferred = np.asarray(inferred_state, dtype=np.float64)

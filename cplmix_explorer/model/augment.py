@@ -12,9 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
-from ..errors import CplmixError
-
 
 class Augmenter(nn.Module):
     """Base class: ``forward(values (B, G), n_arms) -> copies (A, B, G)`` on the same device."""
@@ -113,93 +110,17 @@ class AffineImageAugmenter(Augmenter):
 
 
 def resolve_auto(image_shape: tuple[int, int] | None, n_arms: int) -> str:
-    """What ``augment='auto'`` means for a run: neighbour walks when there is a second arm to couple with,
-    whatever the data's size (the neighbours are found in chunks, approximately above a size, see
+    """What ``augment='auto'`` means for a run: neighbor walks when there is a second arm to couple with,
+    whatever the data's size (the neighbors are found in chunks, approximately above a size, see
     :mod:`.neighbors`); otherwise affine warps for images and none for expression data.
 
     Why walks: arms that see the same cell can agree on any deterministic partition of it, also one that cuts
-    a type along its continuous state; arms that see different cells of one neighbourhood can only agree on
-    groups with few neighbours across them. On the Zeisel 2015 classes the default walks (grown over 300
-    steps) raised the 2-arm ARI from 0.572 to 0.686, and the simulator's type ACC from 0.572 to 0.801, at the
-    cost of its within-type state (README, "Augmentation default"). On the MNIST digits two-hop walks
-    in pixel PCs raised the 2-arm ACC from 0.30 (affine warps of the same digit) to about 0.6 (README, Table 1):
-    a warped copy of the digit itself lets the arms agree on the digit's style, another digit of the
-    neighbourhood does not."""
+    a type along its continuous state; arms that see different cells of one neighborhood can only agree on
+    groups with few neighbors across them. On images, too, a warped copy of the digit itself lets the arms
+    agree on the digit's style, another digit of the neighborhood does not (measurements:
+    benchmarks/HISTORY.md)."""
     if n_arms > 1:
         return "neighbors"
     if image_shape is not None:
         return "affine"
     return "none"
-
-
-def make_augmenter(
-    name: str,
-    *,
-    is_counts: bool,
-    image_shape: tuple[int, int] | None,
-    strength: float,
-    augmenter_path: str | None = None,
-    genes: list[str] | None = None,
-    transform: str | None = None,
-    likelihood: str = "gaussian",
-    neighbor_steps: int | None = None,
-    neighbor_ramp_steps: int | None = None,
-    n_arms: int,
-) -> tuple[Augmenter, str]:
-    """The augmenter for an option value and the name actually used ('auto' resolved by :func:`resolve_auto`
-    from the image shape and the number of arms).
-
-    ``genes`` and ``transform`` (the data's model genes and normalisation) are checked against a trained
-    generative augmenter; it produces log-expression, so it needs the Gaussian likelihood.
-    """
-    if name == "auto":
-        name = resolve_auto(image_shape, n_arms)
-    if name == "none":
-        return IdentityAugmenter(), name
-    if name == "neighbors":
-        from .neighbors import NeighbourAugmenter
-
-        if neighbor_steps is None:  # the default walk length of the data kind (config.py)
-            neighbor_steps = NEIGHBOR_STEPS_EXPRESSION if image_shape is None else NEIGHBOR_STEPS_IMAGES
-        walk = {"walk_steps": neighbor_steps}
-        if neighbor_ramp_steps is not None:
-            walk["ramp_steps"] = neighbor_ramp_steps
-        return NeighbourAugmenter(**walk), name
-    if name == "noise":
-        return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
-    if name == "affine":
-        if image_shape is None:
-            raise CplmixError("augment 'affine' needs image data (uns['image_shape'] is missing)")
-        return AffineImageAugmenter(image_shape, strength), name
-    if name == "generative":
-        if not augmenter_path:
-            raise CplmixError(
-                "augment 'generative' needs a trained augmenter: run 'cplmix augmenter train DATA --out DIR' "
-                "and pass --augmenter-path DIR"
-            )
-        if likelihood != "gaussian":
-            raise CplmixError(
-                "augment 'generative' produces log-expression, not counts: use it with the Gaussian likelihood"
-            )
-        from .generative import load_generative_augmenter
-
-        return load_generative_augmenter(augmenter_path, genes=genes, transform=transform), name
-    raise CplmixError(f"unknown augmentation '{name}' (auto, none, noise, neighbors, generative, affine)")
-
-
-def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
-    """The augmenter a training run with ``config`` uses on ``prepared`` data (what the engine calls; the
-    run folder calls it too, to refuse a mismatched augmenter before anything is written)."""
-    return make_augmenter(
-        config.augment,
-        is_counts=prepared.preprocessing.transform == "log1p_normalize",
-        image_shape=prepared.preprocessing.image_shape,
-        strength=config.augment_strength,
-        augmenter_path=config.augmenter_path,
-        genes=prepared.genes,
-        transform=prepared.preprocessing.transform,
-        likelihood=likelihood,
-        neighbor_steps=config.neighbor_steps,
-        neighbor_ramp_steps=config.neighbor_ramp_steps,
-        n_arms=config.n_arms,
-    )

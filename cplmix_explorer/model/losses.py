@@ -122,6 +122,7 @@ def arm_pairs(n_arms: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 ABSOLUTE_SPREAD = "absolute"  # the paper's sigma: each category's batch standard deviation
 RELATIVE_SPREAD = "relative"  # that deviation over the arm's typical one (root mean variance over categories)
+NO_SPREAD = "none"  # sigma = 1: the squared difference of the arms' log-probabilities, the same weight for every category
 
 
 def coupling_distance(
@@ -150,6 +151,10 @@ def coupling_distance(
     """
     if variance is None:
         variance = batch_variance(q)
+    if spread == NO_SPREAD:
+        scaled = torch.log(q + (eps if floor is None else floor))
+        first, second = arm_pairs(q.shape[0], q.device)
+        return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
     if spread == RELATIVE_SPREAD:
         resolution = 1.0 / q.shape[1] if q.shape[1] > 1 else 1.0  # per-process batch; the global one is larger
         variance = (variance + resolution) / (variance.mean(dim=-1, keepdim=True) + resolution)

@@ -1,24 +1,21 @@
-"""Neighbour copies: each arm sees one of the cell's nearest neighbours instead of the cell itself.
+"""Neighbor copies: each arm sees one of the cell's nearest neighbors instead of the cell itself.
 
 A non-parametric type-preserving augmentation for expression data: cells close in the top principal
-components of the model input almost always share the type (a k-nearest-neighbour graph is what Leiden
+components of the model input almost always share the type (a k-nearest-neighbor graph is what Leiden
 clusters) but differ in their continuous state, library size and sampling noise. Arms that must agree on
-the type of a cell while each sees a different neighbour cannot agree on a partition that cuts through a
-continuum (a state split of one type has many neighbours on both sides of its boundary), only on one that
-separates groups of cells with few neighbours across them. The paper's trained generative augmenter aims
+the type of a cell while each sees a different neighbor cannot agree on a partition that cuts through a
+continuum (a state split of one type has many neighbors on both sides of its boundary), only on one that
+separates groups of cells with few neighbors across them. The paper's trained generative augmenter aims
 at the same "samples in the latent vicinity of a cell"; this one needs no training.
 
-Each arm's copy is the end of a short random walk on the graph (``walk_steps`` hops, each to the current
-cell itself or one of its k neighbours): a walk stays inside a type (types are the graph's weakly connected
-groups) but travels along the type's continuum, so two arms see the same type at different states. With one
-hop the arms' copies are so close in state that a split of a large type along its state still looks
-type-preserving to the coupling. On the Zeisel 2015 classes six hops raised the 2-arm ARI from 0.618 to 0.769
-(benchmarks/results/zeisel_quality_class_augmentneighbors*.md).
+Each arm's copy is the end of a random walk on the graph (``walk_steps`` hops, each to the current cell itself
+or one of its k neighbors). For expression data the default is one hop, a direct neighbor: longer walks travel
+along a type's continuum but also leave small types, whose cells then reach the arms as copies of other types,
+and the arms disagree on (or merge) those types. Images take two hops.
 
-The walks start at one hop and grow to ``walk_steps`` over the first ``ramp_steps`` training steps. Long walks
-from the first step, while the categories are still arbitrary, made the arms agree fastest by merging groups:
-on four well-separated simulated types 6-hop walks recovered all four on 3 of 6 seeds (two types merged,
-one category unused on the others), walks grown over 300 steps on every seed tried.
+With more than one hop the walks start at one hop and grow to ``walk_steps`` over the first ``ramp_steps``
+training steps. Long walks from the first step, while the categories are still arbitrary, made the arms agree
+fastest by merging groups (benchmarks/HISTORY.md).
 """
 
 from __future__ import annotations
@@ -32,9 +29,9 @@ import torch
 from ..config import NEIGHBOR_STEPS_EXPRESSION, CplMixConfig
 from .augment import Augmenter
 
-#: Principal components the neighbours are found in, and the neighbours per cell (scanpy's defaults).
-NEIGHBOUR_COMPONENTS = 50
-NEIGHBOURS = 15
+#: Principal components the neighbors are found in, and the neighbors per cell (scanpy's defaults).
+NEIGHBOR_COMPONENTS = 50
+NEIGHBORS = 15
 #: Hops of the random walk that picks each arm's copy (CplMixConfig.neighbor_steps's default for expression data).
 WALK_STEPS = NEIGHBOR_STEPS_EXPRESSION
 #: Training steps over which the walks grow from one hop to their full length (CplMixConfig.neighbor_ramp_steps).
@@ -49,18 +46,18 @@ PCA_CHUNK = 8192
 #: On the CPU the exact search (N^2 distances) is used up to this many cells; above it pynndescent's
 #: approximate graph (scanpy's choice), whose recall is measured on a sample and recorded. CUDA stays exact.
 EXACT_MAX_CELLS = 50_000
-#: Cells whose approximate neighbours are checked against the exact ones (the recorded recall).
+#: Cells whose approximate neighbors are checked against the exact ones (the recorded recall).
 RECALL_SAMPLE = 1000
 
 RowSource = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class NeighbourSearch:
+class NeighborSearch:
     """Each row's k nearest other rows and how they were found.
 
     ``indices`` (N, k) row indices; ``method`` 'exact' (all distances, in chunks) or 'pynndescent'
-    (approximate); ``recall`` the mean fraction of the exact k neighbours found, over ``checked_cells``
+    (approximate); ``recall`` the mean fraction of the exact k neighbors found, over ``checked_cells``
     sampled rows (1.0 for the exact search, which is its own reference)."""
 
     indices: torch.Tensor
@@ -68,9 +65,11 @@ class NeighbourSearch:
     recall: float
     checked_cells: int
     components: int
+    #: (N, k) Euclidean distance to each neighbor in the principal components (what the graph's weights use)
+    distances: torch.Tensor | None = None
 
     def summary(self) -> dict:
-        """What a run records about its neighbour search (JSON-ready)."""
+        """What a run records about its neighbor search (JSON-ready)."""
         return {
             "method": self.method,
             "cells": int(self.indices.shape[0]),
@@ -82,7 +81,7 @@ class NeighbourSearch:
 
 
 @torch.no_grad()
-def principal_scores(rows_of: RowSource, n: int, n_components: int = NEIGHBOUR_COMPONENTS,
+def principal_scores(rows_of: RowSource, n: int, n_components: int = NEIGHBOR_COMPONENTS,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """Scores (N, q) of ``n`` rows on their top ``q = min(n_components, N, G)`` principal components, exact
     (eigenvectors of the gene covariance), reading the rows ``rows_of(index)`` -> (r, G) in chunks: memory is
@@ -113,7 +112,7 @@ def principal_scores(rows_of: RowSource, n: int, n_components: int = NEIGHBOUR_C
 
 
 @torch.no_grad()
-def exact_neighbours(scores: torch.Tensor, k: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+def exact_neighbors(scores: torch.Tensor, k: int, queries: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (Q, k) of the k nearest other rows of ``scores`` (N, q) for the rows ``queries`` (Q,) (all by
     default), by all distances in chunks of queries (memory: at most DISTANCE_CHUNK_VALUES distances)."""
     device = scores.device
@@ -130,10 +129,10 @@ def exact_neighbours(scores: torch.Tensor, k: int, queries: torch.Tensor | None 
     return out
 
 
-def approximate_neighbours(scores: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+def approximate_neighbors(scores: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Indices (N, k) of approximately the k nearest other rows of ``scores`` (N, q) float32: pynndescent's
-    nearest-neighbour descent (Euclidean), as scanpy finds its neighbours."""
-    from pynndescent import NNDescent
+    nearest-neighbor descent (Euclidean), as scanpy finds its neighbors."""
+    from pynndescent import NNDescent  # lazy: loads numba (seconds); only searches above 50,000 cells use it
 
     index = NNDescent(scores, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
                       compressed=True, verbose=False)
@@ -150,58 +149,71 @@ def approximate_neighbours(scores: np.ndarray, k: int, seed: int = 0) -> np.ndar
 
 
 def search_method(n: int, device: torch.device | str) -> str:
-    """The search :func:`find_neighbours` uses for ``n`` rows on ``device``: exact on CUDA and for at most
+    """The search :func:`find_neighbors` uses for ``n`` rows on ``device``: exact on CUDA and for at most
     EXACT_MAX_CELLS rows, pynndescent above that on the CPU."""
     return "exact" if torch.device(device).type == "cuda" or n <= EXACT_MAX_CELLS else "pynndescent"
 
 
 @torch.no_grad()
-def find_neighbours(rows_of: RowSource, n: int, k: int = NEIGHBOURS, n_components: int = NEIGHBOUR_COMPONENTS,
-                    seed: int = 0, device: torch.device | str = "cpu", method: str | None = None) -> NeighbourSearch:
+def find_neighbors(rows_of: RowSource, n: int, k: int = NEIGHBORS, n_components: int = NEIGHBOR_COMPONENTS,
+                    seed: int = 0, device: torch.device | str = "cpu", method: str | None = None) -> NeighborSearch:
     """Each of ``n`` rows' k nearest other rows (Euclidean) in their top ``n_components`` principal
     components; rows are read in chunks with ``rows_of(index (r,)) -> (r, G)``. The search is
     :func:`search_method`'s unless ``method`` ('exact' or 'pynndescent') is given; an approximate search is
-    checked against the exact neighbours of RECALL_SAMPLE seeded random rows and the recall recorded."""
+    checked against the exact neighbors of RECALL_SAMPLE seeded random rows and the recall recorded."""
     device = torch.device(device)
     k = min(k, n - 1)
     scores = principal_scores(rows_of, n, n_components, device)
     method = method or search_method(n, device)
     if method == "exact":
-        return NeighbourSearch(exact_neighbours(scores, k), "exact", 1.0, 0, scores.shape[1])
+        found = exact_neighbors(scores, k)
+        return NeighborSearch(found, "exact", 1.0, 0, scores.shape[1], neighbor_distances(scores, found))
     if method != "pynndescent":
-        raise ValueError(f"unknown neighbour search '{method}' (exact, pynndescent)")
+        raise ValueError(f"unknown neighbor search '{method}' (exact, pynndescent)")
     host = scores.cpu().numpy()
-    found = torch.as_tensor(approximate_neighbours(host, k, seed), device=device)
+    found = torch.as_tensor(approximate_neighbors(host, k, seed), device=device)
     sample = np.sort(np.random.default_rng(seed).choice(n, min(RECALL_SAMPLE, n), replace=False))
     sample_t = torch.as_tensor(sample, device=device)
-    exact = exact_neighbours(scores, k, sample_t)
+    exact = exact_neighbors(scores, k, sample_t)
     hits = (found[sample_t].unsqueeze(-1) == exact.unsqueeze(1)).any(-1).float().mean()
-    return NeighbourSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1])
+    return NeighborSearch(found, "pynndescent", float(hits), len(sample), scores.shape[1],
+                           neighbor_distances(scores, found))
 
 
 @torch.no_grad()
-def nearest_neighbours(
-    points: torch.Tensor, k: int = NEIGHBOURS, n_components: int = NEIGHBOUR_COMPONENTS, seed: int = 0
+def neighbor_distances(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N, k) from each row of ``scores`` (N, q) to its neighbors ``indices`` (N, k),
+    in chunks of rows (memory: a chunk x k x q block)."""
+    out = torch.empty(indices.shape, dtype=torch.float32, device=scores.device)
+    for start in range(0, indices.shape[0], PCA_CHUNK):
+        stop = start + PCA_CHUNK
+        out[start:stop] = (scores[start:stop, None, :] - scores[indices[start:stop]]).norm(dim=-1)
+    return out
+
+
+@torch.no_grad()
+def nearest_neighbors(
+    points: torch.Tensor, k: int = NEIGHBORS, n_components: int = NEIGHBOR_COMPONENTS, seed: int = 0
 ) -> torch.Tensor:
     """Indices (N, k) of each row's k nearest other rows (Euclidean) in the top ``n_components`` principal
-    components of ``points`` (N, G) (:func:`find_neighbours` on rows held in memory)."""
-    return find_neighbours(lambda index: points[index], points.shape[0], k, n_components, seed,
+    components of ``points`` (N, G) (:func:`find_neighbors` on rows held in memory)."""
+    return find_neighbors(lambda index: points[index], points.shape[0], k, n_components, seed,
                            device=points.device).indices
 
 
-class NeighbourAugmenter(Augmenter):
-    """Each arm draws, per cell, the end of a ``walk_steps``-hop random walk on the k-nearest-neighbour graph
-    (each hop: the current cell itself or one of its k neighbours, uniformly among the k + 1). During the
+class NeighborAugmenter(Augmenter):
+    """Each arm draws, per cell, the end of a ``walk_steps``-hop random walk on the k-nearest-neighbor graph
+    (each hop: the current cell itself or one of its k neighbors, uniformly among the k + 1). During the
     first ``ramp_steps`` training steps the walk is shorter: 1 + (walk_steps - 1) * step / ramp_steps hops
     (rounded down).
 
     Unlike the value-level augmenters it chooses *which stored rows* each arm sees: the trainer calls
-    :meth:`source_rows` and gathers those rows (so count data keep each neighbour's own library size)."""
+    :meth:`source_rows` and gathers those rows (so count data keep each neighbor's own library size)."""
 
     name = "neighbors"
     chooses_rows = True
 
-    def __init__(self, k: int = NEIGHBOURS, walk_steps: int = WALK_STEPS, ramp_steps: int = RAMP_STEPS):
+    def __init__(self, k: int = NEIGHBORS, walk_steps: int = WALK_STEPS, ramp_steps: int = RAMP_STEPS):
         super().__init__()
         if walk_steps < 1:
             raise ValueError(f"walk_steps must be at least 1, got {walk_steps}")
@@ -211,18 +223,18 @@ class NeighbourAugmenter(Augmenter):
         self.walk_steps = int(walk_steps)
         self.ramp_steps = int(ramp_steps)
         self.register_buffer("table", torch.zeros(0, self.k + 1, dtype=torch.long), persistent=False)
-        self.search: NeighbourSearch | None = None  # how fit found the neighbours
+        self.search: NeighborSearch | None = None  # how fit found the neighbors
 
-    def fit(self, points: torch.Tensor | RowSource, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighbourAugmenter:
-        """Find the neighbours among ``rows`` (R,) of the data's ``n_data`` rows, from their model input
+    def fit(self, points: torch.Tensor | RowSource, rows: torch.Tensor, n_data: int, seed: int = 0) -> NeighborAugmenter:
+        """Find the neighbors among ``rows`` (R,) of the data's ``n_data`` rows, from their model input
         ``points``: (R, G), or a function giving the model input of positions ``index`` into ``rows`` (read in
-        chunks). The table maps every data row to itself and its k neighbours, as data row indices
+        chunks). The table maps every data row to itself and its k neighbors, as data row indices
         (n_data, k + 1); rows outside ``rows`` map to themselves only. ``search`` records how they were found."""
         rows_of = points if callable(points) else (lambda index: points[index])
-        self.search = find_neighbours(rows_of, len(rows), self.k, seed=seed, device=rows.device)
-        neighbours = rows[self.search.indices]  # (R, k) data rows
-        table = torch.arange(n_data, device=rows.device).unsqueeze(1).repeat(1, neighbours.shape[1] + 1)
-        table[rows, 1:] = neighbours
+        self.search = find_neighbors(rows_of, len(rows), self.k, seed=seed, device=rows.device)
+        neighbors = rows[self.search.indices]  # (R, k) data rows
+        table = torch.arange(n_data, device=rows.device).unsqueeze(1).repeat(1, neighbors.shape[1] + 1)
+        table[rows, 1:] = neighbors
         self.table = table
         return self
 
@@ -248,7 +260,7 @@ class NeighbourAugmenter(Augmenter):
         return rows
 
     def forward(self, values: torch.Tensor, n_arms: int) -> torch.Tensor:  # pragma: no cover - not used
-        raise RuntimeError("NeighbourAugmenter chooses rows: the trainer calls source_rows")
+        raise RuntimeError("NeighborAugmenter chooses rows: the trainer calls source_rows")
 
 
 #: Largest |z| of a standardised gene, as scanpy's ``sc.pp.scale(max_value=10)``.
@@ -259,9 +271,9 @@ STANDARDIZED_CLIP = 10.0
 def standardized(rows_of: RowSource, n: int, clip: float = STANDARDIZED_CLIP, device: torch.device | str = "cpu") -> RowSource:
     """The rows of ``rows_of`` (a RowSource over ``n`` rows) with each column (gene) centred, scaled to unit
     variance and clipped at +-``clip`` (scanpy's ``sc.pp.scale(max_value=10)`` before its PCA): the space in
-    which the neighbours of expression data are found. Unscaled, the principal components follow the genes
+    which the neighbors of expression data are found. Unscaled, the principal components follow the genes
     that vary most across the large types, and the markers of a type of a few dozen cells barely move them, so
-    its cells' nearest neighbours are often cells of a larger type; scaled, every gene counts alike. The
+    its cells' nearest neighbors are often cells of a larger type; scaled, every gene counts alike. The
     moments take one pass over the rows in chunks (memory: a chunk and two G-vectors); constant genes give 0."""
     device = torch.device(device)
     total = squares = None

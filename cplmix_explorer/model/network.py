@@ -6,7 +6,7 @@ q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from 
 
 The state reads either the type encoder's bottleneck (``state_encoder="shared"``, the paper's network) or the
 bottleneck of a second encoder of the same shape (``"separate"``). The coupling's gradient reaches only the
-type encoder, and when the arms see different cells of one type (neighbour copies) it makes that encoder
+type encoder, and when the arms see different cells of one type (neighbor copies) it makes that encoder
 blind to the within-type variation the state is meant to capture; a separate state encoder keeps it.
 
 Tensors carry a leading arm axis: inputs (A, B, G), outputs (A, B, ...).
@@ -27,9 +27,8 @@ NEGATIVE_BINOMIAL = "nb"
 #: Where q(s|c, x) reads x: the type encoder's bottleneck, or a second encoder of its own.
 SHARED_STATE_ENCODER = "shared"
 SEPARATE_STATE_ENCODER = "separate"
-#: Activation of the separate state encoder's bottleneck: none, or ReLU as the type encoder (and as every run
-#: before the option existed). With ReLU some cells had all ten units at zero, so 1-7 % of a type's cells shared
-#: one state (seen on the traversal tests' simulation); without it no two cells do.
+#: Activation of the separate state encoder's bottleneck: none, or ReLU as the type encoder. With ReLU some cells
+#: had all ten units at zero and so shared one state; without it no two cells do.
 LINEAR_STATE_BOTTLENECK = "linear"
 RELU_STATE_BOTTLENECK = "relu"
 FIXED_GENE_VARIANCE = "fixed"  # unit variance of the Gaussian on log-expression (the paper)
@@ -69,8 +68,8 @@ def input_dropout(x: torch.Tensor, rate: float, training: bool) -> tuple[torch.T
     scale = 256.0 / (256 - threshold)
     if x.requires_grad:
         return x * (random_bytes >= threshold), scale
-    # The comparison written straight into a float tensor, then one in-place product: ~5x faster on the CPU
-    # than torch.where with a bool mask (same values; x is finite, validated on input).
+    # The comparison written straight into a float tensor, then one in-place product: faster on the CPU than
+    # torch.where with a bool mask (same values; x is finite, validated on input).
     masked = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     torch.ge(random_bytes, threshold, out=masked)
     return masked.mul_(x), scale

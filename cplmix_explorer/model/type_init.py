@@ -1,22 +1,21 @@
-"""Where the categories start: a Leiden partition of the cells' nearest-neighbour graph.
+"""Where the categories start: a Leiden partition of the cells' nearest-neighbor graph.
 
-At the engine's coupling weight (0.1) the paper's objective prefers the right typing, but gradient descent from a
-random network does not reach it: on the simulator, arms first fitted to the true types and then trained with
-the objective alone end at a lower loss, on training and held-out cells (1,079 against 1,137 nats per cell on
-seed 0, 1,165 against 1,171 on seed 1) and keep 9-10 of the 10 types (ACC 0.985), where the random start uses
-5-6 categories (ACC 0.73-0.76; ``benchmarks/start_study.py``, README "Quality").
+Gradient descent from a random network does not reach the typing the objective prefers: on the simulator, arms
+first fitted to the true types and then trained with the objective alone end at a lower loss and keep nearly
+every type, where the random start uses about half of the categories (``benchmarks/start_study.py``; figures in
+benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
 partition of the training cells into K groups: Leiden communities (modularity, the resolution bisected until
-there are K of them) of the same 15-nearest-neighbour graph the neighbour walks use. This is how the deep
+there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use, its edges weighted as scanpy's
+``sc.pp.neighbors`` weighs them (UMAP's fuzzy simplicial set). After the warm-up the partition stays a prior
+(``type_prior_weight``) that the objective can overrule where the data disagree. This is how the deep
 clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster from k-means); the objective
 then refines the partition together with the continuous state.
 
 Each arm starts from its own Leiden run (its own random seed), aligned to the first arm's categories by
 maximum overlap. Groups the graph really has come out the same in every run; a cut that only makes up the
-number K (a type split in two because K is generous) can fall elsewhere in another run (the test suite's four
-simulated types split into eight: runs with seeds 1-3 agree with seed 0's at ARI 0.62-0.71; the simulator's 10
-types split into 20 are cut more alike, ARI 0.91-0.95). So the arms agree less on made-up categories, which
-consensus pruning (``cplmix prune``) removes first.
+number K (a type split in two because K is generous) can fall elsewhere in another run. So the arms agree less
+on made-up categories, which consensus pruning (``cplmix prune``) removes first (``start_per_arm``).
 """
 
 from __future__ import annotations
@@ -25,8 +24,10 @@ import math
 import random
 from dataclasses import dataclass
 
+import igraph
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 
 #: Resolution range searched for K communities, and the bisection steps (geometric; plenty for K <= 1000).
 RESOLUTION_RANGE = (1e-4, 1e3)
@@ -57,15 +58,52 @@ class TypePartition:
         }
 
 
-def neighbour_graph(neighbours: np.ndarray) -> sp.csr_matrix:
-    """Symmetric weighted adjacency (R, R) of a k-nearest-neighbour table (R, k) of row indices: 1 between
-    mutual neighbours, 1/2 where only one is among the other's neighbours (0.5 (A + A^T), as scikit-learn's
+def neighbor_graph(neighbors: np.ndarray) -> sp.csr_matrix:
+    """Symmetric weighted adjacency (R, R) of a k-nearest-neighbor table (R, k) of row indices: 1 between
+    mutual neighbors, 1/2 where only one is among the other's neighbors (0.5 (A + A^T), as scikit-learn's
     spectral clustering symmetrises a k-NN connectivity)."""
-    n, k = neighbours.shape
+    n, k = neighbors.shape
     rows = np.repeat(np.arange(n), k)
-    adjacency = sp.csr_matrix((np.ones(rows.size), (rows, neighbours.reshape(-1))), shape=(n, n))
-    adjacency.data[:] = 1.0  # a neighbour listed twice counts once
+    adjacency = sp.csr_matrix((np.ones(rows.size), (rows, neighbors.reshape(-1))), shape=(n, n))
+    adjacency.data[:] = 1.0  # a neighbor listed twice counts once
     return ((adjacency + adjacency.T) * 0.5).tocsr()
+
+
+#: Bisection steps for each cell's bandwidth in :func:`fuzzy_connectivities` (UMAP's smooth_knn_dist uses 64).
+BANDWIDTH_SEARCH_STEPS = 64
+#: Smallest bandwidth, as a fraction of the mean neighbor distance (UMAP's MIN_K_DIST_SCALE).
+MIN_BANDWIDTH_SCALE = 1e-3
+
+
+def fuzzy_connectivities(neighbors: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
+    """Symmetric weighted adjacency (R, R) of a k-nearest-neighbor table (R, k) and its distances (R, k): UMAP's
+    fuzzy simplicial set, the weights scanpy's ``sc.pp.neighbors`` gives the graph that ``sc.tl.leiden``
+    clusters. Each cell's nearest neighbor gets weight 1 and farther ones exp(-(d - d_nearest) / sigma), with
+    the cell's bandwidth sigma bisected so that its weights sum to log2(k + 1); the directed weights w are then
+    joined as w + w^T - w * w^T (fuzzy union). Why: with unit weights a cell on a type's edge pulls a community
+    across the boundary as strongly as its closest neighbors do; distance-aware weights keep the boundary where
+    the gap is."""
+    n, k = neighbors.shape
+    distances = np.asarray(distances, dtype=np.float64)
+    nearest = distances.min(axis=1, keepdims=True)
+    excess = np.maximum(distances - nearest, 0.0)
+    target = math.log2(k + 1)
+    low, high = np.zeros((n, 1)), np.full((n, 1), np.inf)
+    sigma = np.ones((n, 1))
+    for _ in range(BANDWIDTH_SEARCH_STEPS):
+        total = np.exp(-excess / sigma).sum(axis=1, keepdims=True)
+        above = total > target
+        high = np.where(above, sigma, high)
+        low = np.where(above, low, sigma)
+        sigma = np.where(np.isinf(high), sigma * 2.0, (low + high) / 2.0)
+    floor = MIN_BANDWIDTH_SCALE * max(float(distances.mean()), 1e-12)
+    sigma = np.maximum(sigma, floor)
+    weights = np.exp(-excess / sigma)
+    rows = np.repeat(np.arange(n), k)
+    directed = sp.csr_matrix((weights.reshape(-1), (rows, neighbors.reshape(-1))), shape=(n, n))
+    directed.sum_duplicates()
+    transposed = directed.T.tocsr()
+    return (directed + transposed - directed.multiply(transposed)).tocsr()
 
 
 #: Edges handed to igraph per call (bounds the temporary Python objects to a few hundred MB).
@@ -75,8 +113,6 @@ EDGE_CHUNK = 2_000_000
 def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
     """An undirected igraph Graph on ``n`` vertices with the edges (sources[i], targets[i]), added in chunks
     of EDGE_CHUNK so that a graph of millions of edges never needs all of them as Python objects at once."""
-    import igraph
-
     graph = igraph.Graph(n=n)
     for start in range(0, len(sources), EDGE_CHUNK):
         stop = start + EDGE_CHUNK
@@ -86,7 +122,7 @@ def igraph_graph(n: int, sources: np.ndarray, targets: np.ndarray):
 
 @dataclass(frozen=True)
 class LeidenGraph:
-    """The weighted neighbour graph Leiden runs on, built once for every arm's run: the symmetric adjacency
+    """The weighted neighbor graph Leiden runs on, built once for every arm's run: the symmetric adjacency
     (scipy, for merging communities) and igraph's graph with the weights as its edge attribute 'weight'
     (converted once, not at every resolution tried)."""
 
@@ -94,23 +130,23 @@ class LeidenGraph:
     graph: object
 
     @classmethod
-    def from_neighbours(cls, neighbours: np.ndarray) -> LeidenGraph:
-        adjacency = neighbour_graph(neighbours)
+    def from_neighbors(cls, neighbors: np.ndarray, distances: np.ndarray | None = None) -> LeidenGraph:
+        """The graph of a k-nearest-neighbor table (R, k): weighted by :func:`fuzzy_connectivities` when the
+        neighbors' ``distances`` (R, k) are given, else by :func:`neighbor_graph` (1 or 1/2 per edge)."""
+        adjacency = neighbor_graph(neighbors) if distances is None else fuzzy_connectivities(neighbors, distances)
         upper = sp.triu(adjacency, k=1).tocoo()
-        graph = igraph_graph(neighbours.shape[0], upper.row, upper.col)
+        graph = igraph_graph(neighbors.shape[0], upper.row, upper.col)
         graph.es["weight"] = upper.data.tolist()
         return cls(adjacency, graph)
 
 
-def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
-    """K = ``n_types`` groups of the rows of a k-nearest-neighbour table (R, k) (or its :class:`LeidenGraph`):
+def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
+    """K = ``n_types`` groups of the rows of a k-nearest-neighbor table (R, k) (or its :class:`LeidenGraph`):
     Leiden communities (modularity with a resolution parameter, igraph's implementation) at the resolution,
     found by geometric bisection, that gives K of them. When no resolution gives exactly K, the partition with
     the fewest communities above K is taken and its smallest community merged into the one it shares most
     edge weight with, until K remain. Deterministic for a seed."""
-    import igraph
-
-    prepared = neighbours if isinstance(neighbours, LeidenGraph) else LeidenGraph.from_neighbours(neighbours)
+    prepared = neighbors if isinstance(neighbors, LeidenGraph) else LeidenGraph.from_neighbors(neighbors)
     adjacency, graph = prepared.adjacency, prepared.graph
     n = adjacency.shape[0]
     if not 1 <= n_types <= n:
@@ -150,8 +186,6 @@ def leiden_partition(neighbours: np.ndarray | LeidenGraph, n_types: int, seed: i
 def align_to(reference: np.ndarray, labels: np.ndarray, n_types: int) -> np.ndarray:
     """Relabel ``labels`` (R,) so that each category takes the id of the ``reference`` category (R,) it
     overlaps most, one to one (Hungarian matching on the K x K overlap counts)."""
-    from scipy.optimize import linear_sum_assignment
-
     overlap = np.zeros((n_types, n_types))
     np.add.at(overlap, (labels, reference), 1)
     own, matched = linear_sum_assignment(overlap, maximize=True)

@@ -11,10 +11,12 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
-from ..cli import _one_line_warning, add_train_arguments, config_from_args, main as cli_main
+from ..cli import add_train_arguments, config_from_args, main as cli_main, one_line_warning
 from ..errors import CplmixError
-from .distributed import init_from_environment, launched_by_torchrun, shutdown
+from ..train.distributed import init_from_environment, launched_by_torchrun, shutdown
+from ..workflows.run import check_run_dir_free, train_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrun ... -m cplmix_explorer.train")
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning = one_line_warning
     context = None
     try:
         config = config_from_args(args)
         context = init_from_environment(config.device)
-        from ..train.run import check_run_dir_free, train_run
-
         problem = None
         if context.is_main and not args.resume:
             try:
-                from pathlib import Path
-
                 check_run_dir_free(Path(args.out))
             except CplmixError as error:
                 problem = str(error)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ..config import CplMixConfig
+from ..data.preprocess import Preprocessing
 from ..errors import CplmixError
+from ..files import atomic_write_bytes
 from ..model.network import RELU_STATE_BOTTLENECK, SHARED_STATE_ENCODER
 
 FORMAT = "cplmix-checkpoint"
@@ -46,6 +47,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "coupling_spread": "absolute",
     "neighbor_scale_genes": False,
     "type_prior_weight": 0.0,
+    "leiden_weights": "uniform",
 }
 
 
@@ -78,22 +80,6 @@ def _metadata_digest(metadata: dict[str, str]) -> str:
     """SHA-256 of the header entries (except the digests), so a flipped byte in the JSON is detected too."""
     kept = {k: v for k, v in metadata.items() if k not in _DIGEST_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -256,8 +242,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and verify one checkpoint file; anything that is not an intact cplmix checkpoint raises
     :class:`CplmixError` (nothing in it is executed: the tensors are raw bytes, the header plain JSON whose
     every entry is type-checked)."""
-    from ..data.preprocess import Preprocessing
-
     path = Path(path)
     if not path.is_file():
         raise CplmixError(f"no checkpoint at '{path}'")

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis.consensus import consensus
-from ..analysis.inference import infer
+from ..model.consensus import consensus
+from ..model.inference import infer
 from ..config import TYPE_INIT_WEIGHT, CplMixConfig
 from ..data.preprocess import PreparedData
 from ..errors import CplmixError, NonFiniteLossError
-from ..model.augment import augmenter_for
+from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
-from ..model.neighbors import find_neighbours, standardized
+from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from ..model.type_init import LeidenGraph, align_to, leiden_partition
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
@@ -72,7 +72,7 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
     return torch.device("cuda", index)
 
 
-def build_model(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
+def build_module(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
     """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
     if config.gene_variance != FIXED_GENE_VARIANCE and config.likelihood != GAUSSIAN:
         raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
@@ -149,7 +149,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: CoupledMixtureVAE,
+        module: CoupledMixtureVAE,
         prepared: PreparedData,
         config: CplMixConfig,
         *,
@@ -168,29 +168,29 @@ class Trainer:
                 events = EventBus()  # only rank 0 reports
         self.device = resolve_device(config.device if device is None else device)
         self.prepared = prepared
-        self.model = model.to(self.device)
+        self.module = module.to(self.device)
         self.events = events or EventBus()
         self.control = control or TrainingControl()
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_extra = checkpoint_extra or {}
-        self.augmenter, self.augment_name = augmenter_for(config, prepared, model.likelihood)
+        self.augmenter, self.augment_name = augmenter_for(config, prepared, module.likelihood)
         self.augmenter = self.augmenter.to(self.device)
-        keep_counts = self.augmenter.needs_counts or model.likelihood != GAUSSIAN
+        keep_counts = self.augmenter.needs_counts or module.likelihood != GAUSSIAN
         self.data = DeviceData(prepared, self.device, keep_counts=keep_counts)
         train_rows, validation_rows = split_cells(prepared.n_cells, config.validation_fraction, config.seed)
         if len(train_rows) < 2:
             raise CplmixError(f"too few cells to train ({prepared.n_cells})")
         self.train_rows = torch.as_tensor(train_rows, device=self.device)
-        #: how the training cells' neighbours were found (NeighbourSearch.summary()), None until they are
-        self.neighbour_search: dict | None = None
-        if self.augmenter.chooses_rows:  # neighbour copies: find each training cell's neighbours (rows read in chunks)
+        #: how the training cells' neighbors were found (NeighborSearch.summary()), None until they are
+        self.neighbor_search: dict | None = None
+        if self.augmenter.chooses_rows:  # neighbor copies: find each training cell's neighbors (rows read in chunks)
             self.augmenter.fit(self._graph_input(self.train_rows), self.train_rows, self.data.n_cells, seed=config.seed)
-            self.neighbour_search = self.augmenter.search.summary()
+            self.neighbor_search = self.augmenter.search.summary()
         self.validation_rows = validation_rows
         self.batch_size = min(config.batch_size, len(train_rows))  # the global batch
         self.steps_per_epoch = max(len(train_rows) // self.batch_size, 1)
         self.local_batch_size = self.batch_size
-        self.forward_model: torch.nn.Module = self.model
+        self.forward_module: torch.nn.Module = self.module
         self._reducer = None
         if distributed is not None:
             if self.batch_size % distributed.world_size:
@@ -200,15 +200,15 @@ class Trainer:
                 )
             self.local_batch_size = self.batch_size // distributed.world_size
             self._reducer = distributed.reduce_sum
-            self.model.set_batch_reducer(distributed.reduce_sum)
+            self.module.set_batch_reducer(distributed.reduce_sum)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.forward_module = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
         self.fast_path = choose_fast_path(config.fast_path, self.device)
         if distributed is not None and self.fast_path != "eager":
             self.fast_path = "eager"  # collectives inside the step: no CUDA-graph capture
         self.optimizer = self._make_optimizer()
         self._capacity = CapacitySchedule.from_config(config)  # JointVAE baseline only
-        self.metric_names = metric_names(model.n_arms)
+        self.metric_names = metric_names(module.n_arms)
         self.log_every = config.log_every
         n_metrics = len(self.metric_names)
         self._metric_ring = torch.zeros(self.log_every, n_metrics, device=self.device)
@@ -240,14 +240,14 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.module.parameters() if p.requires_grad]
         if self.device.type == "cuda":
             return torch.optim.Adam(params, lr=self.config.lr, fused=True, capturable=self.fast_path == "graph")
         return torch.optim.Adam(params, lr=self.config.lr, fused=True)  # fused is ~10x faster on CPU too
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: weights, Adam state, step count and random streams."""
-        self.model.load_state_dict({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
+        self.module.load_state_dict({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
         if checkpoint.optimizer_state is not None:
             restore_optimizer(self.optimizer, checkpoint.optimizer_state)
         self.step = checkpoint.step
@@ -289,7 +289,7 @@ class Trainer:
         return lambda index: self.data.model_input(rows[index])
 
     def _graph_input(self, rows: torch.Tensor):
-        """A function giving what the neighbour graph of data rows ``rows`` is found in, for positions
+        """A function giving what the neighbor graph of data rows ``rows`` is found in, for positions
         ``index`` into them: the model input, with each gene standardised for expression data when
         ``neighbor_scale_genes`` is on (images keep their pixels)."""
         rows_of = self._rows_input(rows)
@@ -302,7 +302,7 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library,
         and the data rows (A, B) each arm's copies come from."""
-        n_arms = self.model.n_arms
+        n_arms = self.module.n_arms
         if self.augmenter.chooses_rows:  # each arm sees other stored cells, with their own library sizes
             source = self.augmenter.source_rows(index, n_arms, step=self._step_counter)  # (A, B)
             rows = source.reshape(-1)
@@ -322,14 +322,14 @@ class Trainer:
             nb_library = copies.sum(dim=-1, keepdim=True)
         else:
             x, nb_library = copies, None
-        target = x if self.model.likelihood == GAUSSIAN else copies
+        target = x if self.module.likelihood == GAUSSIAN else copies
         return x, target, nb_library, source
 
     def _batch_objective(self, index: torch.Tensor):
         """The arms' outputs on their copies of batch ``index``, the objective's terms, and the data rows (A, B)
         the copies come from."""
         x, target, nb_library, rows = self._arm_inputs(index)
-        outputs = self.forward_model(x, self.config.gumbel_temperature)
+        outputs = self.forward_module(x, self.config.gumbel_temperature)
         terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
         return outputs, terms, rows
 
@@ -357,23 +357,22 @@ class Trainer:
     @torch.no_grad()
     def prepare_type_init(self) -> None:
         """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
-        K Leiden communities of their 15-nearest-neighbour graph (the walks' graph when the run has walks, else
+        K Leiden communities of their 15-nearest-neighbor graph (the walks' graph when the run has walks, else
         found here on every training cell), a Leiden run with its own seed per arm (one for all
         when the arms share their weights), aligned to the first arm's categories. Deterministic for the
         config's seed."""
         rows = self.train_rows
-        if self.augmenter.chooses_rows:  # the walks' table: every training row's neighbours, as data rows
-            position = torch.full((self.data.n_cells,), -1, dtype=torch.long, device=self.device)
-            position[rows] = torch.arange(len(rows), device=self.device)
-            neighbours = position[self.augmenter.table[rows, 1:]]
+        if self.augmenter.chooses_rows:  # the walks' search: every training row's neighbors, as positions in rows
+            search = self.augmenter.search
         else:
-            search = find_neighbours(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
-            neighbours = search.indices
-            self.neighbour_search = search.summary()
-        neighbours = neighbours.cpu().numpy()
-        n_types, n_arms = self.model.n_types, self.model.n_arms
-        runs = 1 if self.config.share_arm_parameters else n_arms
-        graph = LeidenGraph.from_neighbours(neighbours)  # built once for every arm's run
+            search = find_neighbors(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
+            self.neighbor_search = search.summary()
+        neighbors = search.indices.cpu().numpy()
+        weighted = self.config.leiden_weights == "umap" and search.distances is not None
+        distances = search.distances.cpu().numpy() if weighted else None
+        n_types, n_arms = self.module.n_types, self.module.n_arms
+        runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
+        graph = LeidenGraph.from_neighbors(neighbors, distances)  # built once for every arm's run
         partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
@@ -382,7 +381,7 @@ class Trainer:
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
         self.type_targets = targets
         self.type_init_summary = {**partitions[0].summary(), "steps": int(self.type_init_end), "runs": runs,
-                                  "neighbours": self.neighbour_search}
+                                  "neighbours": self.neighbor_search}
 
     def _objective(self, outputs, target: torch.Tensor, nb_library: torch.Tensor | None, step, reducer=None):
         """The configured objective (paper Eq. 7, or JointVAE) on one batch; the one call training and validation share.
@@ -393,7 +392,7 @@ class Trainer:
         return cplmix_loss(
             outputs,
             target,
-            likelihood=self.model.likelihood,
+            likelihood=self.module.likelihood,
             lam=self.config.lam,
             beta=self.config.beta,
             entropy_weight=self.config.entropy_weight,
@@ -402,8 +401,8 @@ class Trainer:
             coupling_spread=self.config.coupling_spread,
             coupled=self.config.coupled,
             library=nb_library,
-            log_theta=getattr(self.model, "log_theta", None),
-            gene_variance=self.model.gene_variance,
+            log_theta=getattr(self.module, "log_theta", None),
+            gene_variance=self.module.gene_variance,
             reducer=reducer,
             capacity=self._capacity,
             step=step,
@@ -498,29 +497,29 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Arm agreement on (up to MAX_EVALUATION_CELLS) cells and the validation loss, in eval mode."""
-        self.model.eval()
+        self.module.eval()
         try:
-            inference = infer(self.model, self.data, rows=self._evaluation_rows)
-            agreement = consensus(inference.type_per_arm, self.model.n_types)
+            inference = infer(self.module, self.data, rows=self._evaluation_rows)
+            agreement = consensus(inference.type_per_arm, self.module.n_types)
             validation_loss = None
             if len(self.validation_rows):
                 losses, weights = [], []
                 for start in range(0, len(self.validation_rows), 4096):
                     rows = self.validation_rows[start : start + 4096]
                     index = torch.as_tensor(rows, device=self.device)
-                    x = self.data.model_input(index).unsqueeze(0).expand(self.model.n_arms, -1, -1)
-                    if self.model.likelihood == GAUSSIAN:
+                    x = self.data.model_input(index).unsqueeze(0).expand(self.module.n_arms, -1, -1)
+                    if self.module.likelihood == GAUSSIAN:
                         target, nb_library = x, None
                     else:
                         counts = self.data.gather(index)
-                        target = counts.unsqueeze(0).expand(self.model.n_arms, -1, -1)
+                        target = counts.unsqueeze(0).expand(self.module.n_arms, -1, -1)
                         nb_library = target.sum(dim=-1, keepdim=True)
-                    terms = self._objective(self.model(x), target, nb_library, step=self.step)
+                    terms = self._objective(self.module(x), target, nb_library, step=self.step)
                     losses.append(float(terms.total))
                     weights.append(len(rows))
                 validation_loss = float(np.average(losses, weights=weights))
         finally:
-            self.model.train()
+            self.module.train()
         event = Evaluation(
             step=self.step,
             agreement=agreement.agreement if agreement is not None else np.zeros(0),
@@ -539,17 +538,17 @@ class Trainer:
     def check_parameters_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` when an update left a NaN/Inf weight (one host sync); run before
         a state is kept, so a checkpoint never holds one."""
-        parameters = [p.detach() for p in self.model.parameters()]
+        parameters = [p.detach() for p in self.module.parameters()]
         finite = torch.stack([torch.isfinite(p).all() for p in parameters]).cpu().numpy()
         if not finite.all():
-            names = [name for (name, _), ok in zip(self.model.named_parameters(), finite) if not ok]
+            names = [name for (name, _), ok in zip(self.module.named_parameters(), finite) if not ok]
             raise NonFiniteLossError(self.step, [f"weights ({', '.join(names[:3])})"])
 
     def snapshot(self) -> Checkpoint:
         """A copy on the host of what a checkpoint holds (weights, Adam state, step, random streams)."""
         optimizer = self.optimizer.state_dict()
         return Checkpoint(
-            model_state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            model_state={k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()},
             config=self.config.to_dict(),
             preprocessing=self.prepared.preprocessing.to_dict(),
             step=self.step,
@@ -570,7 +569,7 @@ class Trainer:
             return None
         save_checkpoint(
             path,
-            model=self.model,
+            model=self.module,
             config=self.config.to_dict(),
             preprocessing=self.prepared.preprocessing.to_dict(),
             step=self.step,
@@ -578,7 +577,7 @@ class Trainer:
             rng_state=self.rng_state(),
             extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path,
                    **({"type_init": self.type_init_summary} if self.type_init_summary else {}),
-                   **({"neighbours": self.neighbour_search} if self.neighbour_search else {})},
+                   **({"neighbours": self.neighbor_search} if self.neighbor_search else {})},
         )
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path
@@ -598,7 +597,7 @@ class Trainer:
         self.evaluations = [e for e in self.evaluations if e.step <= self.step]
         return TrainingRestarted(
             start_step=self.step, total_steps=self._total_steps, device=str(self.device), fast_path=self.fast_path,
-            n_cells=self.data.n_cells, n_types=self.model.n_types, n_arms=self.model.n_arms,
+            n_cells=self.data.n_cells, n_types=self.module.n_types, n_arms=self.module.n_arms,
             metric_names=self.metric_names, failed_step=error.step, terms=list(error.terms),
             learning_rate=float(self.optimizer.param_groups[0]["lr"]), restarts_left=restarts_left,
         )
@@ -629,13 +628,13 @@ class Trainer:
         needs_partition = self.step < min(self.type_init_end, total_steps) or self.type_prior_weight > 0
         if needs_partition and self.type_init_end and self.type_targets is None:
             self.prepare_type_init()
-        self.model.train()
+        self.module.train()
         if self.fast_path == "compile" and self._compiled_loss is None:
             self._compiled_loss = torch.compile(self._loss, dynamic=False)
         self.events.publish(
             TrainingStarted(
                 start_step=self.step, total_steps=total_steps, device=str(self.device), fast_path=self.fast_path,
-                n_cells=self.data.n_cells, n_types=self.model.n_types, n_arms=self.model.n_arms,
+                n_cells=self.data.n_cells, n_types=self.module.n_types, n_arms=self.module.n_arms,
                 metric_names=self.metric_names,
             )
         )

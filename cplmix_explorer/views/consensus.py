@@ -12,13 +12,14 @@ import param
 from ..config import PruningOptions, default_fine_tune_steps
 from . import plots
 from .state import ExplorerState, format_exception
+from .widgets import option_widget
 
 TRAJECTORY_COLUMNS = ["k", "min_agreement", "mean_agreement", "removed"]
 
 
 def pruning_available() -> bool:
-    """Whether this installation has category pruning (cplmix_explorer.analysis.pruning)."""
-    return importlib.util.find_spec("cplmix_explorer.analysis.pruning") is not None
+    """Whether this installation has category pruning (cplmix_explorer.workflows.pruning)."""
+    return importlib.util.find_spec("cplmix_explorer.workflows.pruning") is not None
 
 
 def trajectory_plot(rounds: pd.DataFrame, threshold: float | None = None, chosen_k: int | None = None,
@@ -79,13 +80,11 @@ class ConsensusView(pn.viewable.Viewer):
         super().__init__(state=ExplorerState.of(state), **params)
         available = pruning_available()
         defaults = PruningOptions()
-        declared = PruningOptions.param
-        self.min_consensus = pn.widgets.FloatSlider(label="Keep types with agreement at least", start=0.5, end=1.0, step=0.01,
-                                                    value=defaults.min_consensus, format="0.00", sizing_mode="stretch_width")
-        self.min_types = pn.widgets.IntInput(label="Stop at K =", value=defaults.min_types, start=declared.min_types.bounds[0],
-                                             sizing_mode="stretch_width", description=declared.min_types.doc)
-        self.fine_tune_steps = pn.widgets.IntInput(label="Fine-tuning steps per round", value=defaults.fine_tune_steps, start=0,
-                                                   sizing_mode="stretch_width", description=declared.fine_tune_steps.doc)
+        self.min_consensus = option_widget(defaults, "min_consensus", widget=pn.widgets.FloatSlider, label="Keep types with agreement at least",
+                                           start=0.5, end=1.0, step=0.01, format="0.00", sizing_mode="stretch_width")
+        self.min_types = option_widget(defaults, "min_types", bounded=True, label="Stop at K =", sizing_mode="stretch_width")
+        self.fine_tune_steps = option_widget(defaults, "fine_tune_steps", bounded=True, label="Fine-tuning steps per round",
+                                             sizing_mode="stretch_width")
         self.prune_button = pn.widgets.Button(label="Prune categories", color="primary", disabled=not available)
         self.stop_button = pn.widgets.Button(label="Stop", color="danger", disabled=True)
         note = "" if available else "Category pruning is not part of this installation yet."
@@ -167,7 +166,7 @@ class ConsensusView(pn.viewable.Viewer):
         self.message.alert_type = "danger"
         self.message.visible = bool(text)
 
-    def _matrices(self, inference=None, threshold: float = 0.95, names=None):
+    def _matrices(self, inference=None, threshold: float = PruningOptions.param.min_consensus.default, names=None):
         consensus = self.state.consensus
         if self.state.model is None:
             return pn.pane.Markdown("Train a model or open a run to see how its arms agree.")

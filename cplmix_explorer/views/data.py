@@ -13,6 +13,7 @@ from ..data.bundled import DATASETS
 from ..errors import CplmixError
 from .safety import list_data_files
 from .state import ExplorerState, format_exception
+from .widgets import option_widget
 
 #: Options shown first, in this order; every other option of CplMixConfig goes in "More options".
 MAIN_OPTIONS = [
@@ -131,15 +132,9 @@ class ConfigForm(pn.viewable.Viewer):
         elif name == "labels":
             widget = pn.widgets.Select(options={"(none)": None}, value=None, **common)
         elif isinstance(parameter, param.Boolean):
-            widget = pn.widgets.Checkbox(value=bool(value), label=common["label"])
-        elif isinstance(parameter, param.Selector):
-            widget = pn.widgets.Select(options=list(parameter.objects), value=value, **common)
-        elif isinstance(parameter, param.Integer):
-            widget = pn.widgets.IntInput(value=value, **common)
-        elif isinstance(parameter, param.Number):
-            widget = pn.widgets.FloatInput(value=value, format="0.[000000]", **common)
+            widget = option_widget(config, name, label=common["label"])
         else:
-            widget = pn.widgets.TextInput(value=value or "", **common)
+            widget = option_widget(config, name, **common)
         message = pn.pane.Alert("", alert_type="danger", visible=False, margin=(0, 10), sizing_mode="stretch_width")
         widget.param.watch(lambda event, name=name: self._apply(name, event.new), "value")
         self.widgets[name] = widget
@@ -239,7 +234,7 @@ class DataView(pn.viewable.Viewer):
         loads them and then puts the widget in its place."""
         if self._upload_scripts_ready or not served_session():
             return self.upload
-        from panel.models.file_dropper import FileDropper as FileDropperModel
+        from panel.models.file_dropper import FileDropper as FileDropperModel  # lazy: panel loads it with the widget
 
         loader = ScriptLoader(urls=list(FileDropperModel.__javascript__), ready_global="FilePond", sizing_mode="stretch_width")
 

@@ -7,6 +7,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from .data import DataView
 from .markers import MarkersView
 from .runs import RunsView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .state import ExplorerState, freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
+from .server import freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
+from .state import ExplorerState
 from .training import TrainingMonitor
 from .traversal import TraversalView
 
@@ -209,6 +211,7 @@ def warm_up_in_background() -> None:
     _warm_up_started = True
 
     def compile_aggregations() -> None:
+        # lazy: datashader loads numba (seconds), in this warm-up thread rather than at the app's import
         import datashader as ds
         import numpy as np
         import pandas as pd
@@ -224,7 +227,5 @@ def warm_up_in_background() -> None:
             canvas.points(frame, "x", "y", agg=ds.count())
         except Exception:  # warming up is an optimisation; the views work without it
             logger.exception("datashader warm-up failed")
-
-    import threading
 
     threading.Thread(target=compile_aggregations, name="cplmix-warm-up", daemon=True).start()

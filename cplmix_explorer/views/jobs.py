@@ -3,7 +3,7 @@
 A :class:`BackgroundJob` runs one function in a daemon thread. The thread only *publishes*: job events go to
 the job's own queue and the engine's metric events to the model's ``events.subscribe_queue()``; the session
 drains both from its periodic callback (:meth:`BackgroundJob.drain`) and updates widgets and plots there.
-A new training and a pruning run the engine in a child process (:mod:`cplmix_explorer.train.worker`) and this
+A new training and a pruning run the engine in a child process (:mod:`cplmix_explorer.workflows.worker`) and this
 thread only relays their events; notebook training of a model in memory runs in the thread itself.
 
 Jobs on the same device take turns through a process-wide lock per device: a second request waits in a
@@ -93,7 +93,7 @@ class BackgroundJob:
 
     def _attach_model(self, model) -> None:
         """Called by the work (in the worker thread) once its model exists: subscribe to its metric events
-        (anything with an ``events`` bus: a model, or a :class:`~cplmix_explorer.train.worker.ProcessTraining`)."""
+        (anything with an ``events`` bus: a model, or a :class:`~cplmix_explorer.workflows.worker.ProcessTraining`)."""
         with self._attach_lock:
             if self._model is not None and self._model_events is not None:
                 self._model.events.unsubscribe_queue(self._model_events)

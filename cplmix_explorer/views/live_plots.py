@@ -3,8 +3,8 @@
 Each refresh appends the new rows with ``ColumnDataSource.stream`` (a hinted event: Bokeh sends only the
 increment and does not recompute the document's model graph). HoloViews' ``DynamicMap`` + ``Buffer`` does
 the same streaming but also re-runs its plotting pipeline and a full-document model recomputation on every
-refresh: on the 2-core reference machine that took ~0.5 s of the server's time per refresh and made training
-in the app 56 % slower (``benchmarks/app_overhead.py``); these figures cost ~6 ms per refresh.
+refresh, which took the server's time from training (``benchmarks/app_overhead.py``); these figures cost a
+small fraction of that.
 
 The axes hold still while points arrive: the step axis spans the whole run from its start, and each value axis is
 set here to the data's extent rounded out to a round number (:func:`nice_range`), so it changes only now and then.
@@ -34,7 +34,7 @@ METRIC_PANELS = [
     ("Type entropy per arm", "entropy"),
 ]
 #: The per-arm terms, shown one at a time (tabs in the monitor): term -> tab label. Every figure on the page costs
-#: the browser ~25 ms of CPU per redraw, taken from training when the two share a machine.
+#: the browser CPU at each redraw, taken from training when the two share a machine.
 PER_ARM_TABS = {"reconstruction": "Reconstruction", "kl": "State KL", "entropy": "Type entropy"}
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 FIGURE_HEIGHT = 260  # px

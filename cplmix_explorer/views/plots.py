@@ -17,7 +17,7 @@ import pandas as pd
 from holoviews.operation import decimate
 from holoviews.operation.datashader import datashade, dynspread, rasterize
 
-from ..analysis.consensus import Consensus
+from ..model.consensus import Consensus
 from ..analysis.metrics import compare_to_labels, contingency_table, match_categories
 
 # Options below are Bokeh options; load the backend without notebook output (pn.extension does the rest).

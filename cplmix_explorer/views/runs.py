@@ -13,7 +13,7 @@ from pathlib import Path
 import panel as pn
 import param
 
-from ..train.run import METRICS_FILE, RESULT_FILE
+from ..workflows.run import METRICS_FILE, RESULT_FILE
 from .safety import list_run_folders, sanitize_filename
 from .state import ExplorerState, format_exception
 

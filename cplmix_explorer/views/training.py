@@ -6,8 +6,7 @@ drains them into :class:`~cplmix_explorer.views.live.LiveTraining`. The progress
 refresh; the figures get the new rows with one ``stream`` every ``plot_period`` seconds
 (:mod:`~cplmix_explorer.views.live_plots`), so Bokeh sends only the increments and the browser redraws the
 figures half as often; the per-arm terms share one place (tabs), so five figures are on the page, not seven
-(a redraw costs the browser ~25 ms of CPU per figure, taken from training when browser and training share a
-machine).
+(each redraw costs the browser CPU, taken from training when browser and training share a machine).
 """
 
 from __future__ import annotations

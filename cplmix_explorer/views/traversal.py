@@ -17,11 +17,14 @@ import panel as pn
 import param
 
 from ..analysis import export as exporting
-from ..analysis.traversal import MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, traverse
+from ..analysis.traversal import DEFAULT_GROUPS, MINMAX, ZSCORE, Traversal, TypeComparison, compare_types, traverse
+from ..config import TraversalOptions
 from ..data.gene_sets import HOUSEKEEPING, IMMEDIATE_EARLY, MARKERS, PRIMARY_RESPONSE
 from ..errors import CplmixError
+from ..files import atomic_write_bytes
 from .safety import sanitize_filename
 from .state import ExplorerState, format_exception
+from .widgets import option_widget
 
 NO_COMPARISON = -1  # the "compare with" choice meaning: no second type
 GROUP_CHOICES = [MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING, PRIMARY_RESPONSE]
@@ -174,14 +177,16 @@ class TraversalView(pn.viewable.Viewer):
         self.type = pn.widgets.Select(label="Type", options={}, width=220)
         self.compare = pn.widgets.Select(label="Compare with", options={"(none)": NO_COMPARISON}, value=NO_COMPARISON, width=220)
         self.dim = pn.widgets.Select(label="State dimension", options={state_name(0): 0}, width=140)
-        self.normalize = pn.widgets.RadioButtonGroup(label="Colour", options={"z-score": ZSCORE, "min-max": MINMAX}, value=ZSCORE,
+        defaults = TraversalOptions()  # the options of `cplmix traverse`, with the same defaults
+        self.normalize = pn.widgets.RadioButtonGroup(label="Colour", options={"z-score": ZSCORE, "min-max": MINMAX}, value=defaults.normalize,
                                                      color="primary", variant="outline")
-        self.groups = pn.widgets.CheckButtonGroup(label="Gene groups", options=GROUP_CHOICES, value=[MARKERS, IMMEDIATE_EARLY, HOUSEKEEPING],
+        self.groups = pn.widgets.CheckButtonGroup(label="Gene groups", options=GROUP_CHOICES, value=list(DEFAULT_GROUPS),
                                                   color="primary", variant="outline")
         self.custom = pn.widgets.TextAreaInput(label="Custom genes", placeholder="e.g. Fos, Arc, Npas4 (or upload a list)", height=70,
                                               sizing_mode="stretch_width")
         self.custom_file = pn.widgets.FileInput(accept=".txt,.csv,.tsv", sizing_mode="stretch_width")
-        self.max_genes = pn.widgets.IntSlider(label="Genes per group", start=5, end=100, value=30, step=5, width=200)
+        self.max_genes = option_widget(defaults, "max_genes", widget=pn.widgets.IntSlider, label="Genes per group", start=5, end=100,
+                                       step=5, width=200)
         # three decimals, as the profile's title: the slider moves row by row of the sweep and shows the row's value
         self.slider = pn.widgets.FloatSlider(label="State value", start=0.0, end=1.0, value=0.5, step=0.001, format="0.000",
                                              sizing_mode="stretch_width")
@@ -383,8 +388,6 @@ class TraversalView(pn.viewable.Viewer):
         """Write the current heatmap (.png .svg .pdf) or matrix (.csv) to ``path`` (notebooks, scripts)."""
         file_format = exporting.output_format(path, ("png", "svg", "pdf", "csv"))
         payload = self.export_bytes(file_format).getvalue()
-        from ..train.checkpoint import atomic_write_bytes
-
         path = Path(path).expanduser()
         atomic_write_bytes(path, payload)
         return path

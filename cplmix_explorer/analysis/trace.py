@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.inference import infer
-from ..analysis.metrics import compare_to_labels
 from ..data.preprocess import PreparedData
+from ..model.inference import infer
 from ..model.network import CoupledMixtureVAE
-from .device_data import DeviceData
-from .engine import MAX_EVALUATION_CELLS
-from .events import Evaluation, EventBus
+from ..train.device_data import DeviceData
+from ..train.engine import MAX_EVALUATION_CELLS
+from ..train.events import Evaluation, EventBus
+from .metrics import compare_to_labels
 
 
 class EvaluationTrace:

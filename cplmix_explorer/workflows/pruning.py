@@ -16,8 +16,8 @@ import pandas as pd
 from ..config import PruningOptions
 from ..config import default_fine_tune_steps as _fine_tune_steps_for
 from ..errors import CplmixError
+from ..model.consensus import Consensus, consensus
 from ..train.progress import ProgressBar
-from .consensus import Consensus, consensus
 
 
 @dataclass

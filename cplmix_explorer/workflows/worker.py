@@ -1,12 +1,11 @@
 """Training and pruning in a child process of their own, their metric events forwarded to this process.
 
-What the served app trains and prunes with. Training inside the server process ran 20-30 % slower than ``cplmix train``
-with the same options, from the process state alone: once datashader had drawn a cell map (its numba kernels
-start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships), CPU training in that
-process ran at 25-28 steps/s instead of 34-38 (benchmarks/results/app_overhead*.json, README). A spawned child
-starts clean, so it trains as fast as the CLI, whatever the app's sessions have imported or drawn; its memory
-goes back to the system when it ends; and no Python work of the server (sessions, plots, the GIL) competes
-with the training loop.
+What the served app trains and prunes with. Training inside the server process ran slower than ``cplmix train``
+with the same options, from the process state alone: once datashader had drawn a cell map, its numba kernels
+start GNU OpenMP's thread pool from the system's libgomp, next to the copy torch ships
+(``benchmarks/app_overhead.py``; figures in benchmarks/HISTORY.md). A spawned child starts clean, so it trains
+as fast as the CLI, whatever the app's sessions have imported or drawn; its memory goes back to the system
+when it ends; and no Python work of the server (sessions, plots, the GIL) competes with the training loop.
 
 :class:`ProcessTraining` (``train_run``) and :class:`ProcessPruning` (``prune`` of a saved model) are the
 engine side only (no UI): ``run`` blocks until the child ends, publishing the child's events on ``self.events``
@@ -27,10 +26,15 @@ import threading
 import traceback
 from pathlib import Path
 
+import torch
+
+from ..api import CplMixVAE
 from ..config import CplMixConfig
 from ..errors import CplmixError, describe_failure
 from ..threads import resolve_threads
-from .events import EventBus, TrainingControl
+from ..train.events import EventBus, TrainingControl
+from . import pruning
+from .run import METRICS_FILE, RunOutcome, load_run, train_run
 
 #: Cores a child job leaves to the app's server when the ``threads`` option is unset.
 APP_RESERVED_CORES = 1
@@ -55,8 +59,6 @@ class ChildJob:
     target = None
 
     def __init__(self, args: tuple, threads: int | None = None):
-        import torch
-
         self.args = args
         self.threads = int(threads or torch.get_num_threads())
         self.events = EventBus()
@@ -139,38 +141,37 @@ class ProcessTraining(ChildJob):
     """``train_run(source, run_dir, config)`` in a spawned child process.
 
     source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); :meth:`run` returns the
-    run's :class:`~cplmix_explorer.train.run.RunOutcome` with the model loaded back from the run folder onto
-    ``config``'s device. ``events`` publishes the child's metric events in this process (subscribe before
-    :meth:`run`).
+    run's :class:`~cplmix_explorer.workflows.run.RunOutcome` with the model loaded back from the run folder onto
+    ``config``'s device. ``data``: the AnnData this process already holds for ``source`` (the app's session
+    data); the model loaded back is built on it instead of reading ``source`` a second time. ``events``
+    publishes the child's metric events in this process (subscribe before :meth:`run`).
     """
 
-    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None):
+    def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None,
+                 data=None):
         self.source, self.run_dir, self.config = source, Path(run_dir), config.copy()
+        self.data = data
         threads = threads or resolve_threads(self.config.threads, APP_RESERVED_CORES)
         super().__init__((source, str(self.run_dir), self.config.to_dict()), threads)
 
     @staticmethod
     def target(control, send, source, run_dir: str, config: dict):
-        from .run import train_run
-
         outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
                             on_model=lambda model: model.events.subscribe(lambda event: send("event", event)),
                             reserved_cores=APP_RESERVED_CORES)
         return outcome.result
 
     def _outcome(self, result):
-        from .run import METRICS_FILE, RunOutcome, load_run
-
         metrics_path = self.run_dir / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
-        model = load_run(self.run_dir, self.source, device=self.config.device)
+        model = load_run(self.run_dir, self.data if self.data is not None else self.source, device=self.config.device)
         return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
 
 
 class ProcessPruning(ChildJob):
-    """:func:`~cplmix_explorer.analysis.pruning.prune` of the model saved in ``run_dir`` (on ``adata``), in a
+    """:func:`~cplmix_explorer.workflows.pruning.prune` of the model saved in ``run_dir`` (on ``adata``), in a
     spawned child; the pruned model is saved there. :meth:`run` returns (pruned model loaded back onto
-    ``device``, :class:`~cplmix_explorer.analysis.pruning.PruningResult`); each round reaches ``on_round``
+    ``device``, :class:`~cplmix_explorer.workflows.pruning.PruningResult`); each round reaches ``on_round``
     in this process as it ends."""
 
     def __init__(self, run_dir: str | os.PathLike, adata, device: str, options: dict, on_round=None,
@@ -180,9 +181,6 @@ class ProcessPruning(ChildJob):
 
     @staticmethod
     def target(control, send, run_dir: str, adata, device: str, options: dict):
-        from ..analysis import pruning
-        from ..api import CplMixVAE
-
         model = CplMixVAE.load(run_dir, adata, device=device)
         model.reserved_cores = APP_RESERVED_CORES
         model.events.subscribe(lambda event: send("event", event))
@@ -196,16 +194,12 @@ class ProcessPruning(ChildJob):
             self.on_round(payload)
 
     def _outcome(self, result):
-        from ..api import CplMixVAE
-
         return CplMixVAE.load(self.run_dir, self.adata, device=self.device), result
 
 
 def _child_main(target, args: tuple, threads: int, messages, commands, parent_pid: int) -> None:
     """The child: run ``target(control, send, *args)``, then send one final message: ('done', its result),
     ('user_error', text) or ('crash', text)."""
-    import torch
-
     torch.set_num_threads(threads)
     control = TrainingControl()
 

@@ -25,17 +25,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..config import CplMixConfig
-from ..data.io import read_data
+from ..api import CplMixVAE
+from ..config import CplMixConfig, PruningOptions
+from ..data.io import read_data, write_h5ad
+from ..data.memory import check_training_memory, estimate_training_memory, h5ad_shape, should_read_backed
 from ..errors import CplmixError
-from ..model.augment import augmenter_for
-from .checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, atomic_write_bytes, load_run_checkpoint
-from .engine import TrainingResult, planned_steps, resolve_device
-from .events import TrainingControl
-
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
-RESULT_FILE = "result.h5ad"
+from ..files import METRICS_FILE, RESULT_FILE, RUN_FILE, atomic_write_bytes
+from ..model.augmenters import augmenter_for
+from ..train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_run_checkpoint
+from ..train.engine import TrainingResult, planned_steps, resolve_device
+from ..train.events import TrainingControl
+from .pruning import prune
 #: Where a resumed run moves a damaged newest checkpoint (the previous one was used instead).
 DAMAGED_NAME = "checkpoint.damaged.safetensors"
 
@@ -79,45 +79,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_h5ad(path: Path, adata: AnnData, x_chunks=None) -> None:
-    """Write ``adata`` atomically; ``x_chunks`` (a backed matrix) becomes its X, copied in row chunks."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        adata.write_h5ad(temporary)
-        if x_chunks is not None:
-            _append_x(temporary, x_chunks)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _append_x(path: Path, matrix) -> None:
-    """Write a backed (sparse or dense) matrix as X of the .h5ad at ``path``, one block of rows at a time."""
-    import h5py
-    import scipy.sparse as sp
-    from anndata.io import sparse_dataset, write_elem
-
-    from ..data.validate import _iter_row_chunks
-
-    with h5py.File(path, "a") as handle:
-        start, written = 0, None
-        for block in _iter_row_chunks(matrix):
-            if sp.issparse(block):
-                block = sp.csr_matrix(block)
-                if written is None:
-                    write_elem(handle, "X", block)  # resizable: anndata writes sparse parts with maxshape None
-                    written = sparse_dataset(handle["X"])
-                else:
-                    written.append(block)
-            else:
-                block = np.asarray(block)
-                if written is None:
-                    written = handle.create_dataset("X", shape=matrix.shape, dtype=block.dtype, chunks=True)
-                    written.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-                written[start : start + len(block)] = block
-            start += block.shape[0]
 
 
 def data_source_text(source) -> str:
@@ -191,8 +152,6 @@ def open_training_data(source, config: CplMixConfig, check_memory: bool = True):
     ``config.backed`` says so or (unset) when its X is large (data.memory.should_read_backed), and, with
     ``check_memory``, refused with one line before anything is loaded when the run's estimated memory
     (data.memory.estimate_training_memory, from the file's header) exceeds what is available."""
-    from ..data.memory import check_training_memory, estimate_training_memory, h5ad_shape, should_read_backed
-
     if isinstance(source, AnnData) or not str(os.fspath(source)).lower().endswith(".h5ad"):
         return read_data(source)
     adata = read_data(source, backed=True)  # checks the file; loads obs and var only
@@ -236,8 +195,6 @@ def train_run(
     keeps one for its server). ``resume`` on a folder whose run never reached its first checkpoint (run.json
     only) starts that run afresh with its recorded configuration, and a warning says so.
     """
-    from ..api import CplMixVAE
-
     run_dir = Path(run_dir)
     restarting = resume and distributed is None and _never_checkpointed(run_dir)
     if restarting:
@@ -308,7 +265,7 @@ def train_run(
     metrics["threads"] = model.threads_used
     if model.dropped_empty_cells:
         metrics["dropped_empty_cells"] = model.dropped_empty_cells
-    metrics["neighbours"] = model.neighbours  # which search found the neighbours, its recall against exact
+    metrics["neighbours"] = model.neighbors  # which search found the neighbors, its recall against exact
     if result.restarts:
         metrics["nan_restarts"] = result.restarts
     metrics["history"] = history_summary(result, config.log_every)
@@ -359,8 +316,6 @@ def _var_frame(genes) -> pd.DataFrame:
 
 def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None):
     """The trained model of a run folder on its data (``source`` overrides the data recorded in run.json)."""
-    from ..api import CplMixVAE
-
     run_dir = Path(run_dir)
     checkpoint = load_run_checkpoint(run_dir)
     if source is None:
@@ -393,9 +348,6 @@ def prune_run(
     """Prune a trained run in place: the pruned model becomes the run's checkpoint, the trajectory goes to
     RUN_DIR/pruning.json, and metrics.json / result.h5ad describe the pruned model. Options left None take
     their defaults from :class:`~cplmix_explorer.config.PruningOptions`."""
-    from ..analysis.pruning import prune
-    from ..config import PruningOptions
-
     defaults = PruningOptions()  # prune() checks the values (its messages name the CLI's flags)
     run_dir = Path(run_dir)
     model = load_run(run_dir, source)

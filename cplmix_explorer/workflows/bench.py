@@ -11,11 +11,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .analysis.inference import DEFAULT_CHUNK, infer
-from .config import CplMixConfig
-from .data.preprocess import prepare
-from .threads import apply_threads
-from .train.engine import Trainer, build_model, resolve_device
+from ..config import BENCH_CONFIG_DEFAULTS, BenchOptions, CplMixConfig
+from ..data.preprocess import prepare
+from ..model.inference import DEFAULT_CHUNK, infer
+from ..threads import apply_threads
+from ..train.engine import Trainer, build_module, resolve_device
 
 
 def generated_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20000, distinct_cells: int | None = None) -> AnnData:
@@ -56,19 +56,23 @@ def device_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+_OPTIONS = BenchOptions()
+_CONFIG = CplMixConfig().update(**BENCH_CONFIG_DEFAULTS)
+
+
 def run_benchmark(
-    genes: int = 5000,
-    types: int = 115,
-    state_dim: int = 2,
-    arms: int = 2,
-    batch_size: int = 256,
-    steps: int = 200,
-    warmup: int = 20,
+    genes: int = _CONFIG.n_genes,
+    types: int = _CONFIG.n_types,
+    state_dim: int = _CONFIG.state_dim,
+    arms: int = _CONFIG.n_arms,
+    batch_size: int = _CONFIG.batch_size,
+    steps: int = _OPTIONS.steps,
+    warmup: int = _OPTIONS.warmup,
     device: str = "auto",
-    cells: int | None = None,
+    cells: int | None = _OPTIONS.cells,
     fast_path: str = "auto",
     augment: str = "none",
-    dense: bool = False,
+    dense: bool = _OPTIONS.dense,
     seed: int = 0,
     distinct_cells: int | None = None,
     inference: bool = False,
@@ -79,7 +83,7 @@ def run_benchmark(
     """Train the real model on generated data and report throughput after ``warmup`` steps.
 
     Returns a JSON-ready dict with it_per_s, cells_per_s, the shape, the device and peak memory (training),
-    and type_init_seconds: the one-off cost of the initial partition (neighbours and Leiden) at this shape; the
+    and type_init_seconds: the one-off cost of the initial partition (neighbors and Leiden) at this shape; the
     timed steps themselves start from a random network (type_init='random'), so that they are all the
     objective's steps, as every step after the initial ``type_init_steps``.
     With ``inference`` it then assigns every cell in chunks and adds inference_seconds, inference_cells_per_s
@@ -101,7 +105,7 @@ def run_benchmark(
     if state_encoder is not None:
         config.update(state_encoder=state_encoder)
     prepared = prepare(adata, config)
-    trainer = Trainer(build_model(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
     trainer.evaluate_at_end = False
     if resolved.type == "cuda":
         torch.cuda.reset_peak_memory_stats(resolved)
@@ -156,7 +160,7 @@ def time_inference(trainer: Trainer, chunk_size: int = DEFAULT_CHUNK) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = infer(trainer.model, trainer.data, chunk_size=chunk_size)
+    result = infer(trainer.module, trainer.data, chunk_size=chunk_size)
     seconds = time.perf_counter() - start  # infer ends with the results on the host (synchronised)
     n_cells = len(result.consensus_type)
     return {

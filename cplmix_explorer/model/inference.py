@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.network import CoupledMixtureVAE
+from .network import CoupledMixtureVAE
 
 DEFAULT_CHUNK = 8192
 
@@ -36,13 +36,14 @@ class Inference:
 
 
 @torch.no_grad()
-def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_size: int = DEFAULT_CHUNK) -> Inference:
-    """Run the arms in eval mode (argmax types, state = mean) over ``rows`` of a DeviceData (all by default).
+def infer(module: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_size: int = DEFAULT_CHUNK) -> Inference:
+    """Run the arms of ``module`` (the network) in eval mode (argmax types, state = mean) over ``rows`` of a
+    DeviceData (all by default).
 
     Works in chunks of ``chunk_size`` cells: memory is O(chunk x genes) on the device plus the (N, ...)
     results on the host; the result does not depend on ``chunk_size``."""
-    was_training = model.training
-    model.eval()
+    was_training = module.training
+    module.eval()
     device = data.device
     n = data.n_cells if rows is None else len(rows)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("type", "conf", "ctype", "cconf", "state", "latent")}
@@ -50,13 +51,13 @@ def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             index = torch.arange(start, stop, device=device) if rows is None else torch.as_tensor(rows[start:stop], device=device)
-            x = data.model_input(index).unsqueeze(0).expand(model.n_arms, -1, -1)
+            x = data.model_input(index).unsqueeze(0).expand(module.n_arms, -1, -1)
             # the eval-mode forward pass without the decoder (not needed here; (A, chunk, G) of work and memory)
-            latent, logits = model.encode(x)
-            log_q = model.type_posterior(logits)
+            latent, logits = module.encode(x)
+            log_q = module.type_posterior(logits)
             q = log_q.exp()
-            one_hot = F.one_hot(log_q.argmax(dim=-1), model.n_types).to(log_q.dtype)
-            state_mean, _ = model.state_posterior(latent, one_hot)
+            one_hot = F.one_hot(log_q.argmax(dim=-1), module.n_types).to(log_q.dtype)
+            state_mean, _ = module.state_posterior(latent, one_hot)
             confidence, assigned = q.max(dim=-1)
             mean_q = q.mean(dim=0)
             consensus_confidence, consensus_type = mean_q.max(dim=-1)
@@ -67,7 +68,7 @@ def infer(model: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_
             parts["state"].append(state_mean.cpu().numpy())
             parts["latent"].append(latent.cpu().numpy())
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return Inference(
         type_per_arm=np.concatenate(parts["type"], axis=1),
         confidence_per_arm=np.concatenate(parts["conf"], axis=1),
