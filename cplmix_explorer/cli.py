@@ -315,17 +315,30 @@ def run_traverse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN_DIR and --data: the run a command opens (with :func:`_open_run`)."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    parser.add_argument("--data", default=None, help="the data, when not where run.json says")
+
+
+def _open_run(args: argparse.Namespace):
+    """The trained model of RUN_DIR, read with its data (``--data`` when it moved). A folder that is no run,
+    a damaged checkpoint or missing data raise a CplmixError, which ``main`` prints as one line."""
+    from .workflows.run import load_run  # lazy: 'cplmix --help' and argument errors load no torch or anndata
+
+    return load_run(args.run_dir, source=args.data)
+
+
 @command("markers")
 def run_markers(args: argparse.Namespace) -> int:
     # lazy: 'cplmix --help' and argument errors load no torch or anndata
     from .analysis import export
     from .analysis.markers import check_top, dotplot_figure, marker_statistics
     from .files import atomic_write_bytes
-    from .workflows.run import load_run
 
     top = check_top(args.top)  # checked before the model is loaded: a mistake writes nothing
     file_format = export.output_format(args.out, ("csv", "png", "svg", "pdf")) if args.out is not None else None
-    model = load_run(args.run_dir, source=args.data)
+    model = _open_run(args)
     names = model.type_names()
     statistics = marker_statistics(model)
     if file_format is None:
@@ -348,10 +361,7 @@ def run_markers(args: argparse.Namespace) -> int:
 
 @command("rename")
 def run_rename(args: argparse.Namespace) -> int:
-    # lazy: 'cplmix --help' and argument errors load no torch or anndata
-    from .workflows.run import load_run
-
-    model = load_run(args.run_dir, source=args.data)
+    model = _open_run(args)
     names = model.rename_type(args.type, args.name, run_dir=args.run_dir)
     for index, name in enumerate(names):
         print(f"{index}\t{name}")
@@ -427,18 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
         "rank-sum test on the log-expression (as scanpy's rank_genes_groups 'wilcoxon'), and print the top "
         "markers of each type, or write them as .csv (all columns) or a dot plot (.png .svg .pdf).",
     )
-    markers.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    _add_run_arguments(markers)
     markers.add_argument("--top", type=int, default=5, metavar="N", help="markers per type (default: 5)")
     markers.add_argument("--out", default=None, metavar="FILE", help="write a table (.csv) or a dot plot (.png .svg .pdf)")
-    markers.add_argument("--data", default=None, help="the data, when not where run.json says")
     markers.add_argument("--dpi", type=int, default=300, help="resolution of PNG output (default: 300)")
     markers.add_argument("--quiet", action="store_true", help="print nothing when writing a file")
 
     rename = sub.add_parser("rename", help="name a type of a run (kept in the run folder and its result.h5ad)")
-    rename.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by cplmix train")
+    _add_run_arguments(rename)
     rename.add_argument("type", metavar="TYPE", help="the type: its index or its current name")
     rename.add_argument("name", metavar="NAME", help="the new name ('' goes back to the automatic name)")
-    rename.add_argument("--data", default=None, help="the data, when not where run.json says")
 
     datasets = sub.add_parser("datasets", help="list the bundled datasets")
     datasets.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")

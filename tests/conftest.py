@@ -42,3 +42,41 @@ def mixture_counts(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, see
 @pytest.fixture
 def mixture() -> AnnData:
     return mixture_counts()
+
+
+# -- the served app and Chromium, for the browser tests (tests/test_*_browser.py) ------------------------------
+@pytest.fixture(scope="module")
+def server_args(tmp_path_factory) -> list[str]:
+    """The app's flags (after ``panel serve ... --args``): an empty runs folder. A test module that serves
+    other folders overrides this fixture."""
+    return ["--runs-dir", str(tmp_path_factory.mktemp("runs"))]
+
+
+@pytest.fixture(scope="module")
+def server(request, server_args):
+    """``panel serve apps/explorer.py`` for one test module, once it answers; its console goes to
+    tests/artifacts/server_MODULE.log."""
+    from app_server import ARTIFACTS, AppServer
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    app = AppServer(server_args, ARTIFACTS / f"server_{request.module.__name__.removeprefix('test_')}.log")
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (a persistent context with a fresh profile) for one test module."""
+    from playwright.sync_api import sync_playwright
+
+    from app_server import launch_browser
+
+    with sync_playwright() as playwright:
+        context = launch_browser(playwright)
+        try:
+            yield context
+        finally:
+            context.close()

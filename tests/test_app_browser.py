@@ -10,18 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from playwright.sync_api import sync_playwright
 
 from app_server import (
-    EVENT_TIMEOUT_MS, JS_AXIS_LABELS, JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_PRUNING_CHART, JS_ROWS_BY_SOURCE, JS_TITLES, AppServer,
-    fill_option, launch_browser, open_app, open_tab, wait_for_text,
+    ARTIFACTS, EVENT_TIMEOUT_MS, JS_AXIS_LABELS, JS_COLUMN, JS_MARKERS, JS_MAX_ROWS, JS_PRUNING_CHART, JS_ROWS_BY_SOURCE, JS_TITLES,
+    fill_option, open_app, open_tab, wait_for_text,
 )
 from conftest import mixture_counts
 
 from cplmix_explorer.views.safety import EMPTY_PATH_MESSAGE
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -48,29 +46,14 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(data_dir):
-    ARTIFACTS.mkdir(exist_ok=True)
-    app = AppServer(["--data-dir", str(data_dir), "--runs-dir", str(data_dir.parent / "runs"), "--max-upload-mb", "1"],
-                    ARTIFACTS / "server.log")
-    try:
-        app.wait_ready()
-        yield app
-    finally:
-        app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        context = launch_browser(playwright)
-        try:
-            yield context
-        finally:
-            context.close()
+def server_args(data_dir) -> list[str]:
+    return ["--data-dir", str(data_dir), "--runs-dir", str(data_dir.parent / "runs"), "--max-upload-mb", "1"]
 
 
 @contextlib.contextmanager
 def screenshots_on_failure(name: str, *pages):
+    """Screenshots of ``pages`` when the block fails; the pages are closed either way, so that a failed test's
+    session ends (and its training stops) instead of holding the device for the next tests."""
     try:
         yield
     except BaseException:
@@ -78,6 +61,10 @@ def screenshots_on_failure(name: str, *pages):
             with contextlib.suppress(Exception):
                 page.screenshot(path=ARTIFACTS / f"failed_{name}_{index}.png", full_page=True)
         raise
+    finally:
+        for page in pages:
+            with contextlib.suppress(Exception):
+                page.close()
 
 
 def quick_training_options(page, steps: int, genes: int = 200) -> None:
@@ -90,7 +77,7 @@ def quick_training_options(page, steps: int, genes: int = 200) -> None:
     fill_option(page, "hidden dim (--hidden-dim)", 16)
     fill_option(page, "log every (--log-every)", 5)
     fill_option(page, "eval every (--eval-every)", 25)
-    time.sleep(0.5)
+    # no pause before a click: Panel applies the fields' pending changes before it handles the button's event
 
 
 #: The step of the loss curve's last point.
@@ -112,7 +99,9 @@ def type_path(page, field, path: str) -> None:
     assert page.evaluate(JS_PATH_TYPED, path), f"the path field holds {path!r}"
 
 
-def load_server_file(page, path: str) -> None:
+def load_server_file(page, path: str, answer: str) -> None:
+    """Open the file ``path`` on the server and wait for the page to show ``answer`` (what the app says about
+    that file: its summary or why it is refused)."""
     page.locator(".bk-btn", has_text="File on the server").first.click()
     field = page.locator(".bk-input-group", has_text="Path of an .h5ad file").locator("input").first
     load = page.get_by_role("button", name="Load", exact=True).first
@@ -120,10 +109,12 @@ def load_server_file(page, path: str) -> None:
     load.click()
     # The click can reach the server before the typed text when the field was redrawn while it was typed into
     # (seen once on a clean clone): the app then answers that no path was typed. A user types it again; so do we.
-    with contextlib.suppress(PlaywrightTimeoutError):
-        page.wait_for_selector(f"text={EMPTY_PATH_MESSAGE}", timeout=2_000)
+    expected, empty = page.get_by_text(answer).first, page.get_by_text(EMPTY_PATH_MESSAGE).first
+    expected.or_(empty).first.wait_for()
+    if not expected.is_visible():
         type_path(page, field, path)
         load.click()
+        expected.wait_for()
 
 
 def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server, browser):
@@ -235,7 +226,6 @@ def pruning_plots_rounds(page):
     page.locator(".bk-slider-title", has_text="at least: 1.00").first.wait_for()  # (inside Bokeh's shadow roots)
     fill_option(page, "Stop at K =", 8)
     fill_option(page, "Fine-tuning steps per round", 50)
-    time.sleep(0.5)
     page.get_by_role("button", name="Prune categories").first.click()
     # the first removal's round (K = 9) while the second round still fine-tunes: its points are on the chart
     wait_for_text(page, "round 1 of at most 2 · K = 9")
@@ -268,7 +258,8 @@ def training_draws_the_loss_curve(page):
     # the demo's curves go at once, before the new run's first metrics (its process takes seconds to start): the
     # summary says so (Playwright's text selectors reach into Bokeh's shadow roots; document.body.innerText does not)
     wait_for_text(page, "no training yet")
-    assert page.evaluate(JS_MAX_ROWS, "loss") < demo_rows, "the demo's curves are gone when the new run starts"
+    assert demo_rows > 0
+    page.wait_for_function(f"() => ({JS_MAX_ROWS})('loss') == 0")  # the demo's curves are gone, none of the new run yet
     seen = []
     deadline = time.monotonic() + EVENT_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
@@ -293,8 +284,7 @@ def test_two_sessions_keep_their_own_state_and_a_second_training_is_queued(serve
 
 
 def two_sessions(first, second):
-    load_server_file(second, "mixture.h5ad")
-    wait_for_text(second, "mixture.h5ad: 300 cells × 120 genes")
+    load_server_file(second, "mixture.h5ad", "mixture.h5ad: 300 cells × 120 genes")
     assert first.locator("text=mixture.h5ad").count() == 0, "the other session's data stays there"
     for page in (first, second):
         quick_training_options(page, steps=100_000, genes=100)  # still training when the second one asks
@@ -322,10 +312,8 @@ def test_paths_outside_the_data_folder_and_bad_uploads_are_refused(server, brows
 
 def refusals(page, tmp_path):
     for path in ("../secret.h5ad", "escape.h5ad", str(Path("/etc/passwd"))):
-        load_server_file(page, path)
-        wait_for_text(page, "is outside the allowed data folder")
-    load_server_file(page, "notes.txt")
-    wait_for_text(page, "is not an .h5ad file")
+        load_server_file(page, path, f"'{path}' is outside the allowed data folder")
+    load_server_file(page, "notes.txt", "'notes.txt' is not an .h5ad file")
     assert page.locator("text=3,005 cells × 3,529 genes").count() == 1, "the loaded data is unchanged"
 
     # the uploader's library animates the page from the moment it is loaded: only loaded on demand
@@ -351,16 +339,14 @@ def test_a_crash_in_the_training_thread_is_shown_and_the_app_stays_usable(server
 
 
 def crash_is_shown_and_the_app_stays_usable(page):
-    load_server_file(page, "huge_values.h5ad")
-    wait_for_text(page, "huge_values.h5ad: 200 cells")
+    load_server_file(page, "huge_values.h5ad", "huge_values.h5ad: 200 cells")
     quick_training_options(page, steps=50, genes=50)
     page.get_by_role("button", name="Train", exact=True).first.click()
     wait_for_text(page, "non-finite loss")
     wait_for_text(page, "training failed")
     page.screenshot(path=ARTIFACTS / "08_training_failed.png")
     page.get_by_role("button", name="Train", exact=True).first.wait_for(state="visible")
-    load_server_file(page, "mixture.h5ad")
-    wait_for_text(page, "mixture.h5ad: 300 cells")
+    load_server_file(page, "mixture.h5ad", "mixture.h5ad: 300 cells")
     page.get_by_role("button", name="Train", exact=True).first.click()
     wait_for_text(page, "training completed")
 

@@ -195,13 +195,17 @@ def test_cli_markers_print_a_table_and_refuse_bad_input_in_one_line(run, tmp_pat
     for argv, message in [
         (["markers", str(run), "--top", "0"], "from 1 to 1000"),
         (["markers", str(run), "--out", str(tmp_path / "m.txt")], "cannot tell the format"),
-        (["markers", str(tmp_path / "nowhere")], "nowhere"),
+        (["markers", str(tmp_path / "nowhere")], "no run folder at"),
+        (["rename", str(tmp_path / "nowhere"), "0", "x"], "no run folder at"),  # both open a run alike
+        (["markers", str(run), "--data", str(tmp_path / "moved.h5ad")], "moved.h5ad"),
+        (["rename", str(run), "0", "x", "--data", str(tmp_path / "moved.h5ad")], "moved.h5ad"),
         (["rename", str(run), "no such type", "x"], "no type is named"),
     ]:
         assert main(argv) == 2
         error = capsys.readouterr().err
         assert error.startswith("cplmix: error:") and message in error and error.count("\n") == 1
     assert not (tmp_path / "m.txt").exists()
+    assert load_run(run).type_names() == names, "a refused rename changes nothing"
 
 
 def test_the_api_returns_markers_and_a_dot_plot(run, simulated):

@@ -8,40 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
-from app_server import AppServer, fill_option, launch_browser, open_app, open_tab, wait_for_text
+from app_server import ARTIFACTS, fill_option, open_app, open_tab, wait_for_text
 
 from cplmix_explorer.workflows.run import load_run
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEMO = Path(__file__).resolve().parent.parent / "models" / "zeisel2015_demo"
 #: The option texts of the Select whose title is ``title`` (null when none is on the page).
 JS_SELECT_OPTIONS = """(title) => { for (const d of Bokeh.documents) for (const m of d.all_models)
     if (m.title == title && m.options !== undefined) return JSON.stringify(m.options); return null }"""
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ARTIFACTS.mkdir(exist_ok=True)
-    runs = tmp_path_factory.mktemp("runs")
-    app = AppServer(["--runs-dir", str(runs)], ARTIFACTS / "server_types.log")
-    try:
-        app.wait_ready()
-        yield app
-    finally:
-        app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        context = launch_browser(playwright)
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def test_markers_tab_shows_named_types_and_a_rename_reaches_the_other_tabs(server, browser, tmp_path):

@@ -17,7 +17,7 @@ import panel as pn
 import param
 import pytest
 from bokeh.document import Document
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, Legend
 
 from cplmix_explorer.analysis.embedding import pca_2d
 from cplmix_explorer.analysis.metrics import compare_to_labels
@@ -281,7 +281,12 @@ def test_consensus_matrix_puts_agreement_on_the_diagonal(demo_state):
     np.testing.assert_allclose(diagonal, expected)
     heatmap = plots.consensus_heatmap(consensus)
     assert heatmap.kdims[1].values[-1] == ordered.rows[0], "the most agreed type is the top row"
-    hv.render(heatmap)
+    assert hv.render(heatmap).xaxis[0].major_label_orientation == "horizontal", "type numbers side by side"
+    names = demo_state.type_names()  # names such as '2 · pyramidal CA1 #2' would overlap side by side: upright
+    for element in (plots.consensus_heatmap(consensus, names), plots.agreement_bars(consensus.agreement, consensus.used, names=names)):
+        figure = hv.render(element)
+        assert figure.xaxis[0].major_label_orientation == pytest.approx(np.pi / 2)
+        assert figure.min_height > 320, "the plot grows by the names' length"
 
 
 def test_confusion_is_ordered_by_matching_and_scored():
@@ -319,6 +324,17 @@ def test_a_million_cells_reach_the_browser_as_an_image_and_a_thinned_hover_layer
         images = [s for s in figure.select({"type": ColumnDataSource}) if "image" in s.data]
         assert images, "the cells are drawn as a datashaded image"
         assert any(r.hover_glyph is not None for r in figure.renderers if hasattr(r, "hover_glyph"))
+
+
+def test_the_map_legend_lists_every_category_of_a_column_with_many():
+    """48 subclasses (more than the 25 layers after which HoloViews drops a legend): each listed once."""
+    rng = np.random.default_rng(2)
+    frame = plots.cell_frame(rng.normal(size=(500, 2)).astype(np.float32), rng.integers(0, 4, 500), rng.random(500),
+                             rng.normal(size=(500, 2)))
+    frame["subclass"] = pd.Categorical([f"subclass {i % 48}" for i in range(500)])
+    figure = hv.render(plots.cell_map(frame, "subclass"))
+    labels = [item.label["value"] for legend in figure.select({"type": Legend}) for item in legend.items]
+    assert sorted(labels) == sorted(f"subclass {i}" for i in range(48))
 
 
 # -- the form -----------------------------------------------------------------------------------------------------
@@ -569,10 +585,12 @@ def test_cells_view_colours_highlights_and_compares(demo_state):
 def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
     view = CellsView(demo_state)
     adata, prepared = demo_state.model.adata, demo_state.model.prepared
-    assert len(view._genes) == adata.n_vars  # every input gene can be typed
+    assert sorted(view.gene.options) == sorted(map(str, adata.var_names))  # every input gene is suggested
     outside = next(g for g in adata.var_names if g not in set(prepared.genes))  # read from X, not the model's input
     for gene in (prepared.genes[0], outside):
-        view.gene.value = gene
+        # as a browser sends Enter: the typed text and the value in one update, in any case
+        view.gene.param.update(value=gene.lower(), value_input=gene.lower())
+        assert not view.gene_note.visible
         assert view.color_by.value == f"gene {gene}" and view.color_by.options[-1] == f"gene {gene}"
         pane = view.map_element(view.embedding.value, view.color_by.value, "(none)")
         table = view.cell_table()
@@ -583,6 +601,9 @@ def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
         figure = hv.render(pane.object)
         assert any(getattr(r.glyph, "color_mapper", None) is not None for r in figure.renderers if hasattr(r, "glyph")), \
             "a gene is drawn on a colour scale"
+    view.gene.param.update(value="NotAGene", value_input="NotAGene")
+    assert view.gene_note.visible and "No gene named `NotAGene`" in view.gene_note.object
+    assert view.color_by.value == f"gene {outside}", "an unknown name leaves the colour as it was"
 
 
 def test_the_map_colours_any_obs_column_by_its_kind():

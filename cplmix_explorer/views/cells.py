@@ -32,17 +32,20 @@ class CellsView(pn.viewable.Viewer):
         super().__init__(state=ExplorerState.of(state), **params)
         self.embedding = pn.widgets.Select(label="Map", options=list(METHODS), value=UMAP, width=180)
         self.color_by = pn.widgets.Select(label="Colour by", options=["type"], value="type", width=200)
-        # a plain text box: the value reaches the server on Enter in every browser (an autocomplete box did
-        # not send a typed name from headless Chromium); names match whatever their case
-        self.gene = pn.widgets.TextInput(label="Colour by gene", placeholder="a gene name, then Enter", width=200)
-        self._genes: list[str] = []
+        # suggestions as you type, whatever the case (as cellxgene's gene search); Enter takes the first one,
+        # which is the typed name itself when it is a gene: the names start with the text and are sorted
+        self.gene = pn.widgets.AutocompleteInput(
+            label="Colour by gene", options=[], placeholder="a gene name, then Enter", case_sensitive=False,
+            search_strategy="starts_with", min_characters=2, restrict=False, width=200,
+        )
+        self.gene_note = pn.pane.Markdown("", visible=False, margin=(0, 10))
         self.highlight = pn.widgets.Select(label="Highlight type", options=[NO_HIGHLIGHT], value=NO_HIGHLIGHT, width=160)
         self.labels = pn.widgets.Select(label="Compare with labels", options=[], width=200)
         self._frames: dict[tuple[int, str], pd.DataFrame] = {}
         self._titles: dict[str, str] = {}
         self.state.param.watch(self._refresh_options, ["inference", "adata", "names_tick"])
-        # a picked suggestion sets value; a fully typed name is taken as it is typed (value_input)
-        self.gene.param.watch(self._gene_chosen, ["value", "value_input"])
+        # value is set when a suggestion is picked or Enter is pressed (not on every key, which sets value_input)
+        self.gene.param.watch(self._gene_chosen, "value")
         self._refresh_options()
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ class CellsView(pn.viewable.Viewer):
         self.color_by.options = options
         if self.color_by.value not in options:
             self.color_by.value = "type"
-        self._genes = self._gene_names()
+        self.gene.options = sorted(self._gene_names(), key=str.lower)  # a shorter name before its extensions
         used = np.unique(state.inference.consensus_type)
         names = state.type_names()
         self.highlight.options = [NO_HIGHLIGHT, *[names[t] for t in used]]
@@ -115,11 +118,14 @@ class CellsView(pn.viewable.Viewer):
 
     def _gene_chosen(self, event) -> None:
         """A gene picked or typed in full in the gene box becomes the colour (an entry "gene NAME" of Colour
-        by); anything else typed there is not a gene yet and changes nothing."""
-        gene = (event.new or "").strip()
-        names = self._genes
-        if gene not in set(names):  # typed rather than picked: match the name whatever its case
-            gene = next((name for name in names if name.lower() == gene.lower()), None)
+        by); a name that is no gene of the data is said so under the box and changes nothing."""
+        typed = (event.new or "").strip()
+        names = self.gene.options
+        gene = typed if typed in set(names) else None
+        if gene is None:  # typed rather than picked: match the name whatever its case
+            gene = next((name for name in names if name.lower() == typed.lower()), None)
+        self.gene_note.object = f"No gene named `{typed}` in this data." if typed and gene is None else ""
+        self.gene_note.visible = bool(self.gene_note.object)
         if not gene:
             return
         choice = f"{GENE_PREFIX}{gene}"
@@ -139,6 +145,8 @@ class CellsView(pn.viewable.Viewer):
         if color_by not in hover:
             hover.append(color_by)
         title = f"{len(frame):,} cells · {self._titles.get(method, method)} · colour: {color_by}"
+        if highlight != NO_HIGHLIGHT:
+            title += f" · highlighted: {highlight}"
         element = plots.cell_map(frame, color_by, None if highlight == NO_HIGHLIGHT else highlight, hover, title)
         values = frame[color_by]
         entries = len(values.cat.categories) if isinstance(values.dtype, pd.CategoricalDtype) else 0
@@ -174,6 +182,7 @@ class CellsView(pn.viewable.Viewer):
         names = self.state.param.names_tick
         cell_map = pn.bind(self.map_element, self.embedding, self.color_by, self.highlight, inference=inference, names=names)
         confusion = pn.bind(self.confusion_element, self.labels, inference=inference, names=names)
-        controls = pn.Row(self.embedding, self.color_by, self.gene, self.highlight, self.labels)
+        controls = pn.Row(self.embedding, self.color_by, pn.Column(self.gene, self.gene_note, margin=0), self.highlight,
+                          self.labels)
         # lazy: computed when the tab is first drawn, not while the page loads
         return pn.Column(controls, pn.panel(cell_map, lazy=True), pn.panel(confusion, lazy=True), sizing_mode="stretch_width")

@@ -66,7 +66,7 @@ def agreement_bars(agreement: np.ndarray, used: np.ndarray | None = None, thresh
     })
     bars = hv.Bars(frame, hv.Dimension("type", label="type"), [hv.Dimension("agreement", range=(0, 1)), "status"]).opts(
         color=hv.dim("status").categorize({"used": PALETTE[0], "unused": GREY}), tools=["hover"], ylim=(0, 1.02),
-        responsive=True, min_height=240, title=title, xlabel="type", ylabel="arm agreement",
+        responsive=True, title=title, xlabel="type", ylabel="arm agreement", **x_label_options(frame["type"], 240),
     )
     overlay = hv.Overlay([bars])
     if threshold is not None:
@@ -98,6 +98,16 @@ def order_consensus(consensus: Consensus, names: list[str] | None = None) -> Ord
     return OrderedMatrix(values=matrix[np.ix_(order, order)], rows=names, columns=names, counts=matrix[np.ix_(order, order)])
 
 
+def x_label_options(labels, height: int) -> dict:
+    """Options that keep a categorical x axis readable: names (more than 4 characters) or many categories are
+    written upright, and the plot grows by their length so that its area keeps ``height``."""
+    labels = [str(label) for label in labels]
+    longest = max((len(label) for label in labels), default=0)
+    if longest <= 4 and len(labels) <= 12:
+        return {"xrotation": 0, "min_height": height}
+    return {"xrotation": 90, "min_height": height + 7 * min(longest, 40)}
+
+
 def matrix_heatmap(ordered: OrderedMatrix, xlabel: str, ylabel: str, title: str, value_label: str = "fraction of row") -> hv.HeatMap:
     """A heatmap of an :class:`OrderedMatrix` keeping its row / column order (first row at the top)."""
     rows, columns = ordered.rows, ordered.columns
@@ -110,8 +120,8 @@ def matrix_heatmap(ordered: OrderedMatrix, xlabel: str, ylabel: str, title: str,
     x = hv.Dimension("column", label=xlabel, values=list(columns))
     y = hv.Dimension("row", label=ylabel, values=list(reversed(rows)))
     return hv.HeatMap(frame, [x, y], [hv.Dimension("value", label=value_label, range=(0, 1)), "cells"]).opts(
-        cmap="Blues", colorbar=True, tools=["hover"], title=title, xrotation=45 if len(columns) > 12 else 0,
-        responsive=True, min_height=320, clim=(0, 1),
+        cmap="Blues", colorbar=True, tools=["hover"], title=title, responsive=True, clim=(0, 1),
+        **x_label_options(columns, 320),
     )
 
 
@@ -236,8 +246,9 @@ def _spread(element):
 
 
 def _legend(colors: dict[str, str], categories: list[str]) -> hv.NdOverlay:
+    # legend_limit: HoloViews drops the legend of an overlay of more than 25 layers (48 subclasses) unless told
     return hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8) for c in categories},
-                        kdims="category")
+                        kdims="category").opts(legend_limit=len(categories) + 1)
 
 
 def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None = None,

@@ -94,6 +94,14 @@ class TrainingMonitor(pn.viewable.Viewer):
         ]
 
     def _on_metrics(self, *_events) -> None:
+        # The figures are Bokeh models changed in place, which a server session allows only under its document
+        # lock. A button click that reaches the server while a field's change is still pending (Train or Open
+        # run clicked right after typing or choosing) is handled outside the lock (Panel runs it as a task):
+        # Panel's unlocked() sends the changes itself then, and does nothing more when the lock is held.
+        with pn.io.unlocked():
+            self._update_figures()
+
+    def _update_figures(self) -> None:
         live = self.state.live
         finished = live.finished_status is not None
         new_run = live.take_restart() or live.names != self.figures.names
