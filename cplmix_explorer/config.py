@@ -105,7 +105,10 @@ class CplMixConfig(OptionSet):
         "near uniform over many types and the argmax, not the posterior, decides the type.",
     )
     gumbel_temperature = param.Number(
-        1.0, bounds=(1e-3, 100.0), doc="Temperature of the Gumbel-softmax relaxed type sample during training."
+        3.0, bounds=(1e-3, 100.0),
+        doc="Temperature T of the Gumbel-softmax relaxed type sample during training, softmax((logits / tau + g) / T). "
+        "With the confident posteriors of tau 0.1, T = 1 hands the decoder one-hot samples; T = 3 keeps them soft, "
+        "so that the decoder learns each type's response to the state rather than one shared response.",
     )
     straight_through = param.Boolean(
         False, doc="Straight-through Gumbel-softmax: the decoder and state head see the one-hot type in training "
