@@ -335,6 +335,11 @@ def test_the_map_legend_lists_every_category_of_a_column_with_many():
     figure = hv.render(plots.cell_map(frame, "subclass"))
     labels = [item.label["value"] for legend in figure.select({"type": Legend}) for item in legend.items]
     assert sorted(labels) == sorted(f"subclass {i}" for i in range(48))
+    # the legend sits beside the map, not over or above it, and the map is tall enough for all 48 entries
+    legends = list(figure.select({"type": Legend}))
+    assert legends and all(legend in figure.right for legend in legends)
+    assert not any(legend in figure.center or legend in figure.above for legend in legends)
+    assert figure.min_height >= plots.map_height(48) >= 48 * plots.LEGEND_ENTRY_PX
 
 
 # -- the form -----------------------------------------------------------------------------------------------------
