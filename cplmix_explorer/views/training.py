@@ -97,9 +97,9 @@ class TrainingMonitor(pn.viewable.Viewer):
         # The figures are Bokeh models changed in place, which a server session allows only under its document
         # lock. A button click that reaches the server while a field's change is still pending (Train or Open
         # run clicked right after typing or choosing) is handled outside the lock (Panel runs it as a task):
-        # Panel's unlocked() sends the changes itself then, and does nothing more when the lock is held.
-        with pn.io.unlocked():
-            self._update_figures()
+        # pn.state.execute then runs the update on the document's next tick, under the lock; under the lock, or
+        # outside a server (a notebook, tests), it runs it at once.
+        pn.state.execute(self._update_figures)
 
     def _update_figures(self) -> None:
         live = self.state.live
