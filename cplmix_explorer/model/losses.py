@@ -149,18 +149,16 @@ def coupling_distance(
     q: (A, B, K) category probabilities; variance: (A, 1, K) batch variance of q (computed from ``q`` when
     not given; the distributed engine passes the global-batch variance).
     """
-    if variance is None:
-        variance = batch_variance(q)
-    if spread == NO_SPREAD:
-        scaled = torch.log(q + (eps if floor is None else floor))
-        first, second = arm_pairs(q.shape[0], q.device)
-        return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
-    if spread == RELATIVE_SPREAD:
-        resolution = 1.0 / q.shape[1] if q.shape[1] > 1 else 1.0  # per-process batch; the global one is larger
-        variance = (variance + resolution) / (variance.mean(dim=-1, keepdim=True) + resolution)
-    elif spread != ABSOLUTE_SPREAD:
+    if spread not in (NO_SPREAD, RELATIVE_SPREAD, ABSOLUTE_SPREAD):
         raise ValueError(f"unknown coupling spread {spread!r}")
-    scaled = torch.log(q + (eps if floor is None else floor)) / torch.sqrt(variance + eps)
+    scaled = torch.log(q + (eps if floor is None else floor))
+    if spread != NO_SPREAD:
+        if variance is None:
+            variance = batch_variance(q)
+        if spread == RELATIVE_SPREAD:
+            resolution = 1.0 / q.shape[1] if q.shape[1] > 1 else 1.0  # per-process batch; the global one is larger
+            variance = (variance + resolution) / (variance.mean(dim=-1, keepdim=True) + resolution)
+        scaled = scaled / torch.sqrt(variance + eps)
     first, second = arm_pairs(q.shape[0], q.device)
     return (scaled[first] - scaled[second]).square().sum(dim=-1).mean(dim=-1)
 
@@ -282,9 +280,9 @@ def cplmix_loss(
         coupling = outputs.q.new_zeros(0)
         total = (reconstruction + beta * kl).sum()
     else:
-        coupling = coupling_distance(
-            outputs.q, batch_variance(outputs.q, reducer), floor=coupling_floor, spread=coupling_spread
-        )
+        # the spread needs the (global-batch) variance of q; without a spread nothing is reduced across processes
+        variance = None if coupling_spread == NO_SPREAD else batch_variance(outputs.q, reducer)
+        coupling = coupling_distance(outputs.q, variance, floor=coupling_floor, spread=coupling_spread)
         total = (n_arms - 1) * (reconstruction + beta * kl).sum() + lam * coupling.sum() - entropy_weight * (n_arms - 1) * entropy.sum()
     if capacity is None and marginal_entropy_weight:
         total = total - marginal_entropy_weight * marginal_entropy(outputs.q, reducer).sum()
