@@ -648,11 +648,19 @@ def test_pruning_from_the_consensus_view_plots_the_trajectory_and_shows_the_prun
     view.prune_button.clicks += 1
     assert state.status == "pruning" and view.stop_button.disabled is False
     assert view.progress.visible and "pruning from K = 6" in view.progress_text.object
-    progress_seen = set()
-    wait_until(lambda: progress_seen.add(view.progress_text.object) or not state.busy, state, what="the pruning's end")
+    # what the line said after each refresh, with the rounds that had arrived by then (a busy machine can
+    # deliver several rounds in one refresh: the line must then name the latest)
+    seen = []
+    wait_until(lambda: seen.append((len(state.pruning_rounds), view.progress_text.object)) or not state.busy,
+               state, what="the pruning's end")
     wait_for_job(state)
+    seen.append((len(state.pruning_rounds), view.progress_text.object))
     assert state.status == "completed", state.error
-    assert any(text.startswith("round 1 of at most 2 · K = 5") for text in progress_seen), progress_seen
+    for records, text in seen:
+        if records >= 2:  # the start's record, then one per removal
+            removed = records - 1
+            assert text.startswith(f"round {removed} of at most 2 · K = {6 - removed}"), (records, text)
+    assert seen[-1][1].startswith("round 2 of at most 2 · K = 4"), seen[-1]
     trajectory = view.trajectory_pipe.data
     assert trajectory["k"].tolist() == [6, 5, 4] and trajectory["removed"].notna().sum() == 2
     assert state.model is not trained and state.model.module.n_types == 4, "the pruned copy is shown"
