@@ -73,6 +73,7 @@ class CplMixVAE:
         *,
         config: CplMixConfig | None = None,
         _preprocessing: Preprocessing | None = None,
+        _prepared: PreparedData | None = None,
         **options: Any,
     ):
         self.adata = read_data(adata)
@@ -85,7 +86,10 @@ class CplMixVAE:
         if self.config.drop_empty_cells:
             layer = _preprocessing.layer if _preprocessing is not None else self.config.layer
             self.adata, self.dropped_empty_cells = drop_empty_cells(self.adata, layer)
-        self.prepared: PreparedData = prepare(self.adata, self.config, preprocessing=_preprocessing)
+        if _prepared is not None:  # prepared once by the caller (the app's training and pruning processes)
+            self.prepared = _check_prepared_for(_prepared, self.adata, _preprocessing)
+        else:
+            self.prepared = prepare(self.adata, self.config, preprocessing=_preprocessing)
         self.module = build_module(self.config, self.prepared.n_genes)
         self.events = EventBus()
         self.step = 0
@@ -382,12 +386,16 @@ class CplMixVAE:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: Checkpoint, adata: AnnData | str | os.PathLike, device: str | None = None
+        cls, checkpoint: Checkpoint, adata: AnnData | str | os.PathLike, device: str | None = None,
+        prepared: PreparedData | None = None,
     ) -> CplMixVAE:
+        """The model of ``checkpoint`` on ``adata``; ``prepared``: ``adata`` already prepared with the
+        checkpoint's genes and transform (it is then used as it is instead of being prepared again)."""
         config = CplMixConfig.from_dict(checkpoint.config)
         if device is not None:
             config.update(device=device)
-        model = cls(adata, config=config, _preprocessing=Preprocessing.from_dict(checkpoint.preprocessing))
+        model = cls(adata, config=config, _preprocessing=Preprocessing.from_dict(checkpoint.preprocessing),
+                    _prepared=prepared)
         n_types = len(checkpoint.model_state["category_ids"])
         if n_types != model.module.n_types:  # a pruned model: rebuild at its size
             model.config.update(n_types=n_types)
@@ -406,14 +414,36 @@ class CplMixVAE:
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike, adata: AnnData | str | os.PathLike, device: str | None = None) -> CplMixVAE:
+    def load(cls, path: str | os.PathLike, adata: AnnData | str | os.PathLike, device: str | None = None,
+             prepared: PreparedData | None = None) -> CplMixVAE:
         """Load a model saved with :meth:`save` (a run folder or a checkpoint file) onto ``adata``.
 
-        Data with other genes than the model's raise :class:`CplmixError`.
+        Data with other genes than the model's raise :class:`CplmixError`. ``prepared``: ``adata`` as an
+        earlier model of the same genes prepared it (reused instead of preparing it again).
         """
         path = Path(path)
         checkpoint = read_checkpoint(path) if path.is_file() else load_run_checkpoint(path)
-        model = cls.from_checkpoint(checkpoint, adata, device=device)
+        model = cls.from_checkpoint(checkpoint, adata, device=device, prepared=prepared)
         if path.is_dir():
             model.load_type_names(path)
         return model
+
+
+def _check_prepared_for(prepared: PreparedData, adata: AnnData, preprocessing: Preprocessing | None) -> PreparedData:
+    """``prepared`` when it was made from ``adata``'s cells (and, given ``preprocessing``, with its genes and
+    transform); a mismatch would silently train or show a model on other cells or genes."""
+    if prepared.n_cells != adata.n_obs or not prepared.obs_names.equals(adata.obs_names):
+        raise CplmixError(f"the prepared data holds {prepared.n_cells} cells, not the {adata.n_obs} cells of this AnnData")
+    if preprocessing is not None and (prepared.genes != list(preprocessing.genes)
+                                      or prepared.preprocessing.transform != preprocessing.transform):
+        raise CplmixError("the prepared data has other genes or another transform than the model's")
+    return prepared
+
+
+def prepare_for_model(adata: AnnData, config: CplMixConfig) -> PreparedData:
+    """``adata`` prepared as a new model with ``config`` prepares it (empty cells dropped per the config):
+    made once, it can be handed to a training process and to the model loaded back after it."""
+    if config.drop_empty_cells:
+        adata, _ = drop_empty_cells(adata, config.layer)
+    return prepare(adata, config)
+

@@ -51,9 +51,31 @@ def test_the_model_comes_back_onto_the_data_this_process_already_holds(tmp_path)
     path = tmp_path / "cells.h5ad"
     mixture_counts().write_h5ad(path)
     held = read_data(path)
-    outcome = ProcessTraining(str(path), tmp_path / "run", CplMixConfig(**QUICK, steps=30, labels="type"), data=held).run()
+    training = ProcessTraining(str(path), tmp_path / "run", CplMixConfig(**QUICK, steps=30, labels="type"), data=held)
+    outcome = training.run()
     assert outcome.model.adata is held
+    # prepared once, here: the child trained on this preparation and the model came back onto it
+    assert training.prepared is not None and outcome.model.prepared is training.prepared
     assert outcome.model.evaluate("type")["acc"] == pytest.approx(outcome.metrics["acc"])
+
+
+def test_a_run_given_its_prepared_data_does_not_prepare_it_again(tmp_path, monkeypatch):
+    """What the app's training process does with the preparation the app made (train_run(prepared=...))."""
+    import cplmix_explorer.api as api
+    from cplmix_explorer.workflows.run import train_run
+
+    adata, config = mixture_counts(n_cells=300), CplMixConfig(**QUICK, steps=10)
+    prepared = api.prepare_for_model(adata, config)
+    calls = []
+    monkeypatch.setattr(api, "prepare", lambda *args, **kwargs: calls.append(args) or prepare_real(*args, **kwargs))
+    from cplmix_explorer.data.preprocess import prepare as prepare_real
+
+    outcome = train_run(adata, tmp_path / "run", config, progress=False, prepared=prepared)
+    assert calls == [] and outcome.model.prepared is prepared and outcome.model.step == 10
+    assert list(outcome.model.prepared.genes) == list(prepared.genes)
+    with pytest.raises(CplmixError, match="prepared data holds 300 cells, not the 200"):
+        train_run(adata[:200].copy(), tmp_path / "other", config, progress=False, prepared=prepared)
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_stop_request_stops_the_child_between_steps_and_keeps_what_it_trained(tmp_path):
@@ -99,7 +121,7 @@ def test_pruning_in_a_child_process_reports_each_round_here_and_saves_the_pruned
     model.save(tmp_path / "run")
     rounds, steps_seen = [], []
     job = ProcessPruning(tmp_path / "run", model.adata, "cpu", {"min_consensus": 1.0, "min_types": 4, "fine_tune_steps": 10},
-                         on_round=rounds.append)
+                         on_round=rounds.append, prepared=model.prepared)
     job.events.subscribe(lambda event: steps_seen.append(event.last_step) if isinstance(event, StepMetrics) else None)
     pruned, result = job.run()
     assert job.process.pid != os.getpid() and job.process.exitcode == 0
@@ -107,3 +129,4 @@ def test_pruning_in_a_child_process_reports_each_round_here_and_saves_the_pruned
     assert steps_seen and steps_seen[-1] == 60  # the two fine-tunings' steps were streamed
     assert pruned.module.n_types == 4 and CplMixVAE.load(tmp_path / "run", model.adata).module.n_types == 4
     assert model.module.n_types == 6  # the model in this process is left as it was
+    assert pruned.prepared is model.prepared  # the data prepared for the shown model is not prepared again

@@ -65,7 +65,8 @@ class SessionJobs:
 
         def work(control, attach_model):
             # in a process of its own: as fast as `cplmix train` whatever this server has drawn (workflows/worker.py)
-            # the child reads the data from its source; the model comes back onto the session's copy (read once here)
+            # the data is read (the session's copy) and prepared once, here; the child trains on that preparation
+            # and the model comes back onto it
             training = ProcessTraining(source, run_dir, config, data=data)
             attach_model(training)
             outcome = training.run(control)
@@ -107,7 +108,8 @@ class SessionJobs:
         def work(control, attach_model):
             source_model.save(run_dir)  # prune a copy: the shown model (maybe shared) stays as it is
             # the fine-tuning rounds train: in a process of their own, as training does (workflows/worker.py)
-            job = ProcessPruning(run_dir, source_model.adata, str(source_model.device), options, on_round=rounds.put)
+            job = ProcessPruning(run_dir, source_model.adata, str(source_model.device), options, on_round=rounds.put,
+                                 prepared=source_model.prepared)
             attach_model(job)
             model, result = job.run(control)
             status = "stopped" if control.stop_requested else "completed"

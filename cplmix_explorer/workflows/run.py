@@ -187,6 +187,7 @@ def train_run(
     write_outputs_when_stopped: bool = True,
     distributed=None,
     reserved_cores: int = 0,
+    prepared=None,
 ) -> RunOutcome:
     """Train a model on ``source`` into ``run_dir`` (or continue it with ``resume``) and write its outputs.
 
@@ -194,7 +195,9 @@ def train_run(
     subscribe to the model's events). With ``distributed`` (torchrun) every process trains and only rank 0
     writes files. ``reserved_cores``: cores left to other work when the ``threads`` option is unset (the app
     keeps one for its server). ``resume`` on a folder whose run never reached its first checkpoint (run.json
-    only) starts that run afresh with its recorded configuration, and a warning says so.
+    only) starts that run afresh with its recorded configuration, and a warning says so. ``prepared``: the
+    data of ``source`` as :func:`~cplmix_explorer.api.prepare_for_model` made it for ``config`` (used as it
+    is, so that a caller that needs it too prepares the data once).
     """
     run_dir = Path(run_dir)
     restarting = resume and distributed is None and _never_checkpointed(run_dir)
@@ -215,7 +218,7 @@ def train_run(
         resolve_device(config.device)
         checkpoint.config = config.to_dict()
         adata = open_training_data(source, config)
-        model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device)
+        model = CplMixVAE.from_checkpoint(checkpoint, adata, device=config.device, prepared=prepared)
         model.reserved_cores = reserved_cores
         model.load_type_names(run_dir)  # the user's renames stay with the resumed run
     else:
@@ -225,7 +228,7 @@ def train_run(
         if distributed is None:
             resolve_device(config.device)
         adata = open_training_data(source, config, check_memory=distributed is None)
-        model = CplMixVAE(adata, config=config)
+        model = CplMixVAE(adata, config=config, _prepared=prepared)
         model.reserved_cores = reserved_cores
         augmenter_for(config, model.prepared, model.module.likelihood)  # a mismatched augmenter: refuse now
         run_info = {
@@ -315,8 +318,9 @@ def _var_frame(genes) -> pd.DataFrame:
     return pd.DataFrame(index=pd.Index(list(genes), name="gene"))
 
 
-def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None):
-    """The trained model of a run folder on its data (``source`` overrides the data recorded in run.json)."""
+def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None, prepared=None):
+    """The trained model of a run folder on its data (``source`` overrides the data recorded in run.json;
+    ``prepared``: that data already prepared with the run's genes, used as it is)."""
     run_dir = Path(run_dir)
     checkpoint = load_run_checkpoint(run_dir)
     if source is None:
@@ -330,7 +334,7 @@ def load_run(run_dir: str | os.PathLike, source=None, device: str | None = None)
             raise CplmixError(f"the run in '{run_dir}' was trained on in-memory data; pass the data explicitly")
     config = CplMixConfig.from_dict(checkpoint.config)
     adata = open_training_data(source, config, check_memory=False)
-    model = CplMixVAE.from_checkpoint(checkpoint, adata, device=device or "cpu")
+    model = CplMixVAE.from_checkpoint(checkpoint, adata, device=device or "cpu", prepared=prepared)
     model.load_type_names(run_dir)  # the run's type names and the user's renames (type_names.json)
     return model
 

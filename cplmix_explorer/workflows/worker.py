@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..api import CplMixVAE
+from ..api import CplMixVAE, prepare_for_model
 from ..config import CplMixConfig
 from ..errors import CplmixError, describe_failure
 from ..threads import resolve_threads
@@ -143,28 +143,37 @@ class ProcessTraining(ChildJob):
     source: a bundled dataset name, an .h5ad path or an AnnData (pickled to the child); :meth:`run` returns the
     run's :class:`~cplmix_explorer.workflows.run.RunOutcome` with the model loaded back from the run folder onto
     ``config``'s device. ``data``: the AnnData this process already holds for ``source`` (the app's session
-    data); the model loaded back is built on it instead of reading ``source`` a second time. ``events``
-    publishes the child's metric events in this process (subscribe before :meth:`run`).
+    data): it is prepared here, once, in :meth:`run`; the child trains on that preparation (``prepared``) and
+    the model loaded back is built on ``data`` and the same preparation. ``events`` publishes the child's
+    metric events in this process (subscribe before :meth:`run`).
     """
 
     def __init__(self, source, run_dir: str | os.PathLike, config: CplMixConfig, threads: int | None = None,
                  data=None):
         self.source, self.run_dir, self.config = source, Path(run_dir), config.copy()
         self.data = data
+        self.prepared = None
         threads = threads or resolve_threads(self.config.threads, APP_RESERVED_CORES)
-        super().__init__((source, str(self.run_dir), self.config.to_dict()), threads)
+        super().__init__((source, str(self.run_dir), self.config.to_dict(), None), threads)
+
+    def run(self, control: TrainingControl | None = None):
+        if self.data is not None and self.prepared is None:
+            self.prepared = prepare_for_model(self.data, self.config)
+            self.args = (self.source, str(self.run_dir), self.config.to_dict(), self.prepared)
+        return super().run(control)
 
     @staticmethod
-    def target(control, send, source, run_dir: str, config: dict):
+    def target(control, send, source, run_dir: str, config: dict, prepared):
         outcome = train_run(source, run_dir, CplMixConfig.from_dict(config), progress=False, control=control,
                             on_model=lambda model: model.events.subscribe(lambda event: send("event", event)),
-                            reserved_cores=APP_RESERVED_CORES)
+                            reserved_cores=APP_RESERVED_CORES, prepared=prepared)
         return outcome.result
 
     def _outcome(self, result):
         metrics_path = self.run_dir / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"status": result.status}
-        model = load_run(self.run_dir, self.data if self.data is not None else self.source, device=self.config.device)
+        model = load_run(self.run_dir, self.data if self.data is not None else self.source, device=self.config.device,
+                         prepared=self.prepared)
         return RunOutcome(model=model, result=result, metrics=metrics, run_dir=self.run_dir)
 
 
@@ -172,16 +181,18 @@ class ProcessPruning(ChildJob):
     """:func:`~cplmix_explorer.workflows.pruning.prune` of the model saved in ``run_dir`` (on ``adata``), in a
     spawned child; the pruned model is saved there. :meth:`run` returns (pruned model loaded back onto
     ``device``, :class:`~cplmix_explorer.workflows.pruning.PruningResult`); each round reaches ``on_round``
-    in this process as it ends."""
+    in this process as it ends. ``prepared``: ``adata`` as the saved model's data was prepared (the shown
+    model's ``prepared``): the child and the model loaded back use it instead of preparing ``adata`` again."""
 
     def __init__(self, run_dir: str | os.PathLike, adata, device: str, options: dict, on_round=None,
-                 threads: int | None = None):
+                 threads: int | None = None, prepared=None):
         self.run_dir, self.adata, self.device, self.on_round = Path(run_dir), adata, str(device), on_round
-        super().__init__((str(self.run_dir), adata, self.device, dict(options)), threads)
+        self.prepared = prepared
+        super().__init__((str(self.run_dir), adata, self.device, dict(options), prepared), threads)
 
     @staticmethod
-    def target(control, send, run_dir: str, adata, device: str, options: dict):
-        model = CplMixVAE.load(run_dir, adata, device=device)
+    def target(control, send, run_dir: str, adata, device: str, options: dict, prepared):
+        model = CplMixVAE.load(run_dir, adata, device=device, prepared=prepared)
         model.reserved_cores = APP_RESERVED_CORES
         model.events.subscribe(lambda event: send("event", event))
         result = pruning.prune(model, control=control, progress=False, on_round=lambda round_: send("round", round_),
@@ -194,7 +205,7 @@ class ProcessPruning(ChildJob):
             self.on_round(payload)
 
     def _outcome(self, result):
-        return CplMixVAE.load(self.run_dir, self.adata, device=self.device), result
+        return CplMixVAE.load(self.run_dir, self.adata, device=self.device, prepared=self.prepared), result
 
 
 def _child_main(target, args: tuple, threads: int, messages, commands, parent_pid: int) -> None:
