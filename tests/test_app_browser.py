@@ -143,6 +143,10 @@ def test_page_opens_with_the_demo_and_the_traversal_slider_moves_the_view(server
     assert_slider_and_profile_agree(page, before_title)
     assert "state 1" in page.evaluate(JS_AXIS_LABELS), "the states are numbered from 1, as in the Cells tab"
     assert any(t.endswith(", state 1") for t in page.evaluate(JS_TITLES))
+    page.set_viewport_size({"width": 1400, "height": 1000})  # the docs' screenshots' width, where they overflowed
+    for name in ("z-score", "min-max"):  # each colour choice's label fits its button
+        button = page.get_by_role("button", name=name, exact=True)
+        assert button.evaluate("b => b.scrollWidth <= b.clientWidth"), f"the '{name}' label overflows its button"
     handle = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="State 1 value")).locator(".noUi-handle").first
     handle.focus()
     for _ in range(15):

@@ -179,7 +179,7 @@ class TraversalView(pn.viewable.Viewer):
         self.dim = pn.widgets.Select(label="State dimension", options={state_name(0): 0}, width=140)
         defaults = TraversalOptions()  # the options of `cplmix traverse`, with the same defaults
         self.normalize = pn.widgets.RadioButtonGroup(label="Colour", options={"z-score": ZSCORE, "min-max": MINMAX}, value=defaults.normalize,
-                                                     color="primary", variant="outline")
+                                                     color="primary", variant="outline", width=170)  # room for both labels
         self.groups = pn.widgets.CheckButtonGroup(label="Gene groups", options=GROUP_CHOICES, value=list(DEFAULT_GROUPS),
                                                   color="primary", variant="outline")
         self.custom = pn.widgets.TextAreaInput(label="Custom genes", placeholder="e.g. Fos, Arc, Npas4 (or upload a list)", height=70,
