@@ -27,6 +27,9 @@ TARGET_SUM = 1e4
 #: the types themselves), two for images (benchmarks/HISTORY.md has the comparisons).
 NEIGHBOR_STEPS_EXPRESSION = 1
 NEIGHBOR_STEPS_IMAGES = 2
+#: Principal components the neighbor graph is found in when ``neighbor_components`` is unset and K is at most
+#: this (scanpy's default); with more types, K of them.
+NEIGHBOR_COMPONENTS = 50
 #: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
 DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
 #: Weight of the cross-entropy that fits the type heads to the initial partition during the first
@@ -189,7 +192,7 @@ class CplMixConfig(OptionSet):
     type_init = param.Selector(
         default="leiden", objects=["leiden", "random"],
         doc="Where the categories start: 'leiden' fits the arms' type heads during the first type_init_steps "
-        "steps to K Leiden communities of the cells' 15-nearest-neighbor graph (top 50 PCs; the graph the "
+        "steps to K Leiden communities of the cells' 15-nearest-neighbor graph (top neighbor_components PCs; the graph the "
         "neighbor walks use), then the objective alone refines them; 'random' starts from the random network, "
         "as the paper.",
     )
@@ -230,7 +233,7 @@ class CplMixConfig(OptionSet):
         default="auto", objects=["auto", "none", "noise", "neighbors", "generative", "affine"],
         doc="Type-preserving copy each arm sees: auto picks neighbors with 2 or more arms (any number of cells) "
         "and otherwise affine for images, none for expression data; neighbors: the end of a random walk "
-        "of neighbor_steps hops among the cells' 15 nearest neighbors (top 50 PCs); generative needs a trained augmenter.",
+        "of neighbor_steps hops among the cells' 15 nearest neighbors (top neighbor_components PCs); generative needs a trained augmenter.",
     )
     augment_strength = param.Number(0.1, bounds=(0.0, 0.9), doc="Strength of the noise/affine augmentation.")
     neighbor_steps = param.Integer(
@@ -245,9 +248,15 @@ class CplMixConfig(OptionSet):
         "length from the first step); short walks first let the categories settle on groups before long walks "
         "make a split along a continuum costly.",
     )
+    neighbor_components = param.Integer(
+        None, bounds=(2, 1000), allow_None=True,
+        doc="Principal components the 15-nearest-neighbor graph (walks and the Leiden start) is found in. Unset "
+        f"(None): {NEIGHBOR_COMPONENTS}, scanpy's default, or n_types when more types are asked for: types with "
+        "markers of their own need about one dimension each, and in fewer components the small ones merge.",
+    )
     neighbor_scale_genes = param.Boolean(
         True,
-        doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top 50 principal "
+        doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top principal "
         "components of the genes standardised to unit variance and clipped at 10, as scanpy's standard pipeline "
         "(sc.pp.scale before sc.pp.pca), so that the markers of small types count as much as those of large "
         "ones; False: of the unscaled model input. Images always keep their pixels.",
@@ -427,3 +436,11 @@ BENCH_CONFIG_DEFAULTS = {"n_types": 115}
 
 
 CLI_FLAGS["n_markers"] = "--markers"  # cplmix traverse
+
+
+def neighbor_components(config: CplMixConfig) -> int:
+    """The principal components a run's neighbor graph is found in (``config.neighbor_components`` or its
+    default for the run's number of types)."""
+    if config.neighbor_components is not None:
+        return int(config.neighbor_components)
+    return max(NEIGHBOR_COMPONENTS, int(config.n_types))

@@ -132,3 +132,26 @@ def test_the_start_graph_is_weighted_unless_uniform_weights_are_asked_for(mixtur
         covered = trainer.type_targets[0] >= 0
         truth = np.asarray(mixture.obs["type"])[covered.numpy()]
         assert compare_to_labels(trainer.type_targets[0][covered].numpy(), truth)["ari"] == 1.0
+
+
+def test_types_with_markers_of_their_own_need_as_many_components_as_types():
+    """24 types, each up in its own genes: in fewer principal components than types the start merges some of
+    them; in as many as the types (the default when K is above 50) it finds them all."""
+    from cplmix_explorer.config import CplMixConfig, neighbor_components
+    from cplmix_explorer.datasets import simulate
+
+    adata = simulate(n_cells=1440, n_genes=700, n_types=24, n_classes=None, abundance_ratio=3.0, markers_per_type=20,
+                     n_ieg=40, n_hkg=40, panel_fraction=1.0, seed=1)
+    truth = adata.obs["true_type"].to_numpy()
+
+    def start_ari(components: int) -> float:
+        model = CplMixVAE(adata, n_types=24, n_genes=700, seed=0, neighbor_components=components)
+        trainer = model.make_trainer()
+        trainer.prepare_type_init()
+        rows = trainer.train_rows.numpy()
+        return compare_to_labels(trainer.type_targets[0, rows].numpy(), truth[rows])["ari"]
+
+    assert start_ari(24) > 0.95
+    assert start_ari(6) < start_ari(24) - 0.1
+    assert neighbor_components(CplMixConfig(n_types=120)) == 120 and neighbor_components(CplMixConfig(n_types=20)) == 50
+    assert neighbor_components(CplMixConfig(n_types=120, neighbor_components=40)) == 40

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import psutil
 
+from ..config import NEIGHBOR_COMPONENTS
 from ..errors import CplmixError
 
 #: X larger than this (stored values + indices, or dense values) is read backed by default.
@@ -49,8 +50,8 @@ TRAINING_BYTES = 300 * 2**20
 #: Model genes kept by highly-variable selection hold at most this multiple of their share of the non-zeros
 #: (variable genes are more often expressed than the average gene).
 SELECTED_DENSITY_FACTOR = 1.5
-#: Principal components of the neighbor search (model.neighbors.NEIGHBOR_COMPONENTS).
-COMPONENTS = 50
+#: Principal components of the neighbor search, at least (config.neighbor_components gives a run's).
+COMPONENTS = NEIGHBOR_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,13 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on_gpu: bool = False,
-                             n_arms: int = 2, state_dim: int = 2, bottleneck_dim: int = 10) -> MemoryEstimate:
+                             n_arms: int = 2, state_dim: int = 2, bottleneck_dim: int = 10,
+                             components: int = COMPONENTS) -> MemoryEstimate:
     """Resident memory of each stage of ``cplmix train`` on a matrix of ``shape`` keeping ``n_genes`` genes.
 
     read: X in memory unless backed. prepare: the selected genes as CSR float32 (or dense float32), grown
     block by block (at most 1.25 x its size while it grows). data: the engine's copy of the selected values
-    (float32 values + int32 columns; on a GPU it lives there instead). neighbors: 50 principal component scores
+    (float32 values + int32 columns; on a GPU it lives there instead). neighbors: ``components`` principal component scores
     and the search. leiden: the neighbor graph in scipy and igraph. training: the walks' table, the start
     categories and a step's working memory. inference: the per-cell results."""
     n = shape.n_cells
@@ -147,7 +149,7 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
         "read": BASE_BYTES + read + n * 200,
         "prepare": BASE_BYTES + read + int(selected * 1.25) + n * 8,
         "data": held + engine,
-        "neighbours": held + engine + search + n * COMPONENTS * 4 + n * NEIGHBOR_BYTES_PER_CELL,
+        "neighbours": held + engine + search + n * components * 4 + n * NEIGHBOR_BYTES_PER_CELL,
         "leiden": later + n * LEIDEN_BYTES_PER_CELL,
         "training": later + n * n_arms * 8 + TRAINING_BYTES,
         "inference": later + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES
+from ..config import NEIGHBOR_STEPS_EXPRESSION, NEIGHBOR_STEPS_IMAGES, neighbor_components
 from ..errors import CplmixError
 from .augment import AffineImageAugmenter, Augmenter, CountNoiseAugmenter, IdentityAugmenter, ValueNoiseAugmenter, resolve_auto
 from .generative import load_generative_augmenter
@@ -21,6 +21,7 @@ def make_augmenter(
     likelihood: str = "gaussian",
     neighbor_steps: int | None = None,
     neighbor_ramp_steps: int | None = None,
+    neighbor_components: int | None = None,
     n_arms: int,
 ) -> tuple[Augmenter, str]:
     """The augmenter for an option value and the name actually used ('auto' resolved by :func:`resolve_auto`
@@ -39,6 +40,8 @@ def make_augmenter(
         walk = {"walk_steps": neighbor_steps}
         if neighbor_ramp_steps is not None:
             walk["ramp_steps"] = neighbor_ramp_steps
+        if neighbor_components is not None:
+            walk["components"] = neighbor_components
         return NeighborAugmenter(**walk), name
     if name == "noise":
         return (CountNoiseAugmenter(strength) if is_counts else ValueNoiseAugmenter(strength)), name
@@ -74,5 +77,6 @@ def augmenter_for(config, prepared, likelihood: str) -> tuple[Augmenter, str]:
         likelihood=likelihood,
         neighbor_steps=config.neighbor_steps,
         neighbor_ramp_steps=config.neighbor_ramp_steps,
+        neighbor_components=neighbor_components(config),
         n_arms=config.n_arms,
     )

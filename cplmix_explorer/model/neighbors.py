@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import NEIGHBOR_STEPS_EXPRESSION, CplMixConfig
+from ..config import NEIGHBOR_COMPONENTS, NEIGHBOR_STEPS_EXPRESSION, CplMixConfig
 from .augment import Augmenter
 
-#: Principal components the neighbors are found in, and the neighbors per cell (scanpy's defaults).
-NEIGHBOR_COMPONENTS = 50
+#: Neighbors per cell (scanpy's default; the principal components are config.NEIGHBOR_COMPONENTS).
 NEIGHBORS = 15
 #: Hops of the random walk that picks each arm's copy (CplMixConfig.neighbor_steps's default for expression data).
 WALK_STEPS = NEIGHBOR_STEPS_EXPRESSION
@@ -213,7 +212,8 @@ class NeighborAugmenter(Augmenter):
     name = "neighbors"
     chooses_rows = True
 
-    def __init__(self, k: int = NEIGHBORS, walk_steps: int = WALK_STEPS, ramp_steps: int = RAMP_STEPS):
+    def __init__(self, k: int = NEIGHBORS, walk_steps: int = WALK_STEPS, ramp_steps: int = RAMP_STEPS,
+                 components: int = NEIGHBOR_COMPONENTS):
         super().__init__()
         if walk_steps < 1:
             raise ValueError(f"walk_steps must be at least 1, got {walk_steps}")
@@ -222,6 +222,7 @@ class NeighborAugmenter(Augmenter):
         self.k = int(k)
         self.walk_steps = int(walk_steps)
         self.ramp_steps = int(ramp_steps)
+        self.components = int(components)
         self.register_buffer("table", torch.zeros(0, self.k + 1, dtype=torch.long), persistent=False)
         self.search: NeighborSearch | None = None  # how fit found the neighbors
 
@@ -231,7 +232,7 @@ class NeighborAugmenter(Augmenter):
         chunks). The table maps every data row to itself and its k neighbors, as data row indices
         (n_data, k + 1); rows outside ``rows`` map to themselves only. ``search`` records how they were found."""
         rows_of = points if callable(points) else (lambda index: points[index])
-        self.search = find_neighbors(rows_of, len(rows), self.k, seed=seed, device=rows.device)
+        self.search = find_neighbors(rows_of, len(rows), self.k, self.components, seed=seed, device=rows.device)
         neighbors = rows[self.search.indices]  # (R, k) data rows
         table = torch.arange(n_data, device=rows.device).unsqueeze(1).repeat(1, neighbors.shape[1] + 1)
         table[rows, 1:] = neighbors

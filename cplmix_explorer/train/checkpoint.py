@@ -48,6 +48,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "neighbor_scale_genes": False,
     "type_prior_weight": 0.0,
     "leiden_weights": "uniform",
+    "neighbor_components": 50,  # runs before the option used scanpy's 50 whatever their K
 }
 
 

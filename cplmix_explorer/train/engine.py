@@ -23,7 +23,7 @@ import torch
 
 from ..model.consensus import consensus
 from ..model.inference import infer
-from ..config import TYPE_INIT_WEIGHT, CplMixConfig
+from ..config import TYPE_INIT_WEIGHT, CplMixConfig, neighbor_components
 from ..data.preprocess import PreparedData
 from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
@@ -345,7 +345,8 @@ class Trainer:
         if self.augmenter.chooses_rows:  # the walks' search: every training row's neighbors, as positions in rows
             search = self.augmenter.search
         else:
-            search = find_neighbors(self._graph_input(rows), len(rows), seed=self.config.seed, device=self.device)
+            search = find_neighbors(self._graph_input(rows), len(rows), neighbor_components(self.config),
+                                    seed=self.config.seed, device=self.device)
             self.neighbor_search = search.summary()
         neighbors = search.indices.cpu().numpy()
         weighted = self.config.leiden_weights == "umap" and search.distances is not None
