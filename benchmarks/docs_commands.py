@@ -11,8 +11,9 @@ for the next on the same page; the folder holds copies of the repository's apps/
   unless an earlier command of the page makes it (``/tmp/with_empty_cells.h5ad``, ``my_genes.txt``).
 - ``python benchmarks/*.py`` lines are recipes of recorded results (hours): not run unless they are a
   ``--quick`` form. ``--device cuda`` lines need CUDA; ``torchrun`` lines need several GPUs or machines.
-- A command still running after ``--max-seconds`` gets SIGINT, as a user pressing Ctrl-C: ``cplmix train``
-  then keeps its checkpoint and exits 130, "stopped by Ctrl-C as documented" (docs/reliability.md).
+- A ``cplmix train`` still running after ``--max-seconds`` gets SIGINT, as a user pressing Ctrl-C: it then keeps
+  its checkpoint and exits 130, "stopped by Ctrl-C as documented" (docs/reliability.md); any other command
+  gets SIGINT after ``--other-max-seconds``.
 - ``panel serve apps/explorer.py ...`` starts on a free port; the check is http://127.0.0.1:PORT/explorer
   answering 200, then the server gets SIGINT.
 
@@ -91,6 +92,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C works in the child as in a terminal, even when this script was started in the background (a
+    non-interactive shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def skip_reason(command: str, *, cuda: bool) -> str | None:
     if command.startswith("bash .ci/setup") and "pytest" in command:
         return "the whole test suite: not run here (2 shared cores); the set-up part ran as this run's own set-up"
@@ -162,16 +169,23 @@ class PageRun:
         return "; ".join(notes)
 
     # -- running -----------------------------------------------------------------------------------------
+    def limit(self, shell: str) -> float:
+        """--max-seconds for a training run (it stops gracefully on Ctrl-C, keeping its checkpoint), the
+        longer --other-max-seconds for the rest (a stopped augmenter or notebook leaves nothing to go on with)."""
+        training = re.match(r"^(?:[A-Z_]+=\S+ )*cplmix train ", shell)
+        return self.args.max_seconds if training else self.args.other_max_seconds
+
     def execute(self, command: str, cwd: Path, *, log_name: str) -> Outcome:
         shell, _ = strip_comment(command)
         started = time.perf_counter()
         log = self.logs / f"{log_name}.txt"
         with open(log, "w") as out:
             process = subprocess.Popen(["bash", "-c", shell], cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=as_in_a_terminal)
             interrupted = False
+            limit = self.limit(shell)
             try:
-                code = process.wait(timeout=self.args.max_seconds)
+                code = process.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 interrupted = True
                 os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the foreground group
@@ -185,7 +199,7 @@ class PageRun:
         outcome = Outcome(self.name, command, "passed" if code == 0 else "failed", code, round(seconds, 1),
                           output_tail=last_lines(text))
         if interrupted:
-            outcome.note = f"SIGINT (Ctrl-C) after --max-seconds {self.args.max_seconds:g}"
+            outcome.note = f"SIGINT (Ctrl-C) after {limit:g} s"
             if code == 130 and "checkpoint kept" in text:
                 outcome.status = "stopped"
                 outcome.checked = "exit 130 with 'checkpoint kept ... continue with --resume': stopped by Ctrl-C as documented"
@@ -216,8 +230,9 @@ class PageRun:
         answered = None
         with open(log, "w") as out:
             process = subprocess.Popen(["bash", "-c", f"exec {shell}"], cwd=self.folder, env=self.env, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            deadline = started + self.args.max_seconds
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       preexec_fn=as_in_a_terminal)
+            deadline = started + self.args.other_max_seconds
             while time.perf_counter() < deadline and process.poll() is None:
                 try:
                     with urllib.request.urlopen(url, timeout=60) as response:
@@ -389,6 +404,7 @@ def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, 
 
     counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "stopped", "set-up", "failed", "skipped")}
     data = {"machine": machine(), "setup": setup, "quick": args.quick, "max_seconds": args.max_seconds,
+            "other_max_seconds": args.other_max_seconds,
             "small": args.small, "total_seconds": round(time.perf_counter() - started, 1), "counts": counts,
             "scratch": str(scratch) if scratch else None,
             "commands": [{k: v for k, v in asdict(o).items() if k != "output_tail" or o.status == "failed"} for o in outcomes]}
@@ -396,7 +412,8 @@ def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, 
         "# Commands of the README and docs/, run" + (" (--quick: parse and --help only)" if args.quick else ""), "",
         f"`{data['machine']['command']}` on {data['machine']['host_cpu']}, torch {data['machine']['torch']}, "
         f"{data['machine']['date']}, load {data['machine'].get('load_average_1min', '?')}; {setup}. "
-        f"Time limit per command {args.max_seconds:g} s (then SIGINT, as Ctrl-C); total {data['total_seconds']:.0f} s.", "",
+        f"Time limit {args.max_seconds:g} s per `cplmix train`, {args.other_max_seconds:g} s per other command (then "
+        f"SIGINT, as Ctrl-C); total {data['total_seconds']:.0f} s.", "",
         "Counts: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
         "| page | command | status | exit | s | checked / why |", "|---|---|---|---|---|---|",
     ]
@@ -411,7 +428,9 @@ def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--pages", nargs="+", metavar="PAGE", help="only these pages (README.md, docs/cli.md, cli.md)")
-    parser.add_argument("--max-seconds", type=float, default=240, help="then SIGINT (Ctrl-C) to the command")
+    parser.add_argument("--max-seconds", type=float, default=240, help="then SIGINT (Ctrl-C) to a 'cplmix train'")
+    parser.add_argument("--other-max-seconds", type=float, default=600,
+                        help="then SIGINT (Ctrl-C) to any other command (an augmenter, a notebook, a server)")
     parser.add_argument("--quick", action="store_true", help="parse and --help only; runs nothing")
     parser.add_argument("--small", action="store_true", help="the 10^5-cell file of docs/scale.md with 10^4 cells")
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a new temporary one, kept)")
@@ -459,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = PageRun(page, scratch, args, shared, makers, env)
         runner.shared = shared
         outcomes += runner.run(page_commands(page), cuda)
-        report(outcomes, args, started, scratch, setup)  # after every page: a partial table survives an interrupt
+        with contextlib.redirect_stdout(io.StringIO()):  # after every page: a partial table survives an interrupt
+            report(outcomes, args, started, scratch, setup)
+    report(outcomes, args, started, scratch, setup)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
