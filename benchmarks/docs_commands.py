@@ -58,6 +58,8 @@ STAND_INS = {
     "my.h5ad": dict(n_cells=3000, n_genes=4000, n_types=20, n_classes=4, seed=0),
     "data.h5ad": dict(n_cells=5000, n_genes=2000, n_types=40, n_classes=4, seed=3),
 }
+# --small: the 10^5-cell file of docs/scale.md with 10^4 cells (whose names have one digit fewer)
+SMALL = {"n_cells=100_000": "n_cells=10_000", "--cell sim-cell-000000": "--cell sim-cell-00000"}
 OUTPUT = re.compile(r"--out[= ](\S+)")
 
 
@@ -336,15 +338,16 @@ class PageRun:
             elif "panel serve" in shell:
                 outcome = self.serve(command)
             else:
-                if self.args.small and "n_cells=100_000" in shell:
-                    command = command.replace("n_cells=100_000", "n_cells=10_000")
+                shown, notes = command, []
+                for page_text, small_text in SMALL.items() if self.args.small else ():
+                    if page_text in command:
+                        command = command.replace(page_text, small_text)
+                        notes.append(f"--small: ran with {small_text} (10^4 cells instead of the page's 10^5; file name kept)")
                 self.ensure_run_folders(shell)
-                note = self.ensure_brought_files(shell)
+                notes.append(self.ensure_brought_files(shell))
                 outcome = self.execute(command, self.folder, log_name=f"{len(self.outcomes):02d}")
-                if self.args.small and "n_cells=10_000" in command and "n_cells=100_000" not in command:
-                    note = "--small: 10^4 cells instead of the page's 10^5 (file name kept)"
-                    outcome.command = command.replace("n_cells=10_000", "n_cells=100_000")
-                outcome.note = "; ".join(n for n in (note, outcome.note) if n)
+                outcome.command = shown
+                outcome.note = "; ".join(n for n in (*notes, outcome.note) if n)
                 self.check(outcome, command)
             self.seen.append(shell)
             self.outcomes.append(outcome)
@@ -398,22 +401,43 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ")
 
 
-def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, setup: str) -> None:
+def page_of(outcome: Outcome) -> str:
+    return outcome.page.removeprefix("(set-up for ").removesuffix(")")
+
+
+def merged(outcomes: list[Outcome], earlier: list[Outcome]) -> list[Outcome]:
+    """The rows of this run, and for the pages it did not run those of the earlier table, in page order."""
+    ran = {page_of(o) for o in outcomes}
+    rows = outcomes + [o for o in earlier if page_of(o) not in ran]
+    order = {str(page.relative_to(REPOSITORY)): index for index, page in enumerate(PAGES)}
+    return sorted(rows, key=lambda o: order.get(page_of(o), len(order)))  # stable: page order kept within a page
+
+
+def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, setup: str,
+           earlier: dict | None = None) -> None:
     sys.path.insert(0, str(REPOSITORY / "benchmarks"))
     from _common import machine, write_report
 
+    this_run = {"machine": machine(), "setup": setup, "pages": sorted({page_of(o) for o in outcomes}),
+                "total_seconds": round(time.perf_counter() - started, 1)}
+    runs = [*(earlier or {}).get("runs", []), this_run]
+    if earlier:
+        outcomes = merged(outcomes, [Outcome(**row) for row in earlier["commands"]])
     counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "stopped", "set-up", "failed", "skipped")}
-    data = {"machine": machine(), "setup": setup, "quick": args.quick, "max_seconds": args.max_seconds,
+    first = runs[0]  # the full run; --update reruns are listed after it
+    data = {"machine": first["machine"], "setup": first["setup"], "quick": args.quick, "max_seconds": args.max_seconds,
             "other_max_seconds": args.other_max_seconds,
-            "small": args.small, "total_seconds": round(time.perf_counter() - started, 1), "counts": counts,
-            "scratch": str(scratch) if scratch else None,
+            "small": args.small, "total_seconds": first["total_seconds"], "counts": counts,
+            "scratch": str(scratch) if scratch else None, "runs": runs,
             "commands": [{k: v for k, v in asdict(o).items() if k != "output_tail" or o.status == "failed"} for o in outcomes]}
     lines = [
         "# Commands of the README and docs/, run" + (" (--quick: parse and --help only)" if args.quick else ""), "",
         f"`{data['machine']['command']}` on {data['machine']['host_cpu']}, torch {data['machine']['torch']}, "
-        f"{data['machine']['date']}, load {data['machine'].get('load_average_1min', '?')}; {setup}. "
+        f"{data['machine']['date']}, load {data['machine'].get('load_average_1min', '?')}; {data['setup']}. "
         f"Time limit {args.max_seconds:g} s per `cplmix train`, {args.other_max_seconds:g} s per other command (then "
         f"SIGINT, as Ctrl-C); total {data['total_seconds']:.0f} s.", "",
+        *([f"Pages rerun with --update: " + "; ".join(f"{', '.join(r['pages'])} by `{r['machine']['command']}` at "
+                                                       f"{r['machine']['date']}" for r in runs[1:]), ""] if len(runs) > 1 else []),
         "Counts: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
         "| page | command | status | exit | s | checked / why |", "|---|---|---|---|---|---|",
     ]
@@ -432,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other-max-seconds", type=float, default=600,
                         help="then SIGINT (Ctrl-C) to any other command (an augmenter, a notebook, a server)")
     parser.add_argument("--quick", action="store_true", help="parse and --help only; runs nothing")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of the pages not run from the results already in --out (a rerun after a fix)")
     parser.add_argument("--small", action="store_true", help="the 10^5-cell file of docs/scale.md with 10^4 cells")
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a new temporary one, kept)")
     parser.add_argument("--out", type=Path, help="results without suffix (default: benchmarks/results/docs_commands"
@@ -473,14 +499,17 @@ def main(argv: list[str] | None = None) -> int:
             made = re.match(r"cplmix train \S+ --out (runs/[\w.-]+)", shell)
             if made and "--resume" not in shell and made.group(1) not in makers:
                 makers[made.group(1)] = shell
+    earlier = None
+    if args.update and args.out.with_suffix(".json").exists():
+        earlier = json.loads(args.out.with_suffix(".json").read_text())
     print(f"scratch: {scratch}; {setup}", flush=True)
     for page in pages:
         runner = PageRun(page, scratch, args, shared, makers, env)
         runner.shared = shared
         outcomes += runner.run(page_commands(page), cuda)
         with contextlib.redirect_stdout(io.StringIO()):  # after every page: a partial table survives an interrupt
-            report(outcomes, args, started, scratch, setup)
-    report(outcomes, args, started, scratch, setup)
+            report(outcomes, args, started, scratch, setup, earlier)
+    report(outcomes, args, started, scratch, setup, earlier)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
