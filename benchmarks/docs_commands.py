@@ -424,14 +424,16 @@ def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, 
     from _common import machine, write_report
 
     this_run = {"machine": machine(), "setup": setup, "pages": sorted({page_of(o) for o in outcomes}),
+                "max_seconds": args.max_seconds, "other_max_seconds": args.other_max_seconds,
                 "total_seconds": round(time.perf_counter() - started, 1)}
     runs = [*(earlier or {}).get("runs", []), this_run]
     if earlier:
         outcomes = merged(outcomes, [Outcome(**row) for row in earlier["commands"]])
     counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "stopped", "set-up", "failed", "skipped")}
     first = runs[0]  # the full run; --update reruns are listed after it
-    data = {"machine": first["machine"], "setup": first["setup"], "quick": args.quick, "max_seconds": args.max_seconds,
-            "other_max_seconds": args.other_max_seconds,
+    data = {"machine": first["machine"], "setup": first["setup"], "quick": args.quick,
+            "max_seconds": first.get("max_seconds", args.max_seconds),
+            "other_max_seconds": first.get("other_max_seconds", args.other_max_seconds),
             "small": args.small, "total_seconds": first["total_seconds"], "counts": counts,
             "scratch": str(scratch) if scratch else None, "runs": runs,
             "commands": [{k: v for k, v in asdict(o).items() if k != "output_tail" or o.status == "failed"} for o in outcomes]}
@@ -439,7 +441,7 @@ def report(outcomes: list[Outcome], args, started: float, scratch: Path | None, 
         "# Commands of the README and docs/, run" + (" (--quick: parse and --help only)" if args.quick else ""), "",
         f"`{data['machine']['command']}` on {data['machine']['host_cpu']}, torch {data['machine']['torch']}, "
         f"{data['machine']['date']}, load {data['machine'].get('load_average_1min', '?')}; {data['setup']}. "
-        f"Time limit {args.max_seconds:g} s per `cplmix train`, {args.other_max_seconds:g} s per other command (then "
+        f"Time limit {data['max_seconds']:g} s per `cplmix train`, {data['other_max_seconds']:g} s per other command (then "
         f"SIGINT, as Ctrl-C); total {data['total_seconds']:.0f} s.", "",
         *([f"Pages rerun with --update: " + "; ".join(f"{', '.join(r['pages'])} by `{r['machine']['command']}` at "
                                                        f"{r['machine']['date']}" for r in runs[1:]), ""] if len(runs) > 1 else []),
