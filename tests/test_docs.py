@@ -91,6 +91,48 @@ def shown_commands() -> list[tuple[str, str]]:
     return found
 
 
+SHELL_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:cplmix |python |jupyter execute |mkdir |cp |ls |printf |taskset |"
+                           r"panel serve |torchrun |bash \.ci/setup )")
+HEREDOC = re.compile(r"<<-?\s*'?\"?(\w+)'?\"?\s*$")
+
+
+def page_commands(page: Path) -> list[str]:
+    """The shell commands of a page's code blocks in page order, as a user would paste them: ``cplmix``,
+    ``python`` (also ``python - <<'EOF'`` with its body), ``jupyter execute``, ``panel serve``, ``mkdir``, ``cp``,
+    ``ls``, ``printf``, ``taskset``, ``torchrun`` and the set-up lines, each with an environment prefix
+    (``NAME=value``), a backslash continuation joined; output lines (``cplmix: error: ...``) are not commands."""
+    found: list[str] = []
+    lines = code_lines(page)
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        if not SHELL_COMMAND.match(line):
+            continue
+        while line.endswith("\\") and index < len(lines):
+            line = line[:-1].rstrip() + " " + lines[index]
+            index += 1
+        heredoc = HEREDOC.search(line.split(" #")[0])
+        if heredoc:
+            body = []
+            while index < len(lines) and lines[index] != heredoc.group(1):
+                body.append(lines[index])
+                index += 1
+            index += 1
+            line = "\n".join([line, *body, heredoc.group(1)])
+        found.append(line)
+    return found
+
+
+def test_page_commands_joins_heredocs_and_continuations(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nCPLMIX_X=1 cplmix train a --out runs/a   # note\ncplmix: error: an output line\n"
+                    "python - <<'EOF'\nprint(1)\nEOF\ntorchrun --nproc_per_node 2 \\\n    -m cplmix_explorer.train a.h5ad\n"
+                    "```\n\n```python\nimport cplmix_explorer\n```\n")
+    assert page_commands(page) == ["CPLMIX_X=1 cplmix train a --out runs/a   # note", "python - <<'EOF'\nprint(1)\nEOF",
+                                   "torchrun --nproc_per_node 2 -m cplmix_explorer.train a.h5ad"]
+
+
 @pytest.mark.parametrize("page, command", shown_commands(), ids=lambda value: value)
 def test_every_cplmix_command_shown_is_one_the_cli_takes(page, command):
     """Every command line in the README and docs/ names a command and flags that exist (argparse accepts it);
@@ -168,3 +210,20 @@ def test_the_command_check_refuses_a_flag_the_cli_does_not_take():
 
     with pytest.raises(CplmixError, match="--no-such-flag"):
         build_parser().parse_args(["traverse", "runs/x", "--out", "x.png", "--no-such-flag"])
+
+
+def test_docs_commands_quick_finds_every_page_command_parsed_or_present(tmp_path):
+    """benchmarks/docs_commands.py --quick (what CI can afford): every cplmix line parses and prints its --help,
+    every script, notebook and app a line names exists; the full run's table is benchmarks/results/docs_commands.md."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "quick"
+    done = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "docs_commands.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["commands"]
+    assert len(rows) == sum(len(page_commands(page)) for page in PAGES) > 50
+    assert {row["page"] for row in rows} >= {"README.md", "docs/cli.md", "docs/reliability.md"}
+    assert all(row["status"] == "passed" for row in rows)
