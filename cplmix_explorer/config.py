@@ -251,7 +251,7 @@ class CplMixConfig(OptionSet):
     neighbor_components = param.Integer(
         None, bounds=(2, 1000), allow_None=True,
         doc="Principal components the 15-nearest-neighbor graph (walks and the Leiden start) is found in. Unset "
-        f"(None): {NEIGHBOR_COMPONENTS}, scanpy's default, or n_types when more types are asked for: types with "
+        f"(None): {NEIGHBOR_COMPONENTS} (as scanpy), or n_types when more types are asked for: types with "
         "markers of their own need about one dimension each, and in fewer components the small ones merge.",
     )
     neighbor_scale_genes = param.Boolean(
