@@ -143,7 +143,7 @@ class CplMixVAE:
         )
         trainer.step = self.step
         trainer._step_counter.fill_(self.step)
-        trainer.type_init_summary = self.type_init
+        trainer.adopt_type_init(self.type_init)
         if self._optimizer_state is not None:
             restore_optimizer(trainer.optimizer, self._optimizer_state)
         if self._rng_state:

@@ -32,9 +32,13 @@ NEIGHBOR_STEPS_IMAGES = 2
 NEIGHBOR_COMPONENTS = 50
 #: Options of :class:`CplMixConfig` that decide how a dataset is prepared (the data path, ``data.preprocess``).
 DATA_OPTIONS = ("n_genes", "normalize", "layer", "deskew_images")
-#: Weight of the cross-entropy that fits the type heads to the initial partition during the first
-#: ``type_init_steps`` steps (per cell and arm; large against the objective so that the partition is taken over).
+#: Weight of the cross-entropy that fits the type heads to the initial partition during the warm-up (per cell
+#: and arm; large against the objective so that the partition is taken over).
 TYPE_INIT_WEIGHT = 1000.0
+#: Steps between checks of the type heads' fit to the initial partition once ``type_init_steps`` have passed.
+TYPE_INIT_CHECK_STEPS = 50
+#: Training cells of each start category (a fixed random sample) on which that fit is checked.
+TYPE_INIT_CHECK_CELLS_PER_TYPE = 64
 
 class OptionSet(param.Parameterized):
     """Validated options with JSON round trips; one-line :class:`CplmixError` for unknown or bad values."""
@@ -199,7 +203,15 @@ class CplMixConfig(OptionSet):
     type_init_steps = param.Integer(
         300, bounds=(0, None),
         doc="type_init='leiden': training steps during which a cross-entropy toward the initial partition is "
-        "added to the objective (0 = no initial partition).",
+        "added to the objective, at least (see type_init_fit; 0 = no initial partition).",
+    )
+    type_init_fit = param.Number(
+        0.9, bounds=(0.0, 1.0),
+        doc="type_init='leiden': after type_init_steps the warm-up goes on, checked every "
+        f"{TYPE_INIT_CHECK_STEPS} steps, until every arm puts at least this fraction of the cells of a start "
+        "category in it, on average over the categories (at most until half of the run's steps): the more types and cells, the more steps the "
+        "type heads need to learn the partition, and one that is only half learnt when the objective takes over "
+        "is merged. 0: exactly type_init_steps steps.",
     )
     leiden_weights = param.Selector(
         default="umap", objects=["umap", "uniform"],

@@ -155,3 +155,37 @@ def test_types_with_markers_of_their_own_need_as_many_components_as_types():
     assert start_ari(6) < start_ari(24) - 0.1
     assert neighbor_components(CplMixConfig(n_types=120)) == 120 and neighbor_components(CplMixConfig(n_types=20)) == 50
     assert neighbor_components(CplMixConfig(n_types=120, neighbor_components=40)) == 40
+
+
+def test_the_warm_up_goes_on_until_the_type_heads_have_learnt_the_start():
+    # 12 types: five warm-up steps teach the heads little, and without the start as a prior afterwards the
+    # objective alone then loses the types; the warm-up instead lasts until the heads fit the partition
+    adata = mixture_counts(n_cells=1200, n_genes=240, n_types=12)
+    labels = adata.obs["type"].to_numpy()
+    options = dict(n_types=12, labels="type", seed=0, type_init_steps=5, type_prior_weight=0.0)
+    fixed = CplMixVAE(adata, type_init_fit=0.0, **options)
+    fixed.train(steps=120, progress=False)
+    assert fixed.type_init["steps"] == 5
+    fitted = CplMixVAE(adata, **options)  # type_init_fit 0.9, the default
+    fitted.train(steps=120, progress=False)
+    summary = fitted.type_init
+    assert summary["warm_up_ended"] and 5 < summary["steps"] <= 60  # at most half the run
+    assert min(summary["start_fit"]) >= 0.9
+    ari = lambda model: min(compare_to_labels(t, labels)["ari"] for t in model.predict().type_per_arm)  # noqa: E731
+    assert ari(fitted) >= 0.9 and ari(fixed) < 0.5
+
+
+def test_a_run_stopped_inside_the_warm_up_goes_on_with_it_when_resumed():
+    from cplmix_explorer.train.events import StepMetrics, TrainingControl
+
+    adata = mixture_counts(n_cells=1200, n_genes=240, n_types=12)
+    model = CplMixVAE(adata, n_types=12, labels="type", seed=0, type_init_steps=5, type_prior_weight=0.0, log_every=5)
+    control = TrainingControl()
+    model.events.subscribe(lambda event: isinstance(event, StepMetrics) and event.last_step >= 20 and control.stop())
+    model.train(until_step=120, control=control, progress=False)  # stopped by the user inside the warm-up
+    assert model.step < 55 and not model.type_init["warm_up_ended"] and model.type_init["steps"] > model.step
+    model.train(until_step=120, progress=False)  # resumed to the planned end
+    assert model.step == 120 and model.type_init["warm_up_ended"] and model.type_init["steps"] <= 60
+    assert min(model.type_init["start_fit"]) >= 0.9
+    for types in model.predict().type_per_arm:
+        assert compare_to_labels(types, adata.obs["type"].to_numpy())["ari"] >= 0.9

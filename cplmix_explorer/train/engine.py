@@ -23,7 +23,7 @@ import torch
 
 from ..model.consensus import consensus
 from ..model.inference import infer
-from ..config import TYPE_INIT_WEIGHT, CplMixConfig, neighbor_components
+from ..config import TYPE_INIT_CHECK_CELLS_PER_TYPE, TYPE_INIT_CHECK_STEPS, TYPE_INIT_WEIGHT, CplMixConfig, neighbor_components
 from ..data.preprocess import PreparedData
 from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
@@ -202,8 +202,12 @@ class Trainer:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._compiled_loss = None
         self.step = 0
-        #: steps [0, type_init_end) fit the type heads to the initial partition (0: no initial partition)
+        #: steps [0, type_init_end) fit the type heads to the initial partition (0: no initial partition); while
+        #: type_init_open the end moves on until the heads fit the partition (config.type_init_fit)
         self.type_init_end = config.type_init_steps if config.type_init == "leiden" else 0
+        self.type_init_open = bool(self.type_init_end) and config.type_init_fit > 0
+        self.type_init_fit: list[float] | None = None  # each arm's fit to its start at the last check
+        self._type_init_check_rows: torch.Tensor | None = None
         self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
         #: weight of the cross-entropy toward the initial partition after the warm-up (0: the objective alone)
         self.type_prior_weight = config.type_prior_weight if self.type_init_end else 0.0
@@ -361,8 +365,76 @@ class Trainer:
         for arm in range(n_arms):
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
         self.type_targets = targets
-        self.type_init_summary = {**partitions[0].summary(), "steps": int(self.type_init_end), "runs": runs,
-                                  "neighbours": self.neighbor_search}
+        self._type_init_check_rows = self._warm_up_check_rows(rows.cpu().numpy(), targets[0, rows].cpu().numpy())
+        self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search}
+        self._record_warm_up()
+
+    def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> torch.Tensor:
+        """The training rows the warm-up's fit is checked on: up to TYPE_INIT_CHECK_CELLS_PER_TYPE of every start
+        category (the first arm's), so that the smallest types count as much as the largest."""
+        generator = np.random.default_rng(self.config.seed)
+        chosen = []
+        for category in np.unique(categories[categories >= 0]):
+            members = rows[categories == category]
+            if len(members) > TYPE_INIT_CHECK_CELLS_PER_TYPE:
+                members = generator.choice(members, TYPE_INIT_CHECK_CELLS_PER_TYPE, replace=False)
+            chosen.append(members)
+        return torch.as_tensor(np.sort(np.concatenate(chosen)) if chosen else rows[:0], device=self.device)
+
+    def _record_warm_up(self) -> None:
+        """Write the warm-up's end (so far), whether it has ended, and the arms' fit to their start into the
+        summary the run records (a resumed run reads them back, :meth:`adopt_type_init`)."""
+        if self.type_init_summary is not None:
+            self.type_init_summary.update(steps=int(self.type_init_end), warm_up_ended=not self.type_init_open,
+                                          **({"start_fit": self.type_init_fit} if self.type_init_fit else {}))
+
+    def adopt_type_init(self, summary: dict | None) -> None:
+        """Continue the warm-up recorded in ``summary`` (a run's type_init record): its end, and whether that
+        end may still move (records without the flag come from a fixed-length warm-up)."""
+        self.type_init_summary = summary
+        if summary and "steps" in summary and self.type_init_end:
+            self.type_init_end = int(summary["steps"])
+            self.type_init_open = self.type_init_open and not summary.get("warm_up_ended", True)
+            self.type_init_fit = summary.get("start_fit")
+
+    @torch.no_grad()
+    def start_fit(self) -> list[float]:
+        """Per arm, how well its type head has learnt its start partition: the mean over start categories of the
+        fraction of their (sampled) cells whose most probable category, in eval mode with the cell itself as
+        input, is that start category (a balanced recall: a small type left unlearnt counts as much as a large one)."""
+        rows = self._type_init_check_rows
+        n_arms, n_types = self.module.n_arms, self.module.n_types
+        hits = torch.zeros(n_arms, n_types, dtype=torch.float64, device=self.device)
+        sizes = torch.zeros(n_arms, n_types, dtype=torch.float64, device=self.device)
+        self.module.eval()
+        try:
+            for start in range(0, len(rows), 1024):
+                chunk = rows[start : start + 1024]
+                x = self.data.model_input(chunk).unsqueeze(0).expand(n_arms, -1, -1)
+                _, logits = self.module.encode(x)
+                targets = self.type_targets[:, chunk]  # (A, r), every entry >= 0 on training rows
+                correct = (logits.argmax(dim=-1) == targets).double()
+                hits.scatter_add_(1, targets, correct)
+                sizes.scatter_add_(1, targets, torch.ones_like(correct))
+        finally:
+            self.module.train()
+        present = sizes > 0
+        recall = torch.where(present, hits / sizes.clamp_min(1), torch.zeros_like(hits))
+        return (recall.sum(dim=1) / present.sum(dim=1).clamp_min(1)).cpu().tolist()
+
+    def _check_warm_up(self, total_steps: int) -> None:
+        """At the warm-up's current end: end it when every arm fits its start (``type_init_fit``) or half the
+        run's steps have passed, else move the end on by TYPE_INIT_CHECK_STEPS."""
+        last = max(self.config.type_init_steps, total_steps // 2)
+        fit = self.start_fit()
+        if self.distributed is not None:  # every process decides as the first one
+            fit = self.distributed.broadcast_object(fit)
+        self.type_init_fit = [round(f, 4) for f in fit]
+        if min(fit) >= self.config.type_init_fit or self.step >= last:
+            self.type_init_open = False
+        else:
+            self.type_init_end = min(self.step + TYPE_INIT_CHECK_STEPS, last)
+        self._record_warm_up()
 
     def _objective(self, outputs, target: torch.Tensor, nb_library: torch.Tensor | None, step, reducer=None):
         """The configured objective (paper Eq. 7, or JointVAE) on one batch; the one call training and validation share.
@@ -638,6 +710,8 @@ class Trainer:
                         self.control.wait_while_paused()
                         continue
                     self._run_step()
+                    if self.type_init_open and self.type_targets is not None and self.step >= self.type_init_end:
+                        self._check_warm_up(total_steps)
                     evaluation_due = self.step % self.config.eval_every == 0 or (
                         self.step == total_steps and self.evaluate_at_end
                     )
