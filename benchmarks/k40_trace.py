@@ -83,6 +83,6 @@ def on(ev):
               "coupling": round(last.get("coupling", float("nan")), 2),
               "entropy": [round(v, 2) for n, v in last.items() if n.startswith("entropy_arm")],
               "merged": merged(inf), "fit_start": fit_start(inf), "warm_up_end": tr.type_init_end,
-              "warm_up_open": tr.type_init_open, "warm_up_fit": tr.type_init_fit}), flush=True)
+              "warm_up_open": tr.type_init_open, "warm_up_fit": tr.start_fit_measured}), flush=True)
 m.events.subscribe(on)
 res = tr.fit(a.steps)

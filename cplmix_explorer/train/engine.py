@@ -206,8 +206,8 @@ class Trainer:
         #: type_init_open the end moves on until the heads fit the partition (config.type_init_fit)
         self.type_init_end = config.type_init_steps if config.type_init == "leiden" else 0
         self.type_init_open = bool(self.type_init_end) and config.type_init_fit > 0
-        self.type_init_fit: list[float] | None = None  # each arm's fit to its start at the last check
-        self._type_init_check_rows: torch.Tensor | None = None
+        self.start_fit_measured: list[float] | None = None  # each arm's start_fit() at the last check
+        self._type_init_check_rows: np.ndarray | None = None  # data rows the warm-up's fit is checked on
         self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
         #: weight of the cross-entropy toward the initial partition after the warm-up (0: the objective alone)
         self.type_prior_weight = config.type_prior_weight if self.type_init_end else 0.0
@@ -369,7 +369,7 @@ class Trainer:
         self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search}
         self._record_warm_up()
 
-    def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> torch.Tensor:
+    def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
         """The training rows the warm-up's fit is checked on: up to TYPE_INIT_CHECK_CELLS_PER_TYPE of every start
         category (the first arm's), so that the smallest types count as much as the largest."""
         generator = np.random.default_rng(self.config.seed)
@@ -379,14 +379,14 @@ class Trainer:
             if len(members) > TYPE_INIT_CHECK_CELLS_PER_TYPE:
                 members = generator.choice(members, TYPE_INIT_CHECK_CELLS_PER_TYPE, replace=False)
             chosen.append(members)
-        return torch.as_tensor(np.sort(np.concatenate(chosen)) if chosen else rows[:0], device=self.device)
+        return np.sort(np.concatenate(chosen)) if chosen else rows[:0]
 
     def _record_warm_up(self) -> None:
         """Write the warm-up's end (so far), whether it has ended, and the arms' fit to their start into the
         summary the run records (a resumed run reads them back, :meth:`adopt_type_init`)."""
         if self.type_init_summary is not None:
             self.type_init_summary.update(steps=int(self.type_init_end), warm_up_ended=not self.type_init_open,
-                                          **({"start_fit": self.type_init_fit} if self.type_init_fit else {}))
+                                          **({"start_fit": self.start_fit_measured} if self.start_fit_measured else {}))
 
     def adopt_type_init(self, summary: dict | None) -> None:
         """Continue the warm-up recorded in ``summary`` (a run's type_init record): its end, and whether that
@@ -395,32 +395,22 @@ class Trainer:
         if summary and "steps" in summary and self.type_init_end:
             self.type_init_end = int(summary["steps"])
             self.type_init_open = self.type_init_open and not summary.get("warm_up_ended", True)
-            self.type_init_fit = summary.get("start_fit")
+            self.start_fit_measured = summary.get("start_fit")
 
-    @torch.no_grad()
     def start_fit(self) -> list[float]:
         """Per arm, how well its type head has learnt its start partition: the mean over start categories of the
-        fraction of their (sampled) cells whose most probable category, in eval mode with the cell itself as
-        input, is that start category (a balanced recall: a small type left unlearnt counts as much as a large one)."""
+        fraction of their (sampled) cells typed as that start category by :func:`infer` (eval mode, the cell itself
+        as input): a balanced recall, so a small type left unlearnt counts as much as a large one."""
         rows = self._type_init_check_rows
-        n_arms, n_types = self.module.n_arms, self.module.n_types
-        hits = torch.zeros(n_arms, n_types, dtype=torch.float64, device=self.device)
-        sizes = torch.zeros(n_arms, n_types, dtype=torch.float64, device=self.device)
-        self.module.eval()
-        try:
-            for start in range(0, len(rows), 1024):
-                chunk = rows[start : start + 1024]
-                x = self.data.model_input(chunk).unsqueeze(0).expand(n_arms, -1, -1)
-                _, logits = self.module.encode(x)
-                targets = self.type_targets[:, chunk]  # (A, r), every entry >= 0 on training rows
-                correct = (logits.argmax(dim=-1) == targets).double()
-                hits.scatter_add_(1, targets, correct)
-                sizes.scatter_add_(1, targets, torch.ones_like(correct))
-        finally:
-            self.module.train()
-        present = sizes > 0
-        recall = torch.where(present, hits / sizes.clamp_min(1), torch.zeros_like(hits))
-        return (recall.sum(dim=1) / present.sum(dim=1).clamp_min(1)).cpu().tolist()
+        typed = infer(self.module, self.data, rows=rows).type_per_arm  # (A, r)
+        targets = self.type_targets[:, torch.as_tensor(rows, device=self.device)].cpu().numpy()  # (A, r), all >= 0
+        fits = []
+        for arm_typed, arm_targets in zip(typed, targets):
+            sizes = np.bincount(arm_targets)
+            hits = np.bincount(arm_targets, weights=arm_typed == arm_targets, minlength=len(sizes))
+            present = sizes > 0
+            fits.append(float((hits[present] / sizes[present]).mean()) if present.any() else 0.0)
+        return fits
 
     def _check_warm_up(self, total_steps: int) -> None:
         """At the warm-up's current end: end it when every arm fits its start (``type_init_fit``) or half the
@@ -429,7 +419,7 @@ class Trainer:
         fit = self.start_fit()
         if self.distributed is not None:  # every process decides as the first one
             fit = self.distributed.broadcast_object(fit)
-        self.type_init_fit = [round(f, 4) for f in fit]
+        self.start_fit_measured = [round(f, 4) for f in fit]
         if min(fit) >= self.config.type_init_fit or self.step >= last:
             self.type_init_open = False
         else:
