@@ -1,6 +1,8 @@
 """Where the categories start: the Leiden partition of the neighbor graph and the warm-up that fits the type
 heads to it (cplmix_explorer.model.type_init, Trainer.prepare_type_init)."""
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -9,7 +11,15 @@ from conftest import mixture_counts
 from cplmix_explorer import CplMixVAE
 from cplmix_explorer.analysis.metrics import compare_to_labels
 from cplmix_explorer.model.neighbors import nearest_neighbors
-from cplmix_explorer.model.type_init import leiden_partition, merge_smallest, neighbor_graph, relabel_by_size
+from cplmix_explorer.model.type_init import (
+    RESOLUTION_RANGE,
+    LeidenGraph,
+    leiden_partition,
+    merge_smallest,
+    neighbor_graph,
+    next_resolution,
+    relabel_by_size,
+)
 
 
 def _blobs(sizes, dim=10, spread=0.3, seed=0):
@@ -189,3 +199,47 @@ def test_a_run_stopped_inside_the_warm_up_goes_on_with_it_when_resumed():
     assert min(model.type_init["start_fit"]) >= 0.9
     for types in model.predict().type_per_arm:
         assert compare_to_labels(types, adata.obs["type"].to_numpy())["ari"] >= 0.9
+
+
+def _count_leiden_runs(monkeypatch):
+    """The list that records each igraph Leiden run's resolution from now on (the search's cost on big graphs)."""
+    import igraph
+
+    runs, original = [], igraph.Graph.community_leiden
+
+    def counted(graph, *args, **kwargs):
+        runs.append(kwargs["resolution"])
+        return original(graph, *args, **kwargs)
+
+    monkeypatch.setattr(igraph.Graph, "community_leiden", counted)
+    return runs
+
+
+def _nested_blobs(classes, subtypes, sizes, dim=20, subtype_spread=1.0, spread=0.8, seed=0):
+    """Points of ``classes`` groups of ``subtypes`` close groups each (types within classes, as in cortex),
+    so that the number of Leiden communities grows with the resolution; and each point's subtype."""
+    rng = np.random.default_rng(seed)
+    class_centres = rng.normal(0.0, 10.0, size=(classes, dim))
+    centres = class_centres.repeat(subtypes, 0) + rng.normal(0.0, subtype_spread, size=(classes * subtypes, dim))
+    group = np.repeat(np.arange(classes * subtypes), np.resize(sizes, classes * subtypes))
+    points = centres[group] + rng.normal(0.0, spread, size=(len(group), dim))
+    return torch.as_tensor(points, dtype=torch.float32), group
+
+
+def test_the_resolution_search_finds_many_types_and_a_later_arm_in_one_run(monkeypatch):
+    points, group = _nested_blobs(6, 5, [120, 80, 50, 30, 20])
+    graph = LeidenGraph.from_neighbors(nearest_neighbors(points, 10).numpy())
+    first = leiden_partition(graph, 30, seed=0)
+    assert first.n_types == 30 and compare_to_labels(first.labels, group)["ari"] > 0.99
+    runs = _count_leiden_runs(monkeypatch)
+    second = leiden_partition(graph, 30, seed=1, first_resolution=first.resolution)
+    assert runs == [first.resolution] * 2  # K again at once: one search run, then on to convergence
+    assert second.n_types == 30 and compare_to_labels(second.labels, group)["ari"] > 0.99
+
+
+def test_the_next_resolution_stays_inside_the_bracket_and_narrows_it():
+    for low, high in [((0.5, 10), (4.0, 90)), ((1.0, 39), (1.01, 41)), ((2.0, 1), (3.0, 500))]:
+        share = math.log(next_resolution(40, low, high) / low[0]) / math.log(high[0] / low[0])
+        assert 0.1 - 1e-9 <= share <= 0.9 + 1e-9  # inside, and at least a tenth away from either end
+    assert 1.0 < next_resolution(40, (1.0, 20), (RESOLUTION_RANGE[1], None)) <= math.sqrt(RESOLUTION_RANGE[1])
+    assert math.sqrt(RESOLUTION_RANGE[0]) <= next_resolution(40, (RESOLUTION_RANGE[0], None), (1.0, 80)) < 1.0

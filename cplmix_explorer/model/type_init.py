@@ -5,7 +5,7 @@ first fitted to the true types and then trained with the objective alone end at 
 every type, where the random start uses about half of the categories (``benchmarks/start_study.py``; figures in
 benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
-partition of the training cells into K groups: Leiden communities (modularity, the resolution bisected until
+partition of the training cells into K groups: Leiden communities (modularity, the resolution searched until
 there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use, its edges weighted as scanpy's
 ``sc.pp.neighbors`` weighs them (UMAP's fuzzy simplicial set). After the warm-up the partition stays a prior
 (``type_prior_weight``) that the objective can overrule where the data disagree. This is how the deep
@@ -29,9 +29,20 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
-#: Resolution range searched for K communities, and the bisection steps (geometric; plenty for K <= 1000).
+#: Resolution range searched for K communities, and the most Leiden runs the search makes (plenty for K <= 1000).
 RESOLUTION_RANGE = (1e-4, 1e3)
 RESOLUTION_SEARCH_STEPS = 40
+#: Where the search starts (scanpy's default resolution) unless given one, e.g. another arm's.
+FIRST_RESOLUTION = 1.0
+#: Before K is bracketed the next resolution is extrapolated as if communities grew as resolution^COUNT_EXPONENT
+#: (about their growth on k-nearest-neighbor graphs; the bracket then corrects any error).
+COUNT_EXPONENT = 0.5
+#: The search stops when K's bracket is narrower than this ratio of resolutions: so close to K, the count
+#: jumps back and forth with the run's randomness, and merging a community or two is as good as more runs.
+RESOLUTION_TOLERANCE = 1.02
+#: Leiden iterations per run while the resolution is searched (scanpy's default for igraph's Leiden); the
+#: partition kept then goes on from there until it converges (more iterations no longer change it).
+LEIDEN_SEARCH_ITERATIONS = 2
 
 
 @dataclass(frozen=True)
@@ -140,28 +151,56 @@ class LeidenGraph:
         return cls(adjacency, graph)
 
 
-def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: int = 0) -> TypePartition:
+def next_resolution(n_types: int, low: tuple[float, int | None], high: tuple[float, int | None]) -> float:
+    """The next resolution to try between the bracket ``low`` (resolution, communities < K or None when not
+    yet run) and ``high`` (communities > K or None): interpolated in log(communities) against log(resolution)
+    when both ends are known (kept inside the bracket's middle 80 % so that it always narrows), extrapolated
+    with COUNT_EXPONENT from the known end otherwise, and never past the bracket's geometric middle then."""
+    (r_low, c_low), (r_high, c_high) = low, high
+    middle = math.sqrt(r_low * r_high)
+    if c_low is not None and c_high is not None:
+        share = (math.log(n_types) - math.log(max(c_low, 1))) / (math.log(c_high) - math.log(max(c_low, 1)))
+        share = min(max(share, 0.1), 0.9)
+        return math.exp(math.log(r_low) + share * (math.log(r_high) - math.log(r_low)))
+    if c_low is not None:
+        return min(r_low * (n_types / max(c_low, 1)) ** (1 / COUNT_EXPONENT), middle)
+    if c_high is not None:
+        return max(r_high * (n_types / c_high) ** (1 / COUNT_EXPONENT), middle)
+    return middle
+
+
+def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: int = 0,
+                     first_resolution: float | None = None, iterations: int | None = None) -> TypePartition:
     """K = ``n_types`` groups of the rows of a k-nearest-neighbor table (R, k) (or its :class:`LeidenGraph`):
-    Leiden communities (modularity with a resolution parameter, igraph's implementation) at the resolution,
-    found by geometric bisection, that gives K of them. When no resolution gives exactly K, the partition with
-    the fewest communities above K is taken and its smallest community merged into the one it shares most
-    edge weight with, until K remain. Deterministic for a seed."""
+    Leiden communities (modularity with a resolution parameter, igraph's implementation) at the resolution
+    that gives K of them. The resolution is searched from ``first_resolution`` (another arm's, or
+    FIRST_RESOLUTION) by bracketing K and interpolating in log-log (:func:`next_resolution`), with runs of
+    ``iterations`` Leiden iterations (LEIDEN_SEARCH_ITERATIONS by default), so that each run, the cost of the
+    search on a large graph, is short and narrows the bracket as much as it can; the partition kept is then
+    run on to convergence from where its search run ended. When no resolution gives exactly K (the bracket
+    narrows to RESOLUTION_TOLERANCE without it), the partition with the fewest communities above K is taken
+    and its smallest community merged into the one it shares most edge weight with, until K remain.
+    Deterministic for a seed."""
     prepared = neighbors if isinstance(neighbors, LeidenGraph) else LeidenGraph.from_neighbors(neighbors)
     adjacency, graph = prepared.adjacency, prepared.graph
     n = adjacency.shape[0]
     if not 1 <= n_types <= n:
         raise ValueError(f"cannot split {n} cells into {n_types} groups")
-    low, high = RESOLUTION_RANGE
+    low: tuple[float, int | None] = (RESOLUTION_RANGE[0], None)  # (resolution, communities < K)
+    high: tuple[float, int | None] = (RESOLUTION_RANGE[1], None)  # (resolution, communities > K)
     above: tuple[int, np.ndarray, float] | None = None  # fewest communities >= K so far
     below: tuple[int, np.ndarray, float] | None = None  # most communities < K so far
+    resolution = min(max(first_resolution or FIRST_RESOLUTION, low[0]), high[0])
+
+    def leiden(resolution: float, iterations: int, start: np.ndarray | None = None) -> np.ndarray:
+        igraph.set_random_number_generator(random.Random(seed))
+        return np.asarray(graph.community_leiden(
+            objective_function="modularity", weights="weight", resolution=resolution, n_iterations=iterations,
+            initial_membership=None if start is None else start.tolist()).membership)
+
     try:
         for _ in range(RESOLUTION_SEARCH_STEPS):
-            resolution = math.sqrt(low * high)
-            igraph.set_random_number_generator(random.Random(seed))
-            membership = np.asarray(
-                graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
-                                       n_iterations=-1).membership
-            )
+            membership = leiden(resolution, LEIDEN_SEARCH_ITERATIONS if iterations is None else iterations)
             found = int(membership.max()) + 1
             if found >= n_types and (above is None or found < above[0]):
                 above = (found, membership, resolution)
@@ -170,15 +209,19 @@ def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: in
             if found == n_types:
                 break
             if found < n_types:
-                low = resolution
+                low = (resolution, found)
             else:
-                high = resolution
+                high = (resolution, found)
+            if high[0] <= low[0] * RESOLUTION_TOLERANCE:  # the count jumps over K here: merge down to it
+                break
+            resolution = next_resolution(n_types, low, high)
+        found, membership, resolution = above if above is not None else below
+        converged = leiden(resolution, -1, membership)  # the kept partition: on from there to convergence
     finally:
         igraph.set_random_number_generator(random)  # igraph's default generator again
-    if above is None:  # even the highest resolution gave fewer groups (tiny graphs): use the most found
-        found, membership, resolution = below
-    else:
-        found, membership, resolution = above
+    if above is None or converged.max() + 1 >= n_types:  # (above is None: even the highest resolution gave
+        membership, found = converged, int(converged.max()) + 1  # fewer groups, on tiny graphs: the most found)
+    if found > n_types:
         membership = merge_smallest(membership, adjacency, n_types)
     return TypePartition(labels=relabel_by_size(membership), resolution=resolution, communities=found)
 

@@ -358,7 +358,10 @@ class Trainer:
         n_types, n_arms = self.module.n_types, self.module.n_arms
         runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
         graph = LeidenGraph.from_neighbors(neighbors, distances)  # built once for every arm's run
-        partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm) for arm in range(runs)]
+        partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000)]
+        for arm in range(1, runs):  # searched from the first arm's resolution: usually one Leiden run each
+            partitions.append(leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm,
+                                               first_resolution=partitions[0].resolution))
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
