@@ -2,6 +2,7 @@
 
     python benchmarks/app_map.py --cells 100000
     python benchmarks/app_map.py --cells 1000000
+    python benchmarks/app_map.py --run RUN_DIR            # a run folder made elsewhere (e.g. atlas.py --keep)
 
 Stages (each timed): simulate N cells (cplmix_explorer.datasets.simulate) into an .h5ad, a short training
 (``type_init=random``, no augmentation: the map, not the model, is measured) that writes result.h5ad and the
@@ -9,7 +10,8 @@ map (UMAP on 50,000 cells, the rest placed), then ``panel serve apps/explorer.py
 loaded and its map read from map.npy at start) in headless Debian Chromium through Playwright: time from
 opening the Cells tab to the map's image, and from a zoom (the plot's x and y ranges halved, as the wheel
 does) to the redrawn image. Also: how faithfully the placed cells sit (the fraction of each cell's 15 nearest
-cells on the map that share its consensus type, for fitted and placed cells). Writes
+cells on the map that share its consensus type, for fitted and placed cells). With ``--run`` the
+first two stages are skipped and the explorer opens that folder (its map made by ``cplmix train``). Writes
 benchmarks/results/app_map_<N>.{json,md}.
 """
 
@@ -121,10 +123,18 @@ def main() -> None:
     parser.add_argument("--types", type=int, default=20)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--work", type=Path, default=None, help="folder for the data and the run (default: a temporary one)")
+    parser.add_argument("--run", type=Path, default=None, help="an existing run folder to open instead of building one")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="cplmix-app-map-"))
-    work.mkdir(parents=True, exist_ok=True)
-    run_dir, times = build_run(work, args.cells, args.genes, args.types, args.steps)
+    if args.run:
+        run_dir, times = args.run, {"simulate_s": float("nan"), "train_and_outputs_s": float("nan")}
+        config = json.loads((run_dir / "run.json").read_text())["config"]
+        args.genes, args.types, args.steps = config["n_genes"], config["n_types"], config["steps"]
+        times["map_s"] = json.loads((run_dir / "map.json").read_text())["seconds"]
+        args.cells = json.loads((run_dir / "map.json").read_text())["cells"]
+    else:
+        work = args.work or Path(tempfile.mkdtemp(prefix="cplmix-app-map-"))
+        work.mkdir(parents=True, exist_ok=True)
+        run_dir, times = build_run(work, args.cells, args.genes, args.types, args.steps)
     quality = placement_quality(run_dir)
     browser = browser_times(run_dir, RESULTS / f"app_map_{args.cells}_server.log")
     map_info = json.loads((run_dir / "map.json").read_text())

@@ -70,6 +70,22 @@ def test_metric_events_per_step_and_evaluations(mixture):
     assert seen[-1].status == "completed"
 
 
+def test_an_evaluation_reads_a_bounded_number_of_cells_however_many_are_held_out(mixture, monkeypatch):
+    import cplmix_explorer.train.engine as engine
+
+    monkeypatch.setattr(engine, "MAX_EVALUATION_CELLS", 50)  # stands for 20,000 of a million-cell run
+    model = CplMixVAE(mixture, n_types=4, n_arms=2, validation_fraction=0.4, seed=0)
+    trainer = model.make_trainer()
+    assert len(trainer.validation_rows) > 100  # far more held-out cells than an evaluation may read
+    trainer.fit(5)
+    read, model_input = [], trainer.data.model_input
+    monkeypatch.setattr(trainer.data, "model_input", lambda index: read.append(len(index)) or model_input(index))
+    first = trainer.evaluate()
+    assert first.n_cells_evaluated == 50 and sum(read) <= 2 * 50  # agreement cells + held-out cells
+    assert first.validation_loss is not None and np.isfinite(first.validation_loss)
+    assert trainer.evaluate().validation_loss == first.validation_loss  # the same cells every time
+
+
 def test_stop_request_from_another_thread_is_honoured_between_steps(mixture):
     model = CplMixVAE(mixture, n_types=4, log_every=5)
     control = TrainingControl()

@@ -48,7 +48,7 @@ from .events import (
 
 logger = logging.getLogger(__name__)
 
-#: Cells used for the live agreement evaluation (a fixed random subset when there are more).
+#: Cells an evaluation uses at most: for the arms' agreement, and held-out ones for the validation loss.
 MAX_EVALUATION_CELLS = 20000
 
 
@@ -78,6 +78,14 @@ def build_module(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         gene_variance=config.gene_variance,
         state_bottleneck=config.state_bottleneck,
     )
+
+
+def evaluation_sample(rows: np.ndarray, seed: int) -> np.ndarray:
+    """``rows`` itself, or a fixed seeded random MAX_EVALUATION_CELLS of them (sorted) when there are more: the
+    cells every evaluation of a run uses, the same ones each time so that evaluations compare."""
+    if len(rows) <= MAX_EVALUATION_CELLS:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, MAX_EVALUATION_CELLS, replace=False))
 
 
 def validation_size(n_cells: int, validation_fraction: float) -> int:
@@ -216,10 +224,9 @@ class Trainer:
         self.evaluations: list[Evaluation] = []
         self._history_steps: list[np.ndarray] = []
         self._history_values: list[np.ndarray] = []
-        evaluation_rows = np.arange(prepared.n_cells)
-        if len(evaluation_rows) > MAX_EVALUATION_CELLS:
-            evaluation_rows = np.sort(np.random.default_rng(config.seed).choice(evaluation_rows, MAX_EVALUATION_CELLS, replace=False))
-        self._evaluation_rows = evaluation_rows
+        self._evaluation_rows = evaluation_sample(np.arange(prepared.n_cells), config.seed)
+        #: the held-out cells the validation loss is computed on (so that an evaluation's cost does not grow with N)
+        self._validation_loss_rows = evaluation_sample(validation_rows, config.seed)
         torch.manual_seed(config.seed)
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -542,16 +549,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
-        """Arm agreement on (up to MAX_EVALUATION_CELLS) cells and the validation loss, in eval mode."""
+        """Arm agreement on (up to MAX_EVALUATION_CELLS) cells and the validation loss on (up to as many)
+        held-out cells, in eval mode."""
         self.module.eval()
         try:
             inference = infer(self.module, self.data, rows=self._evaluation_rows)
             agreement = consensus(inference.type_per_arm, self.module.n_types)
             validation_loss = None
-            if len(self.validation_rows):
+            if len(self._validation_loss_rows):
                 losses, weights = [], []
-                for start in range(0, len(self.validation_rows), 4096):
-                    rows = self.validation_rows[start : start + 4096]
+                for start in range(0, len(self._validation_loss_rows), 4096):
+                    rows = self._validation_loss_rows[start : start + 4096]
                     index = torch.as_tensor(rows, device=self.device)
                     x = self.data.model_input(index).unsqueeze(0).expand(self.module.n_arms, -1, -1)
                     if self.module.likelihood == GAUSSIAN:
