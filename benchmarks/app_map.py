@@ -140,6 +140,9 @@ def main() -> None:
     map_info = json.loads((run_dir / "map.json").read_text())
     data = {"machine": machine(), "cells": args.cells, "genes": args.genes, "types": args.types, "steps": args.steps,
             "map": {k: map_info[k] for k in ("method", "cells", "sample")}, **times, **quality, **browser}
+    def seconds(value: float) -> str:
+        return f"{value:.0f} s" if value == value else f"- (the run was made elsewhere: {args.run})"
+
     lines = [
         f"# The cell map with {args.cells:,} cells ({args.genes} genes, {args.types} types, {args.steps} training steps)",
         "",
@@ -148,8 +151,8 @@ def main() -> None:
         "",
         "| stage | figure |",
         "|---|---|",
-        f"| simulate + write .h5ad | {times['simulate_s']:.0f} s |",
-        f"| train + inference + result.h5ad + map | {times['train_and_outputs_s']:.0f} s |",
+        f"| simulate + write .h5ad | {seconds(times['simulate_s'])} |",
+        f"| train + inference + result.h5ad + map | {seconds(times['train_and_outputs_s'])} |",
         f"| of which the map ({map_info['method']}, fitted on {map_info['sample']:,} cells) | {times['map_s']:.0f} s |",
         f"| map neighbors sharing the type: fitted cells / placed cells | {quality['purity_fitted']:.3f} / "
         f"{quality.get('purity_placed', float('nan')):.3f} |",

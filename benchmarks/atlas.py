@@ -8,12 +8,12 @@ Per size, in fresh processes: the simulator writes a sparse ``.h5ad`` (10x-like 
 at 2,000 genes; ``--panel-fraction 1`` for deep data); then ``train_run`` (what ``cplmix train`` runs) reads it
 (backed above 1 GiB), checks and prepares it in row chunks, holds the training data, finds the neighbors,
 computes the Leiden start, trains ``--steps`` steps, runs the chunked inference and writes ``result.h5ad``;
-then ``cplmix traverse`` reads the run folder. A sampling thread records the peak resident memory (RSS) of
-each stage (and CUDA's peak allocation on a GPU); the process's own peak (``ru_maxrss``) is the total.
-The memory estimate that ``cplmix train`` checks before it starts (data.memory) is written next to the
-measured figures. Results go to benchmarks/results/atlas[_quick].{json,md}. Measures; asserts nothing.
-
-The explorer's cell map (computed and drawn at 10^6 cells) is timed by the app benchmarks, not here.
+then ``cplmix traverse`` reads the run folder, and the explorer opens it in headless Chromium (the time to the
+first map and to the map redrawn after a zoom, as ``benchmarks/app_map.py`` measures them; ``--no-browser``
+skips it). A sampling thread records the peak resident memory (RSS) of each stage (and CUDA's peak allocation
+on a GPU); the process's own peak (``ru_maxrss``) is the total. The memory estimate that ``cplmix train``
+checks before it starts (data.memory) is written next to the measured figures. Results go to
+benchmarks/results/atlas[_quick].{json,md}. Measures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -175,13 +175,18 @@ def measure_size(n: int, args, work: Path) -> dict:
     _, status, usage = os.wait4(traverse.pid, 0)
     traverse_entry = {"seconds": round(time.perf_counter() - started, 1),
                       "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3), "exit": os.waitstatus_to_exitcode(status)}
+    browser = None
+    if args.browser:  # the explorer opened on the run folder, in headless Chromium (as benchmarks/app_map.py)
+        from app_map import browser_times
+
+        browser = browser_times(run_dir, work / f"explorer_{n}.log")
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
         path.unlink(missing_ok=True)
     return {"cells": n, "genes": args.genes, "simulate": {**simulated, "process_peak_rss_gib": simulate_process["peak_rss_gib"]},
             "train": {**trained, "process_seconds": train_process["seconds"],
                       "process_peak_rss_gib": train_process["peak_rss_gib"]},
-            "traverse": traverse_entry}
+            "traverse": traverse_entry, "explorer": browser}
 
 
 def markdown(results: list[dict], info: dict) -> list[str]:
@@ -190,8 +195,9 @@ def markdown(results: list[dict], info: dict) -> list[str]:
     lines = [f"# Atlas scale: stage times and peak memory ({info['host_cpu']}, load {info.get('load_average_1min')})",
              "", f"`{info['command']}`, {info['date']}", "",
              "| cells | non-zeros | simulate s | " + " | ".join(f"{s} s / GiB" for s in stages)
-             + " | train peak GiB (estimate) | steps/s | traverse s / GiB | neighbor search (recall) |",
-             "|" + "---|" * (len(stages) + 7)]
+             + " | train peak GiB (estimate) | steps/s | traverse s / GiB | neighbor search (recall)"
+             + " | explorer: start s / map drawn s / zoom redrawn s / RSS GiB |",
+             "|" + "---|" * (len(stages) + 8)]
     for entry in results:
         train = entry["train"]
         cells = []
@@ -204,11 +210,16 @@ def markdown(results: list[dict], info: dict) -> list[str]:
             f"{entry['simulate']['seconds']:.0f} | " + " | ".join(cells)
             + f" | {train['process_peak_rss_gib']:.2f} ({train['estimate_peak_gib']:.2f}) | {train['steps_per_second']}"
             f" | {entry['traverse']['seconds']:.0f} / {entry['traverse']['peak_rss_gib']:.2f}"
-            f" | {search.get('method', '-')} ({search.get('recall', '-')}) |"
+            f" | {search.get('method', '-')} ({search.get('recall', '-')})"
+            + (f" | {browser['server_ready_s']:.0f} / {browser['first_map_s']:.1f} / {browser['redraw_after_zoom_s']:.2f}"
+               f" / {browser['server_rss_mb'] / 1024:.2f} |" if (browser := entry.get("explorer")) else " | - |")
         )
     lines += ["", "Each stage's peak RSS includes what earlier stages still hold (the process's resident set while "
               "the stage ran). 'train peak' is the whole training process's ru_maxrss; the estimate is what "
-              "`cplmix train` checks against the available memory before it starts."]
+              "`cplmix train` checks against the available memory before it starts. The explorer: `panel serve "
+              "apps/explorer.py --args --demo RUN` until it serves (the run loaded and its map read), then in headless "
+              "Chromium the time from opening the Cells tab to the map's image and from a zoom to the redrawn image, "
+              "and the server's RSS then."]
     return lines
 
 
@@ -222,6 +233,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 300, --quick 50)")
     parser.add_argument("--panel-fraction", type=float, default=0.2, help="simulator depth (1.0: deep, dense data)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-browser", dest="browser", action="store_false",
+                        help="skip the explorer's times in headless Chromium")
     parser.add_argument("--work", type=Path, default=None, help="folder for the files (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the data and run folders")
     parser.add_argument("--out", type=Path, default=None)

@@ -143,7 +143,7 @@ def test_neighbors_read_the_rows_in_chunks():
     assert search.indices.shape == (len(points), 5)
 
 
-def test_atlas_benchmark_quick_mode_writes_its_table(tmp_path):
+def test_atlas_benchmark_quick_mode_writes_its_table_with_the_explorers_times(tmp_path):
     out = tmp_path / "atlas_quick"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "atlas.py"), "--quick", "--sizes", "2000", "--genes", "600",
@@ -159,4 +159,6 @@ def test_atlas_benchmark_quick_mode_writes_its_table(tmp_path):
         assert stages[stage]["seconds"] >= 0 and stages[stage]["peak_rss_gib"] > 0
     assert entry["train"]["neighbours"]["method"] == "exact"
     assert entry["traverse"]["exit"] == 0
+    explorer = entry["explorer"]  # the explorer opened on the run, its cell map drawn and redrawn after a zoom
+    assert explorer["first_map_s"] > 0 and explorer["redraw_after_zoom_s"] > 0
     assert "| 2,000 |" in out.with_suffix(".md").read_text()
