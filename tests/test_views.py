@@ -342,6 +342,17 @@ def test_the_map_legend_lists_every_category_of_a_column_with_many():
     assert figure.min_height >= plots.map_height(48) >= 48 * plots.LEGEND_ENTRY_PX
 
 
+def test_the_map_legend_lists_the_types_in_their_order_not_as_texts():
+    rng = np.random.default_rng(3)
+    frame = plots.cell_frame(rng.normal(size=(600, 2)).astype(np.float32), np.arange(600) % 12, rng.random(600),
+                             rng.normal(size=(600, 2)))
+    names = [f"{i} · T{i + 1:02d}" for i in range(12)]
+    frame["type"] = frame["type"].cat.rename_categories(names)
+    figure = hv.render(plots.cell_map(frame, "type"))
+    labels = [item.label["value"] for legend in figure.select({"type": Legend}) for item in legend.items]
+    assert labels == names  # 0, 1, 2, ..., 11; not 0, 1, 10, 11, 2, ...
+
+
 # -- the form -----------------------------------------------------------------------------------------------------
 def test_config_form_shows_the_cli_validation_message():
     state = ExplorerState()

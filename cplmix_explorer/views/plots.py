@@ -247,8 +247,9 @@ def _spread(element):
 
 def _legend(colors: dict[str, str], categories: list[str]) -> hv.NdOverlay:
     # legend_limit: HoloViews drops the legend of an overlay of more than 25 layers (48 subclasses) unless told
+    # sort=False: in the column's own order (types by number), not as texts ('10 · T11' before '2 · T03')
     return hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8) for c in categories},
-                        kdims="category").opts(legend_limit=len(categories) + 1)
+                        kdims="category", sort=False).opts(legend_limit=len(categories) + 1)
 
 
 def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None = None,
