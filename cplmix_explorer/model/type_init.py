@@ -37,9 +37,10 @@ FIRST_RESOLUTION = 1.0
 #: Before K is bracketed the next resolution is extrapolated as if communities grew as resolution^COUNT_EXPONENT
 #: (about their growth on k-nearest-neighbor graphs; the bracket then corrects any error).
 COUNT_EXPONENT = 0.5
-#: The search stops when K's bracket is narrower than this ratio of resolutions: so close to K, the count
-#: jumps back and forth with the run's randomness, and merging a community or two is as good as more runs.
-RESOLUTION_TOLERANCE = 1.02
+#: The search stops when K's bracket is narrower than this ratio of resolutions (the count jumps over K there;
+#: the fewest communities above K are then merged down). Narrow: a partition Leiden itself gives at K is
+#: preferred to a merged one, which the other arms, started at its resolution, would not share.
+RESOLUTION_TOLERANCE = 1.001
 #: Leiden iterations per run while the resolution is searched (scanpy's default for igraph's Leiden); the
 #: partition kept then goes on from there until it converges (more iterations no longer change it).
 LEIDEN_SEARCH_ITERATIONS = 2
@@ -177,10 +178,10 @@ def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: in
     FIRST_RESOLUTION) by bracketing K and interpolating in log-log (:func:`next_resolution`), with runs of
     ``iterations`` Leiden iterations (LEIDEN_SEARCH_ITERATIONS by default), so that each run, the cost of the
     search on a large graph, is short and narrows the bracket as much as it can; the partition kept is then
-    run on to convergence from where its search run ended. When no resolution gives exactly K (the bracket
-    narrows to RESOLUTION_TOLERANCE without it), the partition with the fewest communities above K is taken
-    and its smallest community merged into the one it shares most edge weight with, until K remain.
-    Deterministic for a seed."""
+    run on to convergence from where its search run ended (kept as the search found it when only that one has
+    exactly K communities). When no resolution gives exactly K (the bracket narrows to RESOLUTION_TOLERANCE
+    without it), the partition with the fewest communities above K is taken and its smallest community merged
+    into the one it shares most edge weight with, until K remain. Deterministic for a seed."""
     prepared = neighbors if isinstance(neighbors, LeidenGraph) else LeidenGraph.from_neighbors(neighbors)
     adjacency, graph = prepared.adjacency, prepared.graph
     n = adjacency.shape[0]
@@ -219,8 +220,10 @@ def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: in
         converged = leiden(resolution, -1, membership)  # the kept partition: on from there to convergence
     finally:
         igraph.set_random_number_generator(random)  # igraph's default generator again
-    if above is None or converged.max() + 1 >= n_types:  # (above is None: even the highest resolution gave
-        membership, found = converged, int(converged.max()) + 1  # fewer groups, on tiny graphs: the most found)
+    converged_found = int(converged.max()) + 1
+    # K communities as Leiden gives them, converged or else as the search found them, before merged ones
+    if converged_found == n_types or (found != n_types and (converged_found > n_types or above is None)):
+        membership, found = converged, converged_found  # (above is None: the most found, on tiny graphs)
     if found > n_types:
         membership = merge_smallest(membership, adjacency, n_types)
     return TypePartition(labels=relabel_by_size(membership), resolution=resolution, communities=found)
