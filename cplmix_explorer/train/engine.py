@@ -366,7 +366,7 @@ class Trainer:
         runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
         graph = LeidenGraph.from_neighbors(neighbors, distances)  # built once for every arm's run
         partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000)]
-        for arm in range(1, runs):  # searched from the first arm's resolution: usually one Leiden run each
+        for arm in range(1, runs):  # searched from the first arm's resolution: usually K at the first run
             partitions.append(leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm,
                                                first_resolution=partitions[0].resolution))
         del graph
