@@ -230,6 +230,8 @@ def pruning_plots_rounds(page):
     page.locator(".bk-slider-title", has_text="at least: 1.00").first.wait_for()  # (inside Bokeh's shadow roots)
     fill_option(page, "Stop at K =", 8)
     fill_option(page, "Fine-tuning steps per round", 50)
+    # the server has both values (the plan under the form follows them) before the button is pressed
+    wait_for_text(page, "From K = 10 down to K = 8 at most (2 rounds at most), 50 fine-tuning steps per round.")
     page.get_by_role("button", name="Prune categories").first.click()
     # the first removal's round (K = 9) while the second round still fine-tunes: its points are on the chart
     wait_for_text(page, "round 1 of at most 2 · K = 9")

@@ -92,6 +92,10 @@ class ConsensusView(pn.viewable.Viewer):
         self.progress = pn.indicators.Progress(value=0, max=1, visible=False, sizing_mode="stretch_width", bar_color="primary")
         self.progress_text = pn.pane.Markdown("", visible=False, sizing_mode="stretch_width", styles={"font-size": "0.9em"})
         self.reason = pn.pane.Alert("", alert_type="info", visible=False, sizing_mode="stretch_width")
+        #: what a pruning of the shown model with the form's options would do (follows the form as it is edited)
+        self.plan_text = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "0.9em"})
+        self.min_types.param.watch(self._on_plan, "value")
+        self.fine_tune_steps.param.watch(self._on_plan, "value")
         self.trajectory_pipe = hv.streams.Pipe(data=pd.DataFrame(columns=TRAJECTORY_COLUMNS))
         self.prune_button.on_click(self._on_prune)
         self.stop_button.on_click(lambda _event: self.state.stop())
@@ -114,6 +118,19 @@ class ConsensusView(pn.viewable.Viewer):
         self.fine_tune_steps.placeholder = (
             f"default: {default_fine_tune_steps(model.config.steps)}" if model is not None else "default: a tenth of the run's steps"
         )
+        self._on_plan()
+
+    def _on_plan(self, *_events) -> None:
+        """Say what pruning the shown model would do with the form's options: from its K down to the floor."""
+        model = self.state.model
+        if model is None:
+            self.plan_text.object = ""
+            return
+        k = model.module.n_types
+        floor = min(int(self.min_types.value or 2), k)
+        steps = self.fine_tune_steps.value or default_fine_tune_steps(model.config.steps)
+        self.plan_text.object = (f"From K = {k} down to K = {floor} at most ({k - floor} rounds at most), "
+                                 f"{steps} fine-tuning steps per round.")
 
     def _trajectory_element(self, data):
         result = self.state.pruning_result
@@ -193,7 +210,8 @@ class ConsensusView(pn.viewable.Viewer):
                 "agreement, until every type passes the threshold. The shown model is left as it is; the pruned "
                 "copy replaces it when pruning ends.", styles={"font-size": "0.9em"},
             ),
-            self.min_consensus, self.min_types, self.fine_tune_steps, pn.Row(self.prune_button, self.stop_button),
+            self.min_consensus, self.min_types, self.fine_tune_steps, self.plan_text,
+            pn.Row(self.prune_button, self.stop_button),
             self.message, self.progress, self.progress_text, self.reason, width=320,
         )
         trajectory = pn.pane.HoloViews(self._trajectory, sizing_mode="stretch_width", min_height=280)
