@@ -126,11 +126,14 @@ class ConsensusView(pn.viewable.Viewer):
         if model is None:
             self.plan_text.object = ""
             return
-        k = model.module.n_types
-        floor = min(int(self.min_types.value or 2), k)
+        k, floor = model.module.n_types, self._form_floor(model)
         steps = self.fine_tune_steps.value or default_fine_tune_steps(model.config.steps)
         self.plan_text.object = (f"From K = {k} down to K = {floor} at most ({k - floor} rounds at most), "
                                  f"{steps} fine-tuning steps per round.")
+
+    def _form_floor(self, model) -> int:
+        """The K the form's 'Stop at K' would stop a pruning of ``model`` at (2 while the field is empty)."""
+        return min(int(self.min_types.value or 2), model.module.n_types)
 
     def _trajectory_element(self, data):
         result = self.state.pruning_result
@@ -139,7 +142,7 @@ class ConsensusView(pn.viewable.Viewer):
         if plan is not None:
             k_range = (plan["start_k"], plan["min_types"])
         else:  # before any pruning: the range a pruning of the shown model would cover
-            k_range = (model.module.n_types, min(self.min_types.value or 2, model.module.n_types)) if model is not None else None
+            k_range = (model.module.n_types, self._form_floor(model)) if model is not None else None
         return trajectory_plot(data, self.min_consensus.value, chosen, k_range)
 
     def _on_prune(self, _event=None) -> None:
