@@ -24,10 +24,17 @@ JS_MAP = """(() => { let map = null, newest = -1; for (const d of Bokeh.document
     if (!m.title || !String(m.title.text ?? '').includes(' cells · ')) continue
     const number = parseInt(String(m.id).replace(/[^0-9]/g, '')); if (number > newest) { newest = number; map = m } }
     return map })()"""
+#: The cell map's legend entries as [label, colour]: explicit items, or one item per value of a field (the map's
+#: legend is one element coloured by category; Bokeh lists each value of its field once, in the data's order).
+JS_LEGEND_ENTRIES = f"""(() => {{ const map = {JS_MAP}; const out = []; if (map) for (const side of ['center', 'right', 'left', 'above', 'below'])
+    for (const a of (map[side] ?? [])) if (a.type == 'Legend') for (const item of a.items) {{
+        const glyph = item.renderers[0].glyph, colour = glyph.fill_color
+        if (item.label.field === undefined) {{ out.push([String(item.label.value ?? item.label), String(colour.value ?? colour)]); continue }}
+        const values = item.renderers[0].data_source.data[item.label.field], mapper = colour.transform
+        for (const value of new Set(values)) out.push([String(value), mapper ? mapper.palette[mapper.factors.indexOf(value)] : String(colour.value ?? colour)]) }}
+    return out }})()"""
 #: The labels of the cell map's legend.
-JS_LEGEND = f"""() => {{ const map = {JS_MAP}; const out = []; if (map) for (const side of ['center', 'right', 'left', 'above', 'below'])
-    for (const a of (map[side] ?? [])) if (a.type == 'Legend') for (const item of a.items) out.push(String(item.label.value ?? item.label))
-    return out }}"""
+JS_LEGEND = f"""() => {JS_LEGEND_ENTRIES}.map(entry => entry[0])"""
 #: How many images the cell map draws (two when a type is highlighted: the other cells in grey beneath it).
 JS_IMAGE_COUNT = f"""() => {{ const map = {JS_MAP}; let n = 0; if (map) for (const r of map.renderers) {{
     const d = r.data_source && r.data_source.data; if (d && d.image !== undefined) n += d.image.length }} return n }}"""
@@ -35,8 +42,7 @@ JS_IMAGE_COUNT = f"""() => {{ const map = {JS_MAP}; let n = 0; if (map) for (con
 #: near black, light grey (the other cells under a highlight), the colour of the legend's first entry, or faint
 #: (alpha below the 160 of 255 the map gives its least dense pixel: cells a short run spreads thin stay visible).
 JS_PIXELS = f"""() => {{ const map = {JS_MAP}; const out = []; if (!map) return out
-    let entry = null; for (const side of ['center', 'right']) for (const a of (map[side] ?? [])) if (a.type == 'Legend' && a.items.length) {{
-        const c = a.items[0].renderers[0].glyph.fill_color; entry = String(typeof c == 'string' ? c : (c.value ?? c)).toLowerCase() }}
+    const entries = {JS_LEGEND_ENTRIES}; const entry = entries.length ? entries[0][1].toLowerCase() : null
     const hex = (v) => '#' + [v & 255, (v >>> 8) & 255, (v >>> 16) & 255].map(x => x.toString(16).padStart(2, '0')).join('')
     for (const r of map.renderers) {{ const d = r.data_source && r.data_source.data; if (!d || d.image === undefined) continue
         for (const image of d.image) {{ let drawn = 0, black = 0, grey = 0, legend = 0, faint = 0

@@ -245,11 +245,14 @@ def _spread(element):
     return dynspread(element, threshold=0.8, max_px=4, shape="circle")
 
 
-def _legend(colors: dict[str, str], categories: list[str]) -> hv.NdOverlay:
-    # legend_limit: HoloViews drops the legend of an overlay of more than 25 layers (48 subclasses) unless told
-    # sort=False: in the column's own order (types by number), not as texts ('10 · T11' before '2 · T03')
-    return hv.NdOverlay({c: hv.Points([(np.nan, np.nan)], label=c).opts(color=colors[c], size=8) for c in categories},
-                        kdims="category", sort=False).opts(legend_limit=len(categories) + 1)
+def _legend(colors: dict[str, str], categories: list[str]) -> hv.Points:
+    """The map's legend: one invisible point per category, coloured by it, so that Bokeh lists one entry per
+    category (in the order given: types by number, not as texts) from a single element. One element, not one
+    per category: every zoom re-renders each element of the overlay, and 40 of them cost more than the image."""
+    frame = pd.DataFrame({"x": np.full(len(categories), np.nan), "y": np.full(len(categories), np.nan),
+                          "category": list(categories)})
+    return hv.Points(frame, ["x", "y"], ["category"]).opts(
+        color="category", cmap={c: colors[c] for c in categories}, size=8, show_legend=True)
 
 
 def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None = None,
@@ -281,7 +284,7 @@ def cell_map(frame: pd.DataFrame, color_by: str = "type", highlight: str | None 
             present = [c for c in categories if c in set(present)]
         # the image's own legend is off: the legend below lists only the categories drawn, once
         layers.append(_spread(datashade(shown, aggregator=ds.count_cat(color_by), color_key=palette, min_alpha=160)).opts(show_legend=False))
-        legend = _legend(palette, present[:200])
+        legend = _legend(palette, present[:200]) if present else None
     else:
         values = frame[color_by].to_numpy()
         finite = values[np.isfinite(values)]
