@@ -164,7 +164,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
     started, cpu = time.perf_counter(), time.process_time()
     adata = dataset.load(quick)
     config = run_config(n_labels(adata, dataset.labels), dataset, seed, steps, overrides)
-    model = CplMixVAE(adata, config=_config(config))
+    model = CplMixVAE(adata, config=_config({**config, "threads": threads}))  # the config would take every core
     recorder = None
     if trace:
         from cplmix_explorer.analysis.trace import EvaluationTrace
