@@ -161,4 +161,5 @@ def test_atlas_benchmark_quick_mode_writes_its_table_with_the_explorers_times(tm
     assert entry["traverse"]["exit"] == 0
     explorer = entry["explorer"]  # the explorer opened on the run, its cell map drawn and redrawn after a zoom
     assert explorer["first_map_s"] > 0 and explorer["redraw_after_zoom_s"] > 0
+    assert len(explorer["redraws_after_zoom_s"]) == 5 and min(explorer["redraws_after_zoom_s"]) > 0  # in and out
     assert "| 2,000 |" in out.with_suffix(".md").read_text()
