@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,13 +34,16 @@ def machine() -> dict:
 
 def initial_partition(model):
     """(cells,) the category of the partition the first arm's type head started from (the Leiden communities
-    of ``type_init``, recomputed as training computed them), -1 for cells it does not cover (validation cells);
-    None for a random start."""
+    of ``type_init``, recomputed as training computed them; every training cell, also those that
+    ``start_agreed_only`` leaves without a start), -1 for cells it does not cover (validation cells); None for a
+    random start."""
     if model.type_init is None:
         return None
     trainer = model.make_trainer()
     trainer.prepare_type_init()
-    return trainer.type_targets[0].cpu().numpy()
+    start = np.full(trainer.data.n_cells, -1)
+    start[trainer.train_rows.cpu().numpy()] = trainer.start_runs[0]
+    return start
 
 
 def initial_partition_scores(model, labels: str, start=None) -> dict:

@@ -221,10 +221,17 @@ class CplMixConfig(OptionSet):
     )
     start_per_arm = param.Boolean(
         True,
-        doc="type_init='leiden': each arm starts from its own Leiden run (its own seed, aligned to the first arm's "
-        "categories); cuts that only make up the number K fall differently in each arm, so the arms agree less on "
-        "them and consensus pruning finds them. False: one partition for all arms (they then agree on made-up "
+        doc="type_init='leiden': a Leiden run for each arm (its own seed, aligned to the first arm's categories); "
+        "cuts that only make up the number K fall differently in each run, and only the cells the runs agree on are "
+        "held to them (start_agreed_only). False: one partition for all arms (they then agree on made-up "
         "categories too).",
+    )
+    start_agreed_only = param.Boolean(
+        True,
+        doc="type_init='leiden' with start_per_arm: the warm-up and the prior hold only the cells to which every "
+        "arm's Leiden run gives the same category; a cell the runs place differently (a cut that one run makes and "
+        "another does not) is left to the objective and the coupling. False: each arm is held to its own run on "
+        "every cell, so the arms keep disagreeing where the runs do.",
     )
     type_prior_weight = param.Number(
         10.0, bounds=(0.0, None),

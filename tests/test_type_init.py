@@ -243,3 +243,36 @@ def test_the_next_resolution_stays_inside_the_bracket_and_narrows_it():
         assert 0.1 - 1e-9 <= share <= 0.9 + 1e-9  # inside, and at least a tenth away from either end
     assert 1.0 < next_resolution(40, (1.0, 20), (RESOLUTION_RANGE[1], None)) <= math.sqrt(RESOLUTION_RANGE[1])
     assert math.sqrt(RESOLUTION_RANGE[0]) <= next_resolution(40, (RESOLUTION_RANGE[0], None), (1.0, 80)) < 1.0
+
+
+def test_with_agreed_starts_only_a_cell_the_arms_leiden_runs_place_differently_has_no_start():
+    # 4 types cut into 6: the made-up cuts fall differently in the two arms' Leiden runs
+    adata = mixture_counts(n_cells=600, n_types=4)
+    own = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_agreed_only=False).make_trainer()
+    own.prepare_type_init()
+    agreed = CplMixVAE(adata, n_types=6, n_arms=2, seed=0).make_trainer()  # the default
+    agreed.prepare_type_init()
+    rows = own.train_rows.numpy()
+    runs = own.type_targets[:, rows].numpy()
+    same = runs[0] == runs[1]
+    assert 0.5 < same.mean() < 1.0 and own.type_init_summary["runs_agree"] == round(float(same.mean()), 4)
+    kept = agreed.type_targets[:, rows].numpy()
+    assert (kept[0] == kept[1]).all()  # every arm is held to the same start
+    assert ((kept[0] >= 0) == same).all() and (kept[0][same] == runs[0][same]).all()
+    checked = agreed._type_init_check_rows  # the warm-up's fit is checked on cells that have a start
+    assert len(checked) and (agreed.type_targets[0, torch.as_tensor(checked)] >= 0).all()
+
+
+def test_arms_held_only_where_their_leiden_runs_agree_end_up_agreeing():
+    # 4 types cut into 6: held to their own runs' made-up cuts the arms keep disagreeing on those cells; left
+    # to the objective and the coupling there, they settle on the same categories
+    adata = mixture_counts(n_cells=600, n_types=4)
+
+    def trained(**options):
+        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, **options)
+        model.train(steps=200, progress=False)
+        return model.evaluate("type")
+
+    own, agreed = trained(start_agreed_only=False), trained()  # the default: agreed cells only
+    assert agreed["consensus"] >= 0.9 and agreed["consensus"] >= own["consensus"] + 0.1
+    assert agreed["ari"] >= own["ari"] - 0.02

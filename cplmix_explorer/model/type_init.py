@@ -12,10 +12,12 @@ there are K of them) of the same 15-nearest-neighbor graph the neighbor walks us
 clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster from k-means); the objective
 then refines the partition together with the continuous state.
 
-Each arm starts from its own Leiden run (its own random seed), aligned to the first arm's categories by
-maximum overlap. Groups the graph really has come out the same in every run; a cut that only makes up the
-number K (a type split in two because K is generous) can fall elsewhere in another run. So the arms agree less
-on made-up categories, which consensus pruning (``cplmix prune``) removes first (``start_per_arm``).
+Each arm gets its own Leiden run (its own random seed), aligned to the first arm's categories by maximum
+overlap (``start_per_arm``). Groups the graph really has come out the same in every run; a cut that only makes
+up the number K (a type split in two because K is generous), or a boundary the graph does not settle, can fall
+elsewhere in another run. The warm-up and the prior hold only the cells on which the runs agree
+(``start_agreed_only``); the others are left to the objective and the arms' coupling, so the arms are not held
+apart where the runs disagree.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "type_prior_weight": 0.0,
     "leiden_weights": "uniform",
     "neighbor_components": 50,  # runs before the option used scanpy's 50 whatever their K
+    "start_agreed_only": False,  # each arm was held to its own Leiden run on every cell
 }
 
 

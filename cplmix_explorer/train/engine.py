@@ -217,6 +217,7 @@ class Trainer:
         self.start_fit_measured: list[float] | None = None  # each arm's start_fit() at the last check
         self._type_init_check_rows: np.ndarray | None = None  # data rows the warm-up's fit is checked on
         self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
+        self.start_runs: np.ndarray | None = None  # (runs, training rows) the Leiden runs' categories, before any is left out
         #: weight of the cross-entropy toward the initial partition after the warm-up (0: the objective alone)
         self.type_prior_weight = config.type_prior_weight if self.type_init_end else 0.0
         self.type_init_summary: dict | None = None  # what the run records about the initial partition
@@ -371,12 +372,17 @@ class Trainer:
                                                first_resolution=partitions[0].resolution))
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
+        self.start_runs = np.stack(labels)  # (runs, training rows): each Leiden run's categories, aligned
+        agreed = np.all([arm_labels == labels[0] for arm_labels in labels[1:]], axis=0) if runs > 1 else None
+        if self.config.start_agreed_only and agreed is not None:  # a cell the runs place differently has no start
+            labels = [np.where(agreed, arm_labels, -1) for arm_labels in labels]
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
         for arm in range(n_arms):
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
         self.type_targets = targets
         self._type_init_check_rows = self._warm_up_check_rows(rows.cpu().numpy(), targets[0, rows].cpu().numpy())
-        self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search}
+        self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search,
+                                  **({"runs_agree": round(float(agreed.mean()), 4)} if agreed is not None else {})}
         self._record_warm_up()
 
     def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
