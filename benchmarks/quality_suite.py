@@ -191,6 +191,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
         "categories_used_per_arm": [int(len(np.unique(arm))) for arm in inference.type_per_arm],
         "start_categories": None if start is None else int(len(np.unique(start[start >= 0]))),
         "start_categories_merged": None if start is None else merged_start_categories(start, inference.consensus_type),
+        "start_categories_held_from_first_run": len((model.type_init or {}).get("held_from_first_run", [])),
         **initial_partition_scores(model, dataset.labels, start=start),
         "confidence_median": float(np.median(inference.consensus_confidence)),  # obs['cplmix_confidence']
         "state_rho_median": None,

@@ -19,6 +19,7 @@ from cplmix_explorer.model.type_init import (
     neighbor_graph,
     next_resolution,
     relabel_by_size,
+    targets_where_runs_agree,
 )
 
 
@@ -276,3 +277,15 @@ def test_arms_held_only_where_their_leiden_runs_agree_end_up_agreeing():
     own, agreed = trained(start_agreed_only=False), trained()  # the default: agreed cells only
     assert agreed["consensus"] >= 0.9 and agreed["consensus"] >= own["consensus"] + 0.1
     assert agreed["ari"] >= own["ari"] - 0.02
+
+
+def test_a_start_category_the_other_run_does_not_reproduce_is_held_from_the_first_run_in_every_arm():
+    # the runs agree on categories 0 and 1 (but one cell); category 2 of the first run is split by the second
+    # between 0 and 1 on every cell: left to agreement alone it would hold no cell and the arms would drop it
+    first = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    second = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1])
+    targets, unreproduced = targets_where_runs_agree(np.stack([first, second]), n_types=3)
+    assert unreproduced == [2]
+    assert (targets[0] == targets[1]).all()  # every arm held to the same start
+    assert targets[0].tolist() == [0, 0, 0, -1, 1, 1, 1, 1, 2, 2, 2, 2]  # the disputed cell has no start
+    assert set(targets[0][targets[0] >= 0]) == {0, 1, 2}  # every category asked for has cells that hold it

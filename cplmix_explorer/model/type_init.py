@@ -17,7 +17,9 @@ overlap (``start_per_arm``). Groups the graph really has come out the same in ev
 up the number K (a type split in two because K is generous), or a boundary the graph does not settle, can fall
 elsewhere in another run. The warm-up and the prior hold only the cells on which the runs agree
 (``start_agreed_only``); the others are left to the objective and the arms' coupling, so the arms are not held
-apart where the runs disagree.
+apart where the runs disagree. A category of the first run that the other runs hardly reproduce would then hold
+no cell, and the arms would drop it (fewer types than asked); such a category is held from the first run, on all
+of its cells and for every arm (:func:`targets_where_runs_agree`).
 """
 
 from __future__ import annotations
@@ -240,6 +242,28 @@ def align_to(reference: np.ndarray, labels: np.ndarray, n_types: int) -> np.ndar
     mapping = np.empty(n_types, dtype=np.int64)
     mapping[own] = matched
     return mapping[labels]
+
+
+#: A start category is "not reproduced" by the other Leiden runs when they agree on fewer than this share of its
+#: cells (on the development suite such categories have no agreed cell at all, the others at least a quarter).
+UNREPRODUCED_SHARE = 0.1
+
+
+def targets_where_runs_agree(runs: np.ndarray, n_types: int) -> tuple[np.ndarray, list[int]]:
+    """Each run's start category (runs (R, N), aligned to the first run) on the cells where every run agrees,
+    -1 (no start) elsewhere; and the first run's categories that the others do not reproduce
+    (:data:`UNREPRODUCED_SHARE`), which are held from the first run on all of their cells in every run's targets,
+    so that no category the user asked for is left without a cell to hold it."""
+    runs = np.asarray(runs)
+    first = runs[0]
+    agreed = np.all(runs == first, axis=0)
+    targets = np.where(agreed, runs, -1)
+    cells = np.bincount(first, minlength=n_types)
+    agreed_cells = np.bincount(first[agreed], minlength=n_types)
+    unreproduced = np.flatnonzero((cells > 0) & (agreed_cells < UNREPRODUCED_SHARE * cells))
+    held_from_first = np.isin(first, unreproduced)
+    targets[:, held_from_first] = first[held_from_first]
+    return targets, unreproduced.tolist()
 
 
 def merge_smallest(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int) -> np.ndarray:

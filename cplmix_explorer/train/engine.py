@@ -31,7 +31,7 @@ from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import LeidenGraph, align_to, leiden_partition
+from ..model.type_init import LeidenGraph, align_to, leiden_partition, targets_where_runs_agree
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -374,15 +374,18 @@ class Trainer:
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         self.start_runs = np.stack(labels)  # (runs, training rows): each Leiden run's categories, aligned
         agreed = np.all([arm_labels == labels[0] for arm_labels in labels[1:]], axis=0) if runs > 1 else None
+        unreproduced = None
         if self.config.start_agreed_only and agreed is not None:  # a cell the runs place differently has no start
-            labels = [np.where(agreed, arm_labels, -1) for arm_labels in labels]
+            held, unreproduced = targets_where_runs_agree(self.start_runs, n_types)
+            labels = list(held)
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
         for arm in range(n_arms):
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
         self.type_targets = targets
         self._type_init_check_rows = self._warm_up_check_rows(rows.cpu().numpy(), targets[0, rows].cpu().numpy())
         self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search,
-                                  **({"runs_agree": round(float(agreed.mean()), 4)} if agreed is not None else {})}
+                                  **({"runs_agree": round(float(agreed.mean()), 4)} if agreed is not None else {}),
+                                  **({"held_from_first_run": unreproduced} if unreproduced is not None else {})}
         self._record_warm_up()
 
     def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
