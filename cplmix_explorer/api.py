@@ -19,7 +19,7 @@ import torch
 from anndata import AnnData
 
 from .model.consensus import Consensus, consensus
-from .analysis.embedding import UMAP, CellMap, keep_map, map_key, run_map
+from .analysis.embedding import BASIS, TYPES_AND_STATES, UMAP, CellMap, keep_map, map_key, run_map
 from .analysis.names import (
     automatic_names,
     check_name,
@@ -30,7 +30,7 @@ from .analysis.names import (
     resolve_type_index,
     write_names_file,
 )
-from .model.inference import Inference, infer
+from .model.inference import Inference, infer, types_and_states
 from .analysis.results import evaluate_inference, write_results
 from .config import CplMixConfig
 from .data.io import read_data
@@ -225,15 +225,20 @@ class CplMixVAE:
         return self.predict().state_mean[arm]
 
     def cell_map(self, method: str = UMAP, run_dir: str | os.PathLike | None = None, progress: bool = False) -> CellMap:
-        """The 2-D map of every cell from arm 0's latent (UMAP by default, fitted on a sample for large data;
-        or PCA), computed once per model: kept in memory and, with ``run_dir``, in RUN_DIR/map.npy."""
+        """The 2-D map of every cell: by default UMAP of its types and states (the arms' mean type posterior
+        next to arm 0's state), fitted on a sample for large data; ``"umap_latent"`` / ``"pca"``: UMAP / PCA of
+        arm 0's latent. Computed once per model: kept in memory and, with ``run_dir``, in RUN_DIR/map.npy."""
         cached = self._maps.get(method)
         if cached is not None and run_dir is not None:
             keep_map(run_dir, cached, method)
         if cached is None:
             weights = {name: value.detach().cpu().numpy() for name, value in self.module.state_dict().items()}
             key = map_key(weights, self.prepared.obs_names)
-            cached = run_map(self.predict().latent[0], key, run_dir, method=method, seed=self.config.seed,
+            if BASIS.get(method) == TYPES_AND_STATES:
+                features = lambda: types_and_states(self.module, self.device_data())  # noqa: E731
+            else:
+                features = lambda: self.predict().latent[0]  # noqa: E731
+            cached = run_map(features, key, run_dir, method=method, seed=self.config.seed,
                              progress=progress)
             self._maps[method] = cached
         return cached

@@ -49,7 +49,8 @@ def test_a_map_fitted_on_a_sample_places_the_other_cells_beside_their_own_type()
 def test_pca_stays_available_and_maps_runs_too_small_for_umap():
     latent, _ = clusters(embedding.MIN_UMAP_CELLS - 1)
     small = embedding.compute_map(latent)
-    assert small.method == "pca" and small.title == "PCA of the latent"
+    assert small.method == "pca" and small.title == "PCA of types and states"
+    assert embedding.compute_map(latent, method="umap_latent").title == "PCA of the latent"
     np.testing.assert_allclose(small.coordinates, embedding.pca_2d(latent))
     with pytest.raises(Exception, match="unknown map method"):
         embedding.compute_map(latent, method="tsne")
@@ -109,3 +110,22 @@ def test_the_map_is_computed_once_per_model_and_again_for_new_weights(trained_ru
     assert json.loads((copy / "map.json").read_text())["key"] == changed.key != info["key"]
     assert (copy / "map.npy").read_bytes() != content
     np.testing.assert_array_equal(np.load(copy / "map.npy"), changed.coordinates)
+
+
+def test_the_default_map_is_of_types_and_states_and_keeps_each_type_together(trained_run):
+    from cplmix_explorer.model.inference import types_and_states
+
+    run_dir, _ = trained_run
+    model = load_run(run_dir)
+    features = types_and_states(model.module, model.device_data())
+    inference = model.predict()
+    n_types = model.module.n_types
+    np.testing.assert_allclose(features[:, :n_types].sum(axis=1), 1.0, atol=1e-5)  # the arms' mean q(c|x)
+    np.testing.assert_array_equal(features[:, :n_types].argmax(axis=1), inference.consensus_type)
+    np.testing.assert_allclose(features[:, n_types:], inference.state_mean[0], atol=1e-5)
+    cell_map = model.cell_map(run_dir=run_dir)
+    assert cell_map.basis == "types and states" and cell_map.title == "UMAP of types and states"
+    assert map_purity(cell_map.coordinates, inference.consensus_type).mean() > 0.9  # each type an island
+    latent_map = model.cell_map("umap_latent")
+    assert latent_map.title == "UMAP of the latent" and latent_map.key == cell_map.key
+    assert not np.array_equal(latent_map.coordinates, cell_map.coordinates)

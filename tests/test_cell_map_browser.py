@@ -101,7 +101,7 @@ def cell_map(page):
     wait_for_text(page, "demo model zeisel2015_demo")
     open_tab(page, "Cells")
     page.wait_for_function(f"() => ({JS_MAX_ROWS})('image') > 0", timeout=REDRAW_TIMEOUT_MS)
-    wait_for_title(page, "UMAP of the latent · colour: type")
+    wait_for_title(page, "UMAP of types and states · colour: type")
     legend = page.evaluate(JS_LEGEND)
     assert legend and len(legend) == len(set(legend)), f"each type once in the legend: {legend}"
     images = page.evaluate(JS_IMAGES)

@@ -600,7 +600,7 @@ def test_a_closed_session_frees_the_model_it_trained(tmp_path):
 def test_cells_view_colours_highlights_and_compares(demo_state):
     view = CellsView(demo_state)
     assert view.color_by.options == ["type", "class", "subclass", "confidence", "state 1", "state 2"]
-    assert view.embedding.value == "UMAP of the latent"
+    assert view.embedding.value == "UMAP of types and states"
     table = view.cell_table()
     assert len(table) == demo_state.n_cells and {"x", "y", "type", "class", "confidence"} <= set(table.columns)
     np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), demo_state.model.cell_map().coordinates)

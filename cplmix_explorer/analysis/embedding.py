@@ -1,4 +1,10 @@
-"""The 2-D map of a run's cells, computed from the model's latent once and kept in the run folder.
+"""The 2-D map of a run's cells, computed from the model once and kept in the run folder.
+
+What the map is made from (its basis): by default the model's own description of a cell, its type posterior
+q(c|x) (the arms' mean) next to its continuous state (arm 0's state mean given its type): each type is an
+island and the state spreads its cells inside. The encoder bottleneck (the latent) stays available: the type
+head reads the types from it linearly, so with many types in its few dimensions the types lie side by side
+there and a cell's nearest cells are often of other types (``benchmarks/map_basis.py``).
 
 UMAP (umap-learn, the map scanpy users know) is fitted on at most ``MAP_SAMPLE`` randomly chosen cells; every
 other cell is placed at the distance-weighted mean of the map positions of its ``PLACE_NEIGHBORS`` nearest
@@ -29,8 +35,11 @@ from tqdm.auto import tqdm
 from ..errors import CplmixError
 from ..files import atomic_write_bytes
 
-UMAP, PCA = "umap", "pca"
-METHODS = (UMAP, PCA)
+UMAP, UMAP_LATENT, PCA = "umap", "umap_latent", "pca"
+METHODS = (UMAP, UMAP_LATENT, PCA)
+#: What each method maps: the type posterior and the state ("types and states"), or the latent.
+TYPES_AND_STATES, LATENT = "types and states", "the latent"
+BASIS = {UMAP: TYPES_AND_STATES, UMAP_LATENT: LATENT, PCA: LATENT}
 #: Cells UMAP is fitted on at most; the others are placed from their nearest sampled cells.
 MAP_SAMPLE = 50_000
 #: Sampled neighbors (in the latent) a placed cell's position is averaged over.
@@ -46,7 +55,7 @@ EXACT_NEIGHBORS_MAX = 8192
 PLACE_CHUNK = 100_000
 MAP_FILE = "map.npy"
 MAP_INFO_FILE = "map.json"
-MAP_FORMAT = 1
+MAP_FORMAT = 2  # 2: the default UMAP maps types and states (1: the latent)
 
 
 @dataclass
@@ -54,16 +63,18 @@ class CellMap:
     """(N, 2) coordinates of every cell and how they were made."""
 
     coordinates: np.ndarray
-    method: str  # "umap" or "pca"
+    method: str  # "umap" or "pca": how it was drawn
     cells: int
     sample: int  # cells the map was fitted on (the rest placed); N for PCA
     seed: int
     key: str = ""  # identifies the model weights and cells the map belongs to
     seconds: float = 0.0
+    basis: str = LATENT  # what was mapped: TYPES_AND_STATES or LATENT
 
     @property
     def title(self) -> str:
-        name = "UMAP of the latent" if self.method == UMAP else "PCA of the latent"
+        basis = "the latent" if self.basis == LATENT else self.basis
+        name = f"UMAP of {basis}" if self.method == UMAP else f"PCA of {basis}"
         if self.method == UMAP and self.sample < self.cells:
             name += f" (fitted on {self.sample:,} cells, others placed)"
         return name
@@ -84,17 +95,22 @@ def pca_2d(latent: np.ndarray) -> np.ndarray:
     return (centred @ components).astype(np.float32)
 
 
-def compute_map(latent: np.ndarray, method: str = UMAP, seed: int = 0, sample: int = MAP_SAMPLE,
-                progress: bool = False) -> CellMap:
-    """The 2-D map of (N, D) latent coordinates (see the module's description)."""
+def check_method(method: str) -> None:
     if method not in METHODS:
         raise CplmixError(f"unknown map method {method!r} (choose from {', '.join(METHODS)})")
+
+
+def compute_map(latent: np.ndarray, method: str = UMAP, seed: int = 0, sample: int = MAP_SAMPLE,
+                progress: bool = False) -> CellMap:
+    """The 2-D map of (N, D) coordinates (``method``'s basis, :data:`BASIS`; see the module's description)."""
+    check_method(method)
+    basis = BASIS[method]
     latent = np.ascontiguousarray(latent, dtype=np.float32)
     n_cells = len(latent)
     start = time.perf_counter()
     if method == PCA or n_cells < MIN_UMAP_CELLS:
         coordinates = pca_2d(latent)
-        return CellMap(coordinates, PCA, n_cells, n_cells, seed, seconds=time.perf_counter() - start)
+        return CellMap(coordinates, PCA, n_cells, n_cells, seed, seconds=time.perf_counter() - start, basis=basis)
     rng = np.random.default_rng(seed)
     sample = int(min(max(sample, MIN_UMAP_CELLS), n_cells))
     chosen = np.sort(rng.choice(n_cells, sample, replace=False)) if sample < n_cells else np.arange(n_cells)
@@ -104,7 +120,7 @@ def compute_map(latent: np.ndarray, method: str = UMAP, seed: int = 0, sample: i
     if sample < n_cells:
         rest = np.setdiff1d(np.arange(n_cells), chosen, assume_unique=True)
         coordinates[rest] = place(latent[rest], latent[chosen], index, fitted, progress=progress)
-    return CellMap(coordinates, UMAP, n_cells, sample, seed, seconds=time.perf_counter() - start)
+    return CellMap(coordinates, UMAP, n_cells, sample, seed, seconds=time.perf_counter() - start, basis=basis)
 
 
 def _umap_fit(latent: np.ndarray, seed: int):
@@ -216,7 +232,7 @@ def read_map(folder: str | os.PathLike, key: str, method: str = UMAP) -> CellMap
         return None
     if coordinates.shape != (info.get("cells"), 2) or not np.isfinite(coordinates).all():
         return None
-    fields = {k: info[k] for k in ("method", "cells", "sample", "seed", "key", "seconds")}
+    fields = {k: info[k] for k in ("method", "cells", "sample", "seed", "key", "seconds", "basis")}
     return CellMap(coordinates.astype(np.float32, copy=False), **fields)
 
 
@@ -236,7 +252,8 @@ def keep_map(folder: str | os.PathLike, cell_map: CellMap, method: str = UMAP) -
     folder = Path(folder)
     try:
         info = json.loads((folder / MAP_INFO_FILE).read_text())
-        if info.get("key") == cell_map.key and info.get("requested") == method and (folder / MAP_FILE).exists():
+        if (info.get("format") == MAP_FORMAT and info.get("key") == cell_map.key and info.get("requested") == method
+                and (folder / MAP_FILE).exists()):
             return
     except (OSError, ValueError):
         pass
@@ -247,15 +264,17 @@ def keep_map(folder: str | os.PathLike, cell_map: CellMap, method: str = UMAP) -
             pass
 
 
-def run_map(latent: np.ndarray, key: str, folder: str | os.PathLike | None = None, method: str = UMAP,
+def run_map(features, key: str, folder: str | os.PathLike | None = None, method: str = UMAP,
             seed: int = 0, sample: int = MAP_SAMPLE, progress: bool = False) -> CellMap:
-    """The map of ``latent``: read from ``folder`` when it holds this key's map, else computed and (with a
-    writable ``folder``) kept there."""
+    """The map of ``features()`` (N, D), the coordinates of ``method``'s basis: read from ``folder`` when it
+    holds this key's map (the features are then not computed), else computed and (with a writable ``folder``)
+    kept there."""
+    check_method(method)
     if folder is not None:
         kept = read_map(folder, key, method)
         if kept is not None:
             return kept
-    cell_map = compute_map(latent, method, seed=seed, sample=sample, progress=progress)
+    cell_map = compute_map(features(), method, seed=seed, sample=sample, progress=progress)
     cell_map.key = key
     if folder is not None:
         keep_map(folder, cell_map, method)  # a read-only folder (a shipped demo): used without being kept

@@ -77,3 +77,25 @@ def infer(module: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk
         state_mean=np.concatenate(parts["state"], axis=1),
         latent=np.concatenate(parts["latent"], axis=1),
     )
+
+
+@torch.no_grad()
+def types_and_states(module: CoupledMixtureVAE, data, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+    """(N, K + S) float32: every cell's type posterior q(c|x) (the arms' mean) next to arm 0's state mean given
+    its type, in eval mode and in chunks: the model's own description of a cell (type, then state within it),
+    what the default cell map is made from."""
+    was_training = module.training
+    module.eval()
+    parts = []
+    try:
+        for start in range(0, data.n_cells, chunk_size):
+            index = torch.arange(start, min(start + chunk_size, data.n_cells), device=data.device)
+            x = data.model_input(index).unsqueeze(0).expand(module.n_arms, -1, -1)
+            latent, logits = module.encode(x)
+            log_q = module.type_posterior(logits)
+            one_hot = F.one_hot(log_q.argmax(dim=-1), module.n_types).to(log_q.dtype)
+            state_mean, _ = module.state_posterior(latent, one_hot)
+            parts.append(torch.cat([log_q.exp().mean(dim=0), state_mean[0]], dim=1).float().cpu().numpy())
+    finally:
+        module.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, module.n_types), np.float32)

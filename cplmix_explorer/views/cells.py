@@ -1,4 +1,5 @@
-"""Cells: a datashaded 2-D map of every cell from the model's latent, and inferred types against known labels."""
+"""Cells: a datashaded 2-D map of every cell (its types and states, or the latent), and inferred types against known
+labels."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import param
 
 from ..analysis.embedding import PCA as PCA_METHOD
 from ..analysis.embedding import UMAP as UMAP_METHOD
+from ..analysis.embedding import UMAP_LATENT as UMAP_LATENT_METHOD
 from ..analysis.expression import gene_expression
 from . import plots
 from .state import ExplorerState
 
-UMAP, PCA = "UMAP of the latent", "PCA of the latent"
-METHODS = {UMAP: UMAP_METHOD, PCA: PCA_METHOD}
+UMAP, UMAP_LATENT, PCA = "UMAP of types and states", "UMAP of the latent", "PCA of the latent"
+METHODS = {UMAP: UMAP_METHOD, UMAP_LATENT: UMAP_LATENT_METHOD, PCA: PCA_METHOD}
 NO_HIGHLIGHT = "(none)"
 #: Prefix of the colour choice that shows a gene's expression ("gene Gad1").
 GENE_PREFIX = "gene "
@@ -30,7 +32,7 @@ class CellsView(pn.viewable.Viewer):
 
     def __init__(self, state=None, **params):
         super().__init__(state=ExplorerState.of(state), **params)
-        self.embedding = pn.widgets.Select(label="Map", options=list(METHODS), value=UMAP, width=180)
+        self.embedding = pn.widgets.Select(label="Map", options=list(METHODS), value=UMAP, width=210)
         self.color_by = pn.widgets.Select(label="Colour by", options=["type"], value="type", width=200)
         # suggestions as you type, whatever the case (as cellxgene's gene search); Enter takes the first one,
         # which is the typed name itself when it is a gene: the names start with the text and are sorted

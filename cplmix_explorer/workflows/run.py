@@ -5,7 +5,7 @@ RUN_DIR/
     checkpoint.safetensors   newest checkpoint (+ checkpoint.prev.safetensors, the one before)
     metrics.json             final evaluation and the loss history (per log interval)
     result.h5ad              the input's X, obs and var plus the results (obs / obsm / uns), the map as X_umap
-    map.npy, map.json        the 2-D map of the cells (UMAP of the latent), kept for the app and result.h5ad
+    map.npy, map.json        the 2-D map of the cells (UMAP of types and states), kept for the app and result.h5ad
 Every file is written atomically. Inputs are validated before the folder is created, so a user mistake
 leaves nothing behind.
 """
