@@ -123,14 +123,15 @@ class MemoryEstimate:
 
 def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on_gpu: bool = False,
                              n_arms: int = 2, state_dim: int = 2, bottleneck_dim: int = 10,
-                             components: int = COMPONENTS) -> MemoryEstimate:
+                             components: int = COMPONENTS, n_types: int = 10) -> MemoryEstimate:
     """Resident memory of each stage of ``cplmix train`` on a matrix of ``shape`` keeping ``n_genes`` genes.
 
     read: X in memory unless backed. prepare: the selected genes as CSR float32 (or dense float32), grown
     block by block (at most 1.25 x its size while it grows). data: the engine's copy of the selected values
     (float32 values + int32 columns; on a GPU it lives there instead). neighbors: ``components`` principal component scores
     and the search. leiden: the neighbor graph in scipy and igraph. training: the walks' table, the start
-    categories and a step's working memory. inference: the per-cell results."""
+    categories and a step's working memory. inference: the per-cell results, and what the cell map is made from
+    (each cell's K type probabilities and its state)."""
     n = shape.n_cells
     kept = min(n_genes, shape.n_genes)
     read = 0 if backed else shape.x_bytes
@@ -152,7 +153,8 @@ def estimate_training_memory(shape: H5adShape, n_genes: int, *, backed: bool, on
         "neighbours": held + engine + search + n * components * 4 + n * NEIGHBOR_BYTES_PER_CELL,
         "leiden": later + n * LEIDEN_BYTES_PER_CELL,
         "training": later + n * n_arms * 8 + TRAINING_BYTES,
-        "inference": later + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4),
+        "inference": later + n * (RESULT_BYTES_PER_CELL + n_arms * (state_dim + bottleneck_dim + 4) * 4
+                                  + (n_types + state_dim) * 4),
     }
     return MemoryEstimate(stages=stages, backed=backed, shape=shape)
 

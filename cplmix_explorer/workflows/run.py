@@ -165,7 +165,7 @@ def open_training_data(source, config: CplMixConfig, check_memory: bool = True):
         on_gpu = resolve_device(config.device).type == "cuda"
         estimate = estimate_training_memory(shape, config.n_genes, backed=backed, on_gpu=on_gpu, n_arms=config.n_arms,
                                             state_dim=config.state_dim, bottleneck_dim=config.bottleneck_dim,
-                                            components=neighbor_components(config))
+                                            components=neighbor_components(config), n_types=config.n_types)
         check_training_memory(estimate, config.n_genes, on_gpu)
     if backed:
         return adata
