@@ -23,27 +23,6 @@ PROBE_CELLS = 5000
 NEIGHBORS = 15
 
 
-def posteriors(model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, K) the arms' mean q(c|x), (N, D) arm 0's bottleneck and (N, S) arm 0's state mean, in eval mode."""
-    import torch
-
-    module, data = model.module, model.device_data()
-    module.eval()
-    q, latent, state = [], [], []
-    with torch.no_grad():
-        for start in range(0, data.n_cells, 4096):
-            index = torch.arange(start, min(start + 4096, data.n_cells), device=data.device)
-            x = data.model_input(index).unsqueeze(0).expand(module.n_arms, -1, -1)
-            h, logits = module.encode(x)
-            log_q = module.type_posterior(logits)
-            one_hot = torch.nn.functional.one_hot(log_q.argmax(-1), module.n_types).to(log_q.dtype)
-            state_mean, _ = module.state_posterior(h, one_hot)
-            q.append(log_q.exp().mean(0).cpu().numpy())
-            latent.append(h[0].cpu().numpy())
-            state.append(state_mean[0].cpu().numpy())
-    return np.concatenate(q), np.concatenate(latent), np.concatenate(state)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -52,14 +31,17 @@ def main() -> None:
     args = parser.parse_args()
     from sklearn.neighbors import NearestNeighbors
 
+    from cplmix_explorer.model.inference import types_and_states
     from cplmix_explorer.workflows.run import load_run
 
     model = load_run(args.run)
-    q, latent, state = posteriors(model)
+    features = types_and_states(model.module, model.device_data())  # what the default map is made from
+    q, state = features[:, : model.module.n_types], features[:, model.module.n_types :]
+    latent = model.predict().latent[0]
     types = q.argmax(1)
     labels = None if args.labels is None else np.asarray(model.adata.obs[args.labels].astype("category").cat.codes)
     probe = np.random.default_rng(0).choice(len(types), min(PROBE_CELLS, len(types)), replace=False)
-    bases = {"bottleneck (the latent)": latent, "type posterior q": q, "[q, state] (types and states)": np.hstack([q, state])}
+    bases = {"bottleneck (the latent)": latent, "type posterior q": q, "[q, state] (types and states)": features}
     for method in ("umap", "umap_latent"):  # the two UMAP maps (the run folder's when it holds the current one)
         cell_map = model.cell_map(method, run_dir=args.run if method == "umap" else None)
         bases[f"map: {cell_map.title}"] = cell_map.coordinates

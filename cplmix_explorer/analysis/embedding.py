@@ -73,8 +73,7 @@ class CellMap:
 
     @property
     def title(self) -> str:
-        basis = "the latent" if self.basis == LATENT else self.basis
-        name = f"UMAP of {basis}" if self.method == UMAP else f"PCA of {basis}"
+        name = f"UMAP of {self.basis}" if self.method == UMAP else f"PCA of {self.basis}"
         if self.method == UMAP and self.sample < self.cells:
             name += f" (fitted on {self.sample:,} cells, others placed)"
         return name

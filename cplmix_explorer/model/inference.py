@@ -35,6 +35,16 @@ class Inference:
         return (self.type_per_arm == self.type_per_arm[:1]).all(axis=0)
 
 
+def _posteriors(module: CoupledMixtureVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The eval-mode forward pass without the decoder on (A, chunk, G) inputs: the latent (A, chunk, D), log
+    q(c|x) (A, chunk, K) and each arm's state mean given its argmax type (A, chunk, S)."""
+    latent, logits = module.encode(x)
+    log_q = module.type_posterior(logits)
+    one_hot = F.one_hot(log_q.argmax(dim=-1), module.n_types).to(log_q.dtype)
+    state_mean, _ = module.state_posterior(latent, one_hot)
+    return latent, log_q, state_mean
+
+
 @torch.no_grad()
 def infer(module: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk_size: int = DEFAULT_CHUNK) -> Inference:
     """Run the arms of ``module`` (the network) in eval mode (argmax types, state = mean) over ``rows`` of a
@@ -52,12 +62,8 @@ def infer(module: CoupledMixtureVAE, data, rows: np.ndarray | None = None, chunk
             stop = min(start + chunk_size, n)
             index = torch.arange(start, stop, device=device) if rows is None else torch.as_tensor(rows[start:stop], device=device)
             x = data.model_input(index).unsqueeze(0).expand(module.n_arms, -1, -1)
-            # the eval-mode forward pass without the decoder (not needed here; (A, chunk, G) of work and memory)
-            latent, logits = module.encode(x)
-            log_q = module.type_posterior(logits)
+            latent, log_q, state_mean = _posteriors(module, x)  # no decoder: (A, chunk, G) of work and memory
             q = log_q.exp()
-            one_hot = F.one_hot(log_q.argmax(dim=-1), module.n_types).to(log_q.dtype)
-            state_mean, _ = module.state_posterior(latent, one_hot)
             confidence, assigned = q.max(dim=-1)
             mean_q = q.mean(dim=0)
             consensus_confidence, consensus_type = mean_q.max(dim=-1)
@@ -91,11 +97,8 @@ def types_and_states(module: CoupledMixtureVAE, data, chunk_size: int = DEFAULT_
         for start in range(0, data.n_cells, chunk_size):
             index = torch.arange(start, min(start + chunk_size, data.n_cells), device=data.device)
             x = data.model_input(index).unsqueeze(0).expand(module.n_arms, -1, -1)
-            latent, logits = module.encode(x)
-            log_q = module.type_posterior(logits)
-            one_hot = F.one_hot(log_q.argmax(dim=-1), module.n_types).to(log_q.dtype)
-            state_mean, _ = module.state_posterior(latent, one_hot)
+            _, log_q, state_mean = _posteriors(module, x)
             parts.append(torch.cat([log_q.exp().mean(dim=0), state_mean[0]], dim=1).float().cpu().numpy())
     finally:
         module.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros((0, module.n_types), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, module.n_types + module.state_dim), np.float32)
