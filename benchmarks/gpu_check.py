@@ -53,7 +53,8 @@ def graph_vs_eager(sizes: dict, device: torch.device) -> dict:
     for fast_path in ("eager", "graph"):
         config = CplMixConfig().update(n_types=sizes["types"], n_genes=sizes["genes"], device=str(device), seed=1,
                                        fast_path=fast_path, eval_every=10**9, validation_fraction=0.0)
-        trainer = Trainer(build_module(config, sizes["genes"]), prepare(adata, config), config)
+        prepared = prepare(adata, config)
+        trainer = Trainer(build_module(config, prepared.n_genes, prepared.library_size), prepared, config)
         trainer.evaluate_at_end = False
         histories[fast_path] = trainer.fit(sizes["equivalence_steps"]).history_values
         paths[fast_path] = trainer.fast_path

@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
     memory["after_prepare_rss_mb"] = rss_mb()
 
     start = time.perf_counter()
-    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes, prepared.library_size), prepared, config)
     trainer.evaluate_at_end = False
     phases["to_device_seconds"] = time.perf_counter() - start
     memory["after_device_data_rss_mb"] = rss_mb()

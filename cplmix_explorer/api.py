@@ -90,7 +90,7 @@ class CplMixVAE:
             self.prepared = _check_prepared_for(_prepared, self.adata, _preprocessing)
         else:
             self.prepared = prepare(self.adata, self.config, preprocessing=_preprocessing)
-        self.module = build_module(self.config, self.prepared.n_genes)
+        self.module = build_module(self.config, self.prepared.n_genes, self.prepared.library_size)
         self.events = EventBus()
         self.step = 0
         self.history: TrainingResult | None = None
@@ -404,7 +404,7 @@ class CplMixVAE:
         n_types = len(checkpoint.model_state["category_ids"])
         if n_types != model.module.n_types:  # a pruned model: rebuild at its size
             model.config.update(n_types=n_types)
-            model.module = build_module(model.config, model.prepared.n_genes)
+            model.module = build_module(model.config, model.prepared.n_genes, model.prepared.library_size)
         try:
             model.module.load_state_dict(checkpoint.model_state)
         except RuntimeError as error:

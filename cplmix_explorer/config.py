@@ -124,6 +124,12 @@ class CplMixConfig(OptionSet):
     state_depends_on_type = param.Boolean(
         True, doc="State posterior q(s|c,x) conditioned on the type; False is the s-independent-of-c ablation."
     )
+    depth_covariate = param.Boolean(
+        False,
+        doc="Count data: the decoder also reads each cell's log library size (standardised), an observed covariate "
+        "as in scVI, so that sequencing depth (more zeros in shallow cells) is not taken up by a state dimension. "
+        "Ignored when X is not raw counts. An option until its effect on traversals is understood (docs/quality.md).",
+    )
     state_encoder = param.Selector(
         default="separate", objects=["separate", "shared"],
         doc="Where the state posterior q(s|c,x) reads the cell: a second encoder of the type encoder's shape "

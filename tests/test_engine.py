@@ -303,3 +303,69 @@ def test_the_defaults_keep_every_small_type_and_are_confident_about_it():
     metrics = model.evaluate()
     assert metrics["ari"] >= 0.95
     assert metrics["consensus"] >= 0.9
+
+
+def _state_tie_to_depth(adata, state_mean) -> float:
+    """The state dimension most tied to sequencing depth: median over true types of its within-type |Spearman
+    rho| with the library size (arm 0)."""
+    from scipy.stats import spearmanr
+
+    library = adata.obs["true_library_size"].to_numpy()
+    types = adata.obs["true_type"].astype(str).to_numpy()
+    return max(float(np.median([abs(spearmanr(state_mean[0][types == t, d], library[types == t])[0]) for t in np.unique(types)]))
+               for d in range(state_mean.shape[2]))
+
+
+def test_the_depth_covariate_keeps_sequencing_depth_out_of_the_state_and_finds_the_true_states():
+    from cplmix_explorer.data.simulate import state_recovery
+    from cplmix_explorer.datasets import simulate
+
+    adata = simulate(n_cells=900, n_genes=300, n_types=3, n_classes=1, state_dim=2, markers_per_type=10,
+                     markers_per_class=10, n_ieg=40, n_hkg=40, library_spread=0.8, seed=1)
+    results = {}
+    for covariate in (True, False):
+        model = CplMixVAE(adata, n_types=3, n_arms=2, seed=0, depth_covariate=covariate, steps=1500, hidden_dim=50,
+                          n_hidden_layers=2, device="cpu")
+        model.train(progress=False)
+        assert model.module.depth_covariate is covariate  # raw counts: the decoder reads the depth when asked
+        state = model.predict().state_mean
+        recovery = state_recovery(adata, state)
+        results[covariate] = {"depth": _state_tie_to_depth(adata, state),
+                              "states": float(recovery[["abs_rho_state_0", "abs_rho_state_1"]].median().mean())}
+    # without the covariate a state dimension follows the depth; with it the states are the true ones
+    assert results[True]["depth"] < results[False]["depth"] / 2, results
+    assert results[True]["states"] > results[False]["states"] + 0.1, results
+
+
+def test_the_decoder_reads_depth_only_for_count_data(mixture):
+    counts = CplMixVAE(mixture, n_types=3, n_arms=2, steps=2, device="cpu", seed=0, depth_covariate=True)
+    trainer = counts.make_trainer()
+    index = trainer.train_rows[:8]
+    x, target, library, depth, rows = trainer._arm_inputs(index)
+    assert counts.module.depth_covariate and depth.shape == (2, 8, 1)
+    expected = counts.module.depth(trainer.data.library_of(rows.reshape(-1)).view(2, 8, 1))
+    assert torch.allclose(depth, expected)  # each copy's own standardised log library size
+    normalised = mixture.copy()
+    normalised.X = np.log1p(np.asarray(normalised.X.todense() if sp.issparse(normalised.X) else normalised.X))
+    assert not CplMixVAE(normalised, n_types=3, n_arms=2, steps=2, device="cpu", seed=0,
+                         depth_covariate=True).module.depth_covariate
+
+
+def test_a_run_saved_with_the_depth_covariate_loads_with_it_and_one_saved_before_without_it(mixture, tmp_path):
+    from pathlib import Path
+
+    from cplmix_explorer import datasets
+
+    model = CplMixVAE(mixture, n_types=3, n_arms=2, steps=20, batch_size=64, device="cpu", seed=0, depth_covariate=True)
+    model.train(progress=False)
+    model.save(tmp_path / "run")
+    loaded = CplMixVAE.load(tmp_path / "run", mixture, device="cpu")
+    assert loaded.module.depth_covariate
+    assert float(loaded.module.depth_scale) == float(model.module.depth_scale)  # its own centre and scale
+    mu = torch.zeros(2, 4, 2)
+    c = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 0]] * 2), 3).float()
+    deep = torch.full((2, 4, 1), 1.5)
+    assert torch.equal(loaded.module.decode(c, mu, deep), model.module.decode(c, mu, deep))
+    demo = Path(__file__).resolve().parent.parent / "models" / "zeisel2015_demo"  # saved before the option existed
+    older = CplMixVAE.load(demo, datasets.load("zeisel2015"), device="cpu")
+    assert older.config.depth_covariate is False and not older.module.depth_covariate

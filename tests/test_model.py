@@ -208,3 +208,17 @@ def test_straight_through_option_reaches_the_network():
 
     assert build_module(CplMixConfig(straight_through=True), n_genes=30).straight_through
     assert not build_module(CplMixConfig(), n_genes=30).straight_through  # the paper's relaxed sample by default
+
+
+def test_the_decoder_reads_the_depth_covariate_and_takes_the_mean_depth_when_none_is_given():
+    model = _model(depth_covariate=True).eval()
+    c = F.one_hot(torch.tensor([[0, 1, 2, 3]] * 3), 4).float()
+    s = torch.randn(3, 4, 2)
+    shallow, deep = torch.full((3, 4, 1), -2.0), torch.full((3, 4, 1), 2.0)
+    assert not torch.allclose(model.decode(c, s, shallow), model.decode(c, s, deep))
+    assert torch.equal(model.decode(c, s), model.decode(c, s, torch.zeros(3, 4, 1)))  # a traversal: mean depth
+    model.set_depth_reference(torch.tensor([500.0, 1000.0, 2000.0]).numpy())
+    assert model.depth(torch.tensor([[1000.0]])).abs().item() < 1e-5  # the geometric mean is depth 0
+    model.keep_categories(torch.tensor([0, 2]))  # pruning keeps the covariate's input
+    c2 = F.one_hot(torch.tensor([[0, 1]] * 3), 2).float()
+    assert not torch.allclose(model.decode(c2, s[:, :2], shallow[:, :2]), model.decode(c2, s[:, :2], deep[:, :2]))

@@ -93,7 +93,7 @@ def test_neighbor_copies_train_the_negative_binomial_model_on_raw_counts():
     assert trainer.data.holds_counts
     index = trainer.train_rows[:8]
     torch.manual_seed(0)
-    x, target, library, source = trainer._arm_inputs(index)
+    x, target, library, depth, source = trainer._arm_inputs(index)
     torch.manual_seed(0)
     rows = trainer.augmenter.source_rows(index, 2, step=trainer._step_counter)
     assert torch.equal(source, rows)  # the rows each arm's copies come from

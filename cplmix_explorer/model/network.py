@@ -2,7 +2,9 @@
 
 Per arm (method.md, "Model"): encoder x_a -> h_a; categorical posterior q(c|x_a) = softmax(logits / tau);
 a Gumbel-softmax relaxed type sample c_a in training (one-hot argmax at inference); state posterior
-q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from [c_a, s_a].
+q(s|c_a, x_a) = N(mu, diag sigma^2) from [h_a, c_a]; decoder p(x|c_a, s_a) from [c_a, s_a] (and, with the depth
+covariate on count data, the cell's standardised log library size, an observed covariate as in scVI, so that the
+state is not spent on sequencing depth).
 
 The state reads either the type encoder's bottleneck (``state_encoder="shared"``, the paper's network) or the
 bottleneck of a second encoder of the same shape (``"separate"``). The coupling's gradient reaches only the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,6 +125,7 @@ class CoupledMixtureVAE(nn.Module):
         state_encoder: str = SEPARATE_STATE_ENCODER,
         gene_variance: str = FIXED_GENE_VARIANCE,
         state_bottleneck: str = LINEAR_STATE_BOTTLENECK,
+        depth_covariate: bool = False,
     ):
         super().__init__()
         if likelihood not in (GAUSSIAN, NEGATIVE_BINOMIAL):
@@ -145,6 +149,7 @@ class CoupledMixtureVAE(nn.Module):
         self.state_encoder = state_encoder
         self.gene_variance = gene_variance
         self.state_bottleneck_activation = state_bottleneck
+        self.depth_covariate = depth_covariate
         shared = share_arm_parameters
 
         def linear(n_in: int, n_out: int) -> StackedLinear:
@@ -166,7 +171,8 @@ class CoupledMixtureVAE(nn.Module):
             self.state_bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
         state_input = bottleneck_dim + (n_types if state_depends_on_type else 0)
         self.state_head = linear(state_input, 2 * state_dim)
-        decoder_widths = [n_types + state_dim, bottleneck_dim] + [hidden_dim] * n_hidden_layers
+        n_covariates = 1 if depth_covariate else 0
+        decoder_widths = [n_types + state_dim + n_covariates, bottleneck_dim] + [hidden_dim] * n_hidden_layers
         self.decoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(decoder_widths[:-1], decoder_widths[1:]))
         self.decoder_output = linear(hidden_dim, n_genes)
         if likelihood == NEGATIVE_BINOMIAL:
@@ -174,6 +180,9 @@ class CoupledMixtureVAE(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(1 if shared else n_arms, 1, n_genes))
         # Original category index of each current category (pruning removes categories).
         self.register_buffer("category_ids", torch.arange(n_types))
+        if depth_covariate:  # log library size -> (log library - centre) / scale, set from the data's cells
+            self.register_buffer("depth_centre", torch.zeros(()))
+            self.register_buffer("depth_scale", torch.ones(()))
 
     # -- the three parts of an arm --------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,10 +208,27 @@ class CoupledMixtureVAE(nn.Module):
         mu, logvar = self.state_head(features).chunk(2, dim=-1)
         return mu, logvar
 
-    def decode(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """[c (A, B, K), s (A, B, S)] -> (A, B, G): log-expression (Gaussian) or log gene proportions (NB)."""
+    def set_depth_reference(self, library_size: np.ndarray) -> None:
+        """Centre and scale of the depth covariate: mean and sd of the cells' log library sizes."""
+        log_library = np.log(np.maximum(np.asarray(library_size, dtype=np.float64), 1.0))
+        self.depth_centre.fill_(float(log_library.mean()))
+        self.depth_scale.fill_(float(max(log_library.std(), 1e-3)))
+
+    def depth(self, library: torch.Tensor) -> torch.Tensor:
+        """Library sizes (..., 1) -> the decoder's depth covariate: standardised log library size."""
+        return (torch.log(library.clamp_min(1.0)) - self.depth_centre) / self.depth_scale
+
+    def decode(self, c: torch.Tensor, s: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+        """[c (A, B, K), s (A, B, S)] -> (A, B, G): log-expression (Gaussian) or log gene proportions (NB).
+
+        With the depth covariate the decoder also reads ``depth`` (A, B, 1), the standardised log library
+        size (:meth:`depth`), so that what sequencing depth does to the expression (more zeros in shallow cells) is
+        not left to the continuous state; without it (e.g. a traversal) the cells' mean depth, 0, is used."""
         s = F.dropout(s, self.state_dropout, self.training) if self.state_dropout > 0 else s
-        out = torch.cat([c, s], dim=-1)
+        parts = [c, s]
+        if self.depth_covariate:
+            parts.append(depth if depth is not None else s.new_zeros(*s.shape[:-1], 1))
+        out = torch.cat(parts, dim=-1)
         for layer in self.decoder_layers:
             out = torch.relu(layer(out))
         out = self.decoder_output(out)
@@ -222,12 +248,14 @@ class CoupledMixtureVAE(nn.Module):
         x: torch.Tensor,
         gumbel_temperature: float = 1.0,
         noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        depth: torch.Tensor | None = None,
     ) -> ArmOutputs:
         """x (A, B, G), each arm its own (augmented) copy. Training: relaxed sample c and sampled s;
         eval mode: one-hot argmax c and s = mu.
 
         ``noise`` optionally supplies the training noise (Gumbel (A, B, K), standard normal (A, B, S))
         instead of drawing it, so that a computation can be replayed exactly (distributed equivalence tests).
+        ``depth`` (A, B, 1): the depth covariate of each copy (see ``decode``).
         """
         h, logits = self.encode(x)
         log_q = self.type_posterior(logits)
@@ -247,7 +275,7 @@ class CoupledMixtureVAE(nn.Module):
             s = mu + torch.exp(0.5 * logvar) * normal  # standard normal noise
         else:
             s = mu
-        return ArmOutputs(log_q=log_q, q=q, c=c, mu=mu, logvar=logvar, s=s, decoded=self.decode(c, s), h=h)
+        return ArmOutputs(log_q=log_q, q=q, c=c, mu=mu, logvar=logvar, s=s, decoded=self.decode(c, s, depth), h=h)
 
     @torch.no_grad()
     def keep_categories(self, keep: torch.Tensor) -> None:
@@ -265,7 +293,8 @@ class CoupledMixtureVAE(nn.Module):
             self.state_head.weight = nn.Parameter(self.state_head.weight[:, rows, :].clone())
             self.state_head.in_features = len(rows)
         first = self.decoder_layers[0]
-        rows = torch.cat([keep, self.n_types + torch.arange(self.state_dim, device=keep.device)])
+        n_inputs = self.state_dim + (1 if self.depth_covariate else 0)
+        rows = torch.cat([keep, self.n_types + torch.arange(n_inputs, device=keep.device)])
         first.weight = nn.Parameter(first.weight[:, rows, :].clone())
         first.in_features = len(rows)
         self.category_ids = self.category_ids[keep].clone()

@@ -50,6 +50,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "leiden_weights": "uniform",
     "neighbor_components": 50,  # runs before the option used scanpy's 50 whatever their K
     "start_agreed_only": False,  # each arm was held to its own Leiden run on every cell
+    "depth_covariate": False,  # the decoder read only the type and the state
 }
 
 

@@ -52,14 +52,18 @@ logger = logging.getLogger(__name__)
 MAX_EVALUATION_CELLS = 20000
 
 
-def build_module(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
-    """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``."""
+def build_module(config: CplMixConfig, n_genes: int, library_size: np.ndarray | None = None) -> CoupledMixtureVAE:
+    """A freshly initialised network for ``config``; the initial weights depend only on ``config.seed``.
+
+    ``library_size``: the cells' library sizes when the data are raw counts (None otherwise); with
+    ``depth_covariate`` the decoder then reads each cell's standardised log library size, centred and scaled on
+    these cells (a saved model keeps its own centre and scale)."""
     if config.gene_variance != FIXED_GENE_VARIANCE and config.likelihood != GAUSSIAN:
         raise CplmixError(f"--gene-variance {config.gene_variance} applies to the Gaussian likelihood only, not to --likelihood {config.likelihood}")
     if config.marginal_entropy_weight and config.objective == "jointvae":  # JointVAE has no such term
         raise CplmixError(f"--marginal-entropy-weight applies to the cpl-mixVAE objective only, not to --objective {config.objective}")
     torch.manual_seed(config.seed)
-    return CoupledMixtureVAE(
+    module = CoupledMixtureVAE(
         n_genes=n_genes,
         n_types=config.n_types,
         state_dim=config.state_dim,
@@ -77,7 +81,11 @@ def build_module(config: CplMixConfig, n_genes: int) -> CoupledMixtureVAE:
         state_encoder=config.state_encoder,
         gene_variance=config.gene_variance,
         state_bottleneck=config.state_bottleneck,
+        depth_covariate=config.depth_covariate and library_size is not None,
     )
+    if module.depth_covariate:
+        module.set_depth_reference(library_size)
+    return module
 
 
 def evaluation_sample(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -291,9 +299,10 @@ class Trainer:
 
     def _arm_inputs(
         self, index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Each arm's augmented copy of the batch: model input (A, B, G), reconstruction target, NB library,
-        and the data rows (A, B) each arm's copies come from."""
+        the decoder's depth covariate (A, B, 1; None without it) and the data rows (A, B) each arm's copies
+        come from."""
         n_arms = self.module.n_arms
         if self.augmenter.chooses_rows:  # each arm sees other stored cells, with their own library sizes
             source = self.augmenter.source_rows(index, n_arms, step=self._step_counter)  # (A, B)
@@ -315,13 +324,16 @@ class Trainer:
         else:
             x, nb_library = copies, None
         target = x if self.module.likelihood == GAUSSIAN else copies
-        return x, target, nb_library, source
+        depth = None
+        if self.module.depth_covariate and copy_library is not None:
+            depth = self.module.depth(copy_library.unsqueeze(-1))
+        return x, target, nb_library, depth, source
 
     def _batch_objective(self, index: torch.Tensor):
         """The arms' outputs on their copies of batch ``index``, the objective's terms, and the data rows (A, B)
         the copies come from."""
-        x, target, nb_library, rows = self._arm_inputs(index)
-        outputs = self.forward_module(x, self.config.gumbel_temperature)
+        x, target, nb_library, depth, rows = self._arm_inputs(index)
+        outputs = self.forward_module(x, self.config.gumbel_temperature, depth=depth)
         terms = self._objective(outputs, target, nb_library, step=self._step_counter, reducer=self._reducer)
         return outputs, terms, rows
 
@@ -577,7 +589,10 @@ class Trainer:
                         counts = self.data.gather(index)
                         target = counts.unsqueeze(0).expand(self.module.n_arms, -1, -1)
                         nb_library = target.sum(dim=-1, keepdim=True)
-                    terms = self._objective(self.module(x), target, nb_library, step=self.step)
+                    depth = None
+                    if self.module.depth_covariate:
+                        depth = self.module.depth(self.data.library_of(index).view(1, -1, 1)).expand(self.module.n_arms, -1, -1)
+                    terms = self._objective(self.module(x, depth=depth), target, nb_library, step=self.step)
                     losses.append(float(terms.total))
                     weights.append(len(rows))
                 validation_loss = float(np.average(losses, weights=weights))

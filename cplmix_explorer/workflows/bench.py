@@ -106,7 +106,7 @@ def run_benchmark(
     if state_encoder is not None:
         config.update(state_encoder=state_encoder)
     prepared = prepare(adata, config)
-    trainer = Trainer(build_module(config, prepared.n_genes), prepared, config)
+    trainer = Trainer(build_module(config, prepared.n_genes, prepared.library_size), prepared, config)
     trainer.evaluate_at_end = False
     if resolved.type == "cuda":
         torch.cuda.reset_peak_memory_stats(resolved)
