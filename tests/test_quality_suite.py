@@ -15,7 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import quality_suite  # noqa: E402
 
 COLUMNS = ["dataset", "K", "cells", "ARI", "ACC", "NMI", "agreement", "used", "start (merged)", "start ARI",
-           "confidence", "state abs rho", "Leiden ARI", "Leiden ACC", "s/run (CPU)"]
+           "confidence", "state abs rho (activity)", "Leiden ARI", "Leiden ACC", "s/run (CPU)"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_quick_suite_writes_one_table_with_every_column_for_every_dataset(quick_
         assert entry["k"] == k and entry["seeds"] == [0]
         for key in ("ari", "consensus_ari", "init_ari", "leiden_ari"):
             assert -1.0 <= entry[key]["mean"] <= 1.0, (name, key)
-        for key in ("acc", "nmi", "agreement", "state_rho_median", "leiden_acc"):
+        for key in ("acc", "nmi", "agreement", "state_rho_median", "state_rho_activity_median", "leiden_acc"):
             assert 0.0 <= entry[key]["mean"] <= 1.0, (name, key)
         assert 1 <= entry["categories_used"]["mean"] <= k and 1 <= entry["start_categories"]["mean"] <= k
         assert 0 <= entry["start_categories_merged"]["mean"] < entry["start_categories"]["mean"]
