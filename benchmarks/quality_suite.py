@@ -203,10 +203,13 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
         "steps_per_second": result.steps_per_second,
     }
     if "simulation" in adata.uns:
-        from simulator_quality import median_program_rho, median_state_rho
+        from simulator_quality import program_rho_medians
 
-        row["state_rho_median"] = median_state_rho(adata, inference.state_mean)
-        row.update(median_program_rho(adata, inference.state_mean))
+        from cplmix_explorer.data.simulate import state_recovery
+
+        recovery = state_recovery(adata, inference.state_mean)  # once, for both figures
+        row["state_rho_median"] = float(recovery["best_abs_rho"].median())
+        row.update({f"state_rho_{program}_median": value for program, value in program_rho_medians(recovery).items()})
     if recorder is not None:
         recorder.detach()
         row["trace"] = recorder.rows

@@ -48,16 +48,17 @@ def median_state_rho(adata, state_mean) -> float:
     return float(state_recovery(adata, state_mean)["best_abs_rho"].median())
 
 
-def median_program_rho(adata, state_mean) -> dict:
-    """Per program (activity: the IEG state, dimension 0; metabolic: the HKG state, dimension 1), the median
-    over the types that respond to it of the best |Spearman rho| of an inferred dimension: ``best_abs_rho``
-    takes the better of the two per type and so hides a state that is not found at all."""
-    from cplmix_explorer.data.simulate import state_recovery
+#: The simulated state each program follows: activity drives the IEG genes (dimension 0), the metabolic state the
+#: HKG genes (dimension 1).
+PROGRAMS = {0: "activity", 1: "metabolic"}
 
-    recovery = state_recovery(adata, state_mean)
-    names = {0: "activity", 1: "metabolic"}
-    return {f"state_rho_{names[j]}_median": float(recovery[f"abs_rho_state_{j}"].median())
-            for j in names if f"abs_rho_state_{j}" in recovery}
+
+def program_rho_medians(recovery) -> dict:
+    """Per program, from a ``state_recovery`` frame: the median over the types that respond to it of the best
+    |Spearman rho| of an inferred dimension. ``best_abs_rho`` takes the better of the two per type and so hides a
+    state that is not found at all."""
+    return {program: float(recovery[f"abs_rho_state_{j}"].median())
+            for j, program in PROGRAMS.items() if f"abs_rho_state_{j}" in recovery}
 
 
 def run_seed(adata, seed: int, args) -> dict:

@@ -22,8 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, config_option, machine, write_report  # noqa: E402
-
-PROGRAMS = {0: "activity", 1: "metabolic"}
+from simulator_quality import PROGRAMS, program_rho_medians  # noqa: E402
 
 
 def oracle(adata) -> dict:
@@ -63,9 +62,8 @@ def state_scores(adata, state_mean: np.ndarray) -> dict:
     truth, responsive = adata.obsm["true_state"], adata.uns["simulation"]["responsive"]
     library = adata.obs["true_library_size"].to_numpy()
     arm = state_mean[0]
-    out = {}
+    out = {f"rho_{program}": value for program, value in program_rho_medians(recovery).items()}
     for j, program in PROGRAMS.items():
-        out[f"rho_{program}"] = float(recovery[f"abs_rho_state_{j}"].median())
         combined = []
         for name in np.unique(types):
             inside = types == name
