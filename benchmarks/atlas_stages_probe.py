@@ -1,6 +1,7 @@
 """The atlas path's stages up to the Leiden start on their own (no training), for sizes where a whole
 ``atlas.py`` run takes too long: simulate, prepare + training data, neighbors (with the recorded search and
-recall), the Leiden graph and one arm's Leiden run. Prints the figures after each stage (seconds and the
+recall), the Leiden graph, one arm's Leiden run at K and one arm's start as the engine makes it (Leiden at
+``start_overcluster`` x K joined down to K). Prints the figures after each stage (seconds and the
 process's peak RSS so far) and writes benchmarks/results/atlas_stages_<cells>.json at the end.
 
     python benchmarks/atlas_stages_probe.py 100000
@@ -25,7 +26,7 @@ from cplmix_explorer.config import CplMixConfig  # noqa: E402
 from cplmix_explorer.data.preprocess import prepare  # noqa: E402
 from cplmix_explorer.datasets import simulate  # noqa: E402
 from cplmix_explorer.model.neighbors import find_neighbors  # noqa: E402
-from cplmix_explorer.model.type_init import LeidenGraph, leiden_partition  # noqa: E402
+from cplmix_explorer.model.type_init import LeidenGraph, leiden_partition, start_partition  # noqa: E402
 from cplmix_explorer.train.device_data import DeviceData  # noqa: E402
 
 
@@ -59,6 +60,10 @@ def main() -> None:
     partition = leiden_partition(graph, 40, seed=0)
     mark("leiden arm 0", started)
     out["leiden"] = {k: v for k, v in partition.summary().items() if k != "group_sizes"}
+    started = time.perf_counter()  # the engine's start: Leiden at start_overcluster x K, joined down to K
+    start = start_partition(graph, 40, seed=0, overcluster=CplMixConfig().start_overcluster)
+    mark("start arm 0 (Leiden at 2K joined to K)", started)
+    out["start"] = {k: v for k, v in start.summary().items() if k != "group_sizes"}
     write_json(RESULTS / f"atlas_stages_{n}.json", out)
 
 

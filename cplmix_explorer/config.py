@@ -202,8 +202,8 @@ class CplMixConfig(OptionSet):
     type_init = param.Selector(
         default="leiden", objects=["leiden", "random"],
         doc="Where the categories start: 'leiden' fits the arms' type heads during the first type_init_steps "
-        "steps to K Leiden communities of the cells' 15-nearest-neighbor graph (top neighbor_components PCs; the graph the "
-        "neighbor walks use), then the objective alone refines them; 'random' starts from the random network, "
+        "steps to K groups of the cells' 15-nearest-neighbor graph (Leiden communities, see start_overcluster; top "
+        "neighbor_components PCs; the graph the neighbor walks use), then the objective alone refines them; 'random' starts from the random network, "
         "as the paper.",
     )
     type_init_steps = param.Integer(
@@ -224,6 +224,13 @@ class CplMixConfig(OptionSet):
         doc="type_init='leiden': edge weights of the neighbor graph the start partition is found in: 'umap', the "
         "fuzzy simplicial set memberships scanpy's sc.pp.neighbors gives (a neighbor weighs less the farther it is "
         "beyond the cell's nearest), or 'uniform' (1 between mutual neighbors, 1/2 otherwise).",
+    )
+    start_overcluster = param.Number(
+        2.0, bounds=(1.0, 10.0),
+        doc="type_init='leiden': the start partition is found among this many times K Leiden communities, joined "
+        "down to K pair by pair (the pair in which the smaller group sends the largest share of its edge weight to "
+        "the other first): at the one resolution that gives K, modularity cuts large types in pieces and lumps "
+        "small ones together; 1 = Leiden at K itself.",
     )
     start_per_arm = param.Boolean(
         True,

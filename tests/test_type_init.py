@@ -15,10 +15,12 @@ from cplmix_explorer.model.type_init import (
     RESOLUTION_RANGE,
     LeidenGraph,
     leiden_partition,
+    merge_by_shared_edges,
     merge_smallest,
     neighbor_graph,
     next_resolution,
     relabel_by_size,
+    start_partition,
     targets_where_runs_agree,
 )
 
@@ -59,6 +61,43 @@ def test_merge_smallest_joins_the_group_with_most_edges_to_it():
     adjacency = adjacency + adjacency.T
     merged = merge_smallest(np.array([0, 0, 0, 0, 1, 1, 1, 2, 2]), adjacency, 2)
     assert merged[7] == merged[8] == merged[4] != merged[0]
+
+
+def test_merge_by_shared_edges_joins_a_piece_to_its_own_type_before_small_types_that_touch():
+    # group 0 (cells 0-5) and its piece 1 (6-8) share 3 edges; small groups 2 (9-10) and 3 (11-12) share 1
+    edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (6, 7), (7, 8), (6, 0), (7, 1), (8, 2),
+             (9, 10), (11, 12), (10, 11)]
+    rows, cols = zip(*edges)
+    adjacency = sp.csr_matrix((np.ones(len(edges)), (rows, cols)), shape=(13, 13))
+    adjacency = adjacency + adjacency.T
+    membership = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 2)
+    merged = merge_by_shared_edges(membership, adjacency, 3)
+    assert len(set(merged[:9])) == 1  # the piece is back in its type
+    assert merged[9] != merged[11] and merged[9] != merged[0]  # the two small types stay apart
+    assert set(merged.tolist()) == {0, 1, 2}
+
+
+def _large_and_small_types(seed):
+    """Two large types far apart and six small types close to one another (as a class of rare subtypes):
+    points and each point's type."""
+    rng = np.random.default_rng(seed)
+    large = rng.normal(0.0, 20.0, size=(2, 10))
+    small = rng.normal(0.0, 20.0, size=(1, 10)) + rng.normal(0.0, 2.0, size=(6, 10))
+    group = np.repeat(np.arange(8), [3000, 3000] + [50] * 6)
+    points = np.vstack([large, small])[group] + rng.normal(0.0, 1.0, size=(len(group), 10))
+    return torch.as_tensor(points, dtype=torch.float32), group
+
+
+def test_the_start_found_among_twice_k_communities_keeps_large_types_whole_and_small_ones_apart():
+    points, group = _large_and_small_types(seed=2)
+    graph = LeidenGraph.from_neighbors(nearest_neighbors(points, 15).numpy())
+    at_k = leiden_partition(graph, 8, seed=0)  # modularity at K: a large type cut in two, two small types lumped
+    assert compare_to_labels(at_k.labels, group)["ari"] < 0.8
+    start = start_partition(graph, 8, seed=0, overcluster=2.0)
+    assert start.n_types == 8 and start.communities >= 16
+    assert compare_to_labels(start.labels, group)["ari"] == 1.0
+    plain = start_partition(graph, 8, seed=0, overcluster=1.0)  # 1: Leiden at K itself
+    assert np.array_equal(plain.labels, at_k.labels)
 
 
 def test_neighbor_graph_weighs_mutual_neighbors_twice_one_way_ones():
@@ -259,18 +298,21 @@ def test_with_agreed_starts_only_a_cell_the_arms_leiden_runs_place_differently_h
     assert 0.5 < same.mean() < 1.0 and own.type_init_summary["runs_agree"] == round(float(same.mean()), 4)
     kept = agreed.type_targets[:, rows].numpy()
     assert (kept[0] == kept[1]).all()  # every arm is held to the same start
-    assert ((kept[0] >= 0) == same).all() and (kept[0][same] == runs[0][same]).all()
+    held = np.isin(runs[0], agreed.type_init_summary.get("held_from_first_run", []))  # categories no other run has
+    assert ((kept[0] >= 0) == (same | held)).all() and (kept[0][same] == runs[0][same]).all()
+    assert held.mean() < 0.5
     checked = agreed._type_init_check_rows  # the warm-up's fit is checked on cells that have a start
     assert len(checked) and (agreed.type_targets[0, torch.as_tensor(checked)] >= 0).all()
 
 
 def test_arms_held_only_where_their_leiden_runs_agree_end_up_agreeing():
     # 4 types cut into 6: held to their own runs' made-up cuts the arms keep disagreeing on those cells; left
-    # to the objective and the coupling there, they settle on the same categories
+    # to the objective and the coupling there, they settle on the same categories. The starts are Leiden at K
+    # (start_overcluster=1), whose made-up cuts are plain splits of a type, each run's elsewhere.
     adata = mixture_counts(n_cells=600, n_types=4)
 
     def trained(**options):
-        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, **options)
+        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, start_overcluster=1.0, **options)
         model.train(steps=200, progress=False)
         return model.evaluate("type")
 

@@ -5,9 +5,11 @@ first fitted to the true types and then trained with the objective alone end at 
 every type, where the random start uses about half of the categories (``benchmarks/start_study.py``; figures in
 benchmarks/HISTORY.md).
 So, before the objective takes over, the engine fits the arms' type heads for ``type_init_steps`` steps to a
-partition of the training cells into K groups: Leiden communities (modularity, the resolution searched until
-there are K of them) of the same 15-nearest-neighbor graph the neighbor walks use, its edges weighted as scanpy's
-``sc.pp.neighbors`` weighs them (UMAP's fuzzy simplicial set). After the warm-up the partition stays a prior
+partition of the training cells into K groups (:func:`start_partition`): Leiden communities (modularity, the
+resolution searched until there are ``start_overcluster`` x K of them) of the same 15-nearest-neighbor graph the
+neighbor walks use, its edges weighted as scanpy's ``sc.pp.neighbors`` weighs them (UMAP's fuzzy simplicial set),
+joined pair by pair down to K (:func:`merge_by_shared_edges`): at the one resolution that gives exactly K,
+modularity cuts large types and lumps small ones. After the warm-up the partition stays a prior
 (``type_prior_weight``) that the objective can overrule where the data disagree. This is how the deep
 clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster from k-means); the objective
 then refines the partition together with the continuous state.
@@ -284,6 +286,61 @@ def merge_smallest(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: i
         else:
             target = int(np.argmax(np.where(np.arange(len(sizes)) == smallest, -1, sizes)))
         labels = np.where(labels == smallest, target, labels)
+
+
+def start_partition(graph: LeidenGraph, n_types: int, seed: int = 0, first_resolution: float | None = None,
+                    overcluster: float = 1.0) -> TypePartition:
+    """K = ``n_types`` start categories of the graph's cells: Leiden communities at the resolution that gives
+    ``overcluster`` x K of them (:func:`leiden_partition`), joined down to K by :func:`merge_by_shared_edges`.
+
+    Why: modularity compares every community with the same null model, so at the one resolution that gives K
+    communities of types of very different sizes it cuts the large types in pieces and lumps small types
+    together (the resolution limit). At a higher resolution the small types stand on their own; a piece of a
+    large type then sends much of its edge weight to its sister pieces, a small type little to any other
+    group, so the pieces are joined again first. 1 (no over-clustering) is Leiden at K itself."""
+    n_cells = graph.adjacency.shape[0]
+    wanted = min(max(int(math.ceil(overcluster * n_types)), n_types), n_cells)
+    partition = leiden_partition(graph, wanted, seed=seed, first_resolution=first_resolution)
+    if partition.n_types <= n_types:
+        return partition
+    labels = relabel_by_size(merge_by_shared_edges(partition.labels, graph.adjacency, n_types))
+    return TypePartition(labels=labels, resolution=partition.resolution, communities=partition.communities)
+
+
+def merge_by_shared_edges(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int) -> np.ndarray:
+    """Join two groups at a time until ``n_groups`` remain: each time the pair in which the smaller group (by
+    its total edge weight, its volume) sends the largest share of its edge weight to the other; returns new
+    labels (R,) 0..n_groups-1. A group that is part of another is joined to it whatever its size; groups that
+    touch little stay apart."""
+    present, labels = np.unique(membership, return_inverse=True)
+    n = len(present)
+    indicator = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, n))
+    between = (indicator.T @ adjacency @ indicator).toarray()  # (G, G) edge weight between (and within) groups
+    volume = between.sum(axis=1)
+    alive = np.ones(n, dtype=bool)
+    joined_to = np.arange(n)
+
+    def shares(group: int) -> np.ndarray:
+        row = between[group] / np.maximum(np.minimum(volume[group], volume), 1e-12)
+        row[~alive] = -np.inf
+        row[group] = -np.inf
+        return row
+
+    score = np.full((n, n), -np.inf)
+    for group in range(n):
+        score[group] = shares(group)
+    while alive.sum() > n_groups:
+        keep, gone = np.unravel_index(int(np.argmax(score)), score.shape)
+        between[keep] += between[gone]
+        between[:, keep] += between[:, gone]
+        volume[keep] += volume[gone]
+        alive[gone] = False
+        joined_to[joined_to == gone] = keep
+        score[gone] = -np.inf
+        score[:, gone] = -np.inf
+        score[keep] = shares(keep)
+        score[:, keep] = score[keep]
+    return np.unique(joined_to[labels], return_inverse=True)[1]
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:

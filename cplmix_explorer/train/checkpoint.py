@@ -51,6 +51,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "neighbor_components": 50,  # runs before the option used scanpy's 50 whatever their K
     "start_agreed_only": False,  # each arm was held to its own Leiden run on every cell
     "depth_covariate": False,  # the decoder read only the type and the state
+    "start_overcluster": 1.0,  # the start was Leiden at K itself
 }
 
 

@@ -31,7 +31,7 @@ from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import LeidenGraph, align_to, leiden_partition, targets_where_runs_agree
+from ..model.type_init import LeidenGraph, align_to, start_partition, targets_where_runs_agree
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -361,7 +361,8 @@ class Trainer:
     @torch.no_grad()
     def prepare_type_init(self) -> None:
         """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
-        K Leiden communities of their 15-nearest-neighbor graph (the walks' graph when the run has walks, else
+        K groups of their 15-nearest-neighbor graph (Leiden at ``start_overcluster`` x K, joined down to K;
+        the walks' graph when the run has walks, else
         found here on every training cell), a Leiden run with its own seed per arm (one for all
         when the arms share their weights), aligned to the first arm's categories. Deterministic for the
         config's seed."""
@@ -378,10 +379,11 @@ class Trainer:
         n_types, n_arms = self.module.n_types, self.module.n_arms
         runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
         graph = LeidenGraph.from_neighbors(neighbors, distances)  # built once for every arm's run
-        partitions = [leiden_partition(graph, n_types, seed=self.config.seed * 1000)]
-        for arm in range(1, runs):  # searched from the first arm's resolution: usually K at the first run
-            partitions.append(leiden_partition(graph, n_types, seed=self.config.seed * 1000 + arm,
-                                               first_resolution=partitions[0].resolution))
+        overcluster = self.config.start_overcluster
+        partitions = [start_partition(graph, n_types, seed=self.config.seed * 1000, overcluster=overcluster)]
+        for arm in range(1, runs):  # searched from the first arm's resolution: usually found at the first run
+            partitions.append(start_partition(graph, n_types, seed=self.config.seed * 1000 + arm,
+                                              first_resolution=partitions[0].resolution, overcluster=overcluster))
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         self.start_runs = np.stack(labels)  # (runs, training rows): each Leiden run's categories, aligned
