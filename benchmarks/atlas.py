@@ -118,7 +118,7 @@ def child_train(args) -> dict:
     api.prepare = meter.wrap("check + prepare", api.prepare)
     engine.DeviceData = meter.wrap("training data", engine.DeviceData)
     neighbors.find_neighbors = meter.wrap("neighbours", neighbors.find_neighbors)
-    engine.leiden_partition = meter.wrap("leiden start", engine.leiden_partition)
+    engine.start_partition = meter.wrap("leiden start", engine.start_partition)
     engine.Trainer.fit = meter.wrap("training", engine.Trainer.fit)
     api.infer = meter.wrap("inference", api.infer)
     run.write_result_file = meter.wrap("result.h5ad", run.write_result_file)
