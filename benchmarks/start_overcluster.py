@@ -34,14 +34,13 @@ RULES = ("shared", "geometric", "modularity")
 def join_pairs(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int, rule: str) -> np.ndarray:
     """Join two groups at a time by ``rule`` until ``n_groups`` remain (the experiment's rules; 'shared' is the
     library's)."""
-    from cplmix_explorer.model.type_init import merge_by_shared_edges
+    from cplmix_explorer.model.type_init import group_edge_weights, merge_by_shared_edges
 
     if rule == "shared":
         return merge_by_shared_edges(membership, adjacency, n_groups)
     present, labels = np.unique(membership, return_inverse=True)
     size = len(present)
-    indicator = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, size))
-    between = (indicator.T @ adjacency @ indicator).toarray()
+    between = group_edge_weights(labels, adjacency, size)
     volume = between.sum(axis=1)
     total = volume.sum()
     alive, joined_to = np.ones(size, dtype=bool), np.arange(size)

@@ -268,6 +268,13 @@ def targets_where_runs_agree(runs: np.ndarray, n_types: int) -> tuple[np.ndarray
     return targets, unreproduced.tolist()
 
 
+def group_edge_weights(labels: np.ndarray, adjacency: sp.csr_matrix, n_groups: int) -> np.ndarray:
+    """(G, G) total edge weight between groups ``labels`` (R,) in 0..G-1 of a symmetric adjacency (R, R); the
+    diagonal holds each group's internal weight, counted in both directions."""
+    indicator = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, n_groups))
+    return (indicator.T @ adjacency @ indicator).toarray()
+
+
 def merge_smallest(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int) -> np.ndarray:
     """Merge the smallest group into the group it shares most edge weight with (the largest other group
     when it has no edge to any), until ``n_groups`` remain; returns new labels (R,)."""
@@ -276,8 +283,7 @@ def merge_smallest(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: i
         present, labels = np.unique(labels, return_inverse=True)
         if len(present) <= n_groups:
             return labels
-        indicator = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, len(present)))
-        between = (indicator.T @ adjacency @ indicator).toarray()  # (G, G) edge weight between groups
+        between = group_edge_weights(labels, adjacency, len(present))
         sizes = np.bincount(labels)
         smallest = int(np.argmin(sizes))
         between[smallest, smallest] = -1.0
@@ -314,8 +320,7 @@ def merge_by_shared_edges(membership: np.ndarray, adjacency: sp.csr_matrix, n_gr
     touch little stay apart."""
     present, labels = np.unique(membership, return_inverse=True)
     n = len(present)
-    indicator = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, n))
-    between = (indicator.T @ adjacency @ indicator).toarray()  # (G, G) edge weight between (and within) groups
+    between = group_edge_weights(labels, adjacency, n)
     volume = between.sum(axis=1)
     alive = np.ones(n, dtype=bool)
     joined_to = np.arange(n)
@@ -326,9 +331,8 @@ def merge_by_shared_edges(membership: np.ndarray, adjacency: sp.csr_matrix, n_gr
         row[group] = -np.inf
         return row
 
-    score = np.full((n, n), -np.inf)
-    for group in range(n):
-        score[group] = shares(group)
+    score = between / np.maximum(np.minimum.outer(volume, volume), 1e-12)
+    np.fill_diagonal(score, -np.inf)
     while alive.sum() > n_groups:
         keep, gone = np.unravel_index(int(np.argmax(score)), score.shape)
         between[keep] += between[gone]
