@@ -5,7 +5,7 @@ factors and ways of choosing which two groups to join.
     python benchmarks/start_overcluster.py                                   # every dataset, seeds 0 1 2
     python benchmarks/start_overcluster.py --datasets sim10 mnist5k --seeds 0
 
-The graph is the engine's own (``Trainer.prepare_type_init``: its training cells, the walks' 15-nearest-neighbor
+The graph is the engine's own (``Trainer.start_graph``: its training cells, the walks' 15-nearest-neighbor
 graph, UMAP weights) for each dataset of ``benchmarks/quality_suite.py``, made as the suite makes it. Join rules:
 ``shared`` (the library's :func:`merge_by_shared_edges`: the pair where the smaller group sends the largest share
 of its edge weight to the other), ``geometric`` (between-weight over the geometric mean of the two volumes) and
@@ -65,20 +65,12 @@ def dataset_graph(name: str):
     from quality_suite import DATASETS
 
     from cplmix_explorer import CplMixVAE
-    from cplmix_explorer.config import neighbor_components
-    from cplmix_explorer.model.neighbors import find_neighbors
-    from cplmix_explorer.model.type_init import LeidenGraph
 
     dataset = DATASETS[name]
     adata, k = dataset.load(False), dataset.n_types(False)
     trainer = CplMixVAE(adata, n_types=k, labels=dataset.labels, seed=0, threads=1).make_trainer()
+    graph = trainer.start_graph()  # the engine's own graph, weighted as the defaults ask
     rows = trainer.train_rows
-    if trainer.augmenter.chooses_rows:
-        search = trainer.augmenter.search
-    else:
-        search = find_neighbors(trainer._graph_input(rows), len(rows), neighbor_components(trainer.config), seed=0,
-                                device=trainer.device)
-    graph = LeidenGraph.from_neighbors(search.indices.cpu().numpy(), search.distances.cpu().numpy())
     labels = np.asarray(adata.obs[dataset.labels]).astype(str)[rows.cpu().numpy()]
     return graph, labels, k
 

@@ -359,13 +359,11 @@ class Trainer:
         return -(log_q * known).sum() / known.sum().clamp_min(1)
 
     @torch.no_grad()
-    def prepare_type_init(self) -> None:
-        """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
-        K groups of their 15-nearest-neighbor graph (Leiden at ``start_overcluster`` x K, joined down to K;
-        the walks' graph when the run has walks, else
-        found here on every training cell), a Leiden run with its own seed per arm (one for all
-        when the arms share their weights), aligned to the first arm's categories. Deterministic for the
-        config's seed."""
+    def start_graph(self) -> LeidenGraph:
+        """The training cells' 15-nearest-neighbor graph the start partition is found in: the walks' search when
+        the run has walks (the copies and the start then come from one graph), else one found here in the top
+        ``neighbor_components`` PCs; weighted as ``leiden_weights`` asks. Records the search in
+        ``neighbor_search`` when it is found here."""
         rows = self.train_rows
         if self.augmenter.chooses_rows:  # the walks' search: every training row's neighbors, as positions in rows
             search = self.augmenter.search
@@ -373,12 +371,21 @@ class Trainer:
             search = find_neighbors(self._graph_input(rows), len(rows), neighbor_components(self.config),
                                     seed=self.config.seed, device=self.device)
             self.neighbor_search = search.summary()
-        neighbors = search.indices.cpu().numpy()
         weighted = self.config.leiden_weights == "umap" and search.distances is not None
-        distances = search.distances.cpu().numpy() if weighted else None
+        return LeidenGraph.from_neighbors(search.indices.cpu().numpy(),
+                                          search.distances.cpu().numpy() if weighted else None)
+
+    @torch.no_grad()
+    def prepare_type_init(self) -> None:
+        """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
+        K groups of their 15-nearest-neighbor graph (Leiden at ``start_overcluster`` x K, joined down to K;
+        the walks' graph when the run has walks, else
+        found here on every training cell), a Leiden run with its own seed per arm (one for all
+        when the arms share their weights), aligned to the first arm's categories. Deterministic for the
+        config's seed."""
+        graph = self.start_graph()  # built once for every arm's run
         n_types, n_arms = self.module.n_types, self.module.n_arms
         runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
-        graph = LeidenGraph.from_neighbors(neighbors, distances)  # built once for every arm's run
         overcluster = self.config.start_overcluster
         partitions = [start_partition(graph, n_types, seed=self.config.seed * 1000, overcluster=overcluster)]
         for arm in range(1, runs):  # searched from the first arm's resolution: usually found at the first run
@@ -386,6 +393,7 @@ class Trainer:
                                               first_resolution=partitions[0].resolution, overcluster=overcluster))
         del graph
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
+        rows = self.train_rows
         self.start_runs = np.stack(labels)  # (runs, training rows): each Leiden run's categories, aligned
         agreed = np.all([arm_labels == labels[0] for arm_labels in labels[1:]], axis=0) if runs > 1 else None
         unreproduced = None
