@@ -27,6 +27,8 @@ TARGET_SUM = 1e4
 #: the types themselves), two for images (benchmarks/HISTORY.md has the comparisons).
 NEIGHBOR_STEPS_EXPRESSION = 1
 NEIGHBOR_STEPS_IMAGES = 2
+#: Types per unit of the type encoder's bottleneck when ``type_bottleneck_dim`` is unset and K is large.
+TYPES_PER_TYPE_BOTTLENECK_UNIT = 4
 #: Principal components the neighbor graph is found in when ``neighbor_components`` is unset and K is at most
 #: this (scanpy's default); with more types, K of them.
 NEIGHBOR_COMPONENTS = 50
@@ -90,6 +92,12 @@ class CplMixConfig(OptionSet):
     hidden_dim = param.Integer(100, bounds=(4, 8192), doc="Width of the hidden layers of encoder and decoder.")
     n_hidden_layers = param.Integer(4, bounds=(1, 16), doc="Hidden layers in the encoder (and decoder).")
     bottleneck_dim = param.Integer(10, bounds=(2, 1024), doc="Width of the encoder bottleneck h (the latent).")
+    type_bottleneck_dim = param.Integer(
+        None, bounds=(2, 1024), allow_None=True,
+        doc="Width of the type encoder's bottleneck, which the type head reads the K types from. Unset (None): "
+        f"bottleneck_dim, or K / {TYPES_PER_TYPE_BOTTLENECK_UNIT} (rounded up) when that is wider: with many types "
+        "in ten dimensions each arm's type head learns the start only in part, and the arms disagree where each errs.",
+    )
     input_dropout = param.Number(0.2, bounds=(0.0, 0.95), doc="Dropout rate on the encoder input.")
     state_dropout = param.Number(
         0.0, bounds=(0.0, 0.95), doc="Dropout rate on the state sample entering the decoder (as the reference)."
@@ -468,6 +476,14 @@ BENCH_CONFIG_DEFAULTS = {"n_types": 115}
 
 
 CLI_FLAGS["n_markers"] = "--markers"  # cplmix traverse
+
+
+def type_bottleneck_width(config: CplMixConfig) -> int:
+    """The width of a run's type encoder bottleneck (``config.type_bottleneck_dim`` or its default for the run's
+    number of types)."""
+    if config.type_bottleneck_dim is not None:
+        return int(config.type_bottleneck_dim)
+    return max(int(config.bottleneck_dim), -(-int(config.n_types) // TYPES_PER_TYPE_BOTTLENECK_UNIT))
 
 
 def neighbor_components(config: CplMixConfig) -> int:

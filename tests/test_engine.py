@@ -179,6 +179,23 @@ def test_checkpoint_from_before_the_bottleneck_and_start_options_loads_as_traine
     assert np.allclose(model.predict().state_mean, loaded.predict().state_mean, atol=1e-6)
 
 
+def test_checkpoint_from_before_the_type_bottleneck_option_keeps_its_width(tmp_path):
+    """Runs saved before ``type_bottleneck_dim`` existed had a type encoder as wide as ``bottleneck_dim`` whatever
+    their K: with 48 types (the default width would now be 12) they load with 10."""
+    from cplmix_explorer.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+
+    adata = mixture_counts(n_cells=400, n_genes=200, n_types=4)
+    model = CplMixVAE(adata, n_types=48, n_arms=2, type_bottleneck_dim=10, type_init="random")
+    model.train(steps=5, progress=False)
+    old_config = {k: v for k, v in model.config.to_dict().items() if k != "type_bottleneck_dim"}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model=model.module, config=old_config,
+                    preprocessing=model.prepared.preprocessing.to_dict(), step=model.step)
+    loaded = CplMixVAE.load(tmp_path, adata)
+    assert loaded.module.type_head.in_features == 10
+    assert np.array_equal(model.predict().consensus_type, loaded.predict().consensus_type)
+    assert CplMixVAE(adata, n_types=48, type_init="random").module.type_head.in_features == 12
+
+
 def test_resumed_training_equals_uninterrupted_training(mixture, tmp_path):
     from cplmix_explorer.workflows.run import train_run
 

@@ -207,6 +207,40 @@ def test_types_with_markers_of_their_own_need_as_many_components_as_types():
     assert neighbor_components(CplMixConfig(n_types=120, neighbor_components=40)) == 40
 
 
+def _marker_blocks(n_types: int, cells_per_type: int, genes_per_type: int, seed: int = 0):
+    """Counts of types that each over-express a block of genes of their own (labels in obs['type'])."""
+    from anndata import AnnData
+
+    rng = np.random.default_rng(seed)
+    types = np.repeat(np.arange(n_types), cells_per_type)
+    rates = np.full((n_types, n_types * genes_per_type), 0.3)
+    for k in range(n_types):
+        rates[k, k * genes_per_type : (k + 1) * genes_per_type] = 6.0
+    counts = rng.poisson(rates[types] * rng.lognormal(0.0, 0.2, (len(types), 1))).astype(np.float32)
+    adata = AnnData(X=sp.csr_matrix(counts))
+    adata.obs_names = [f"cell{i}" for i in range(len(types))]
+    adata.var_names = [f"gene{j}" for j in range(counts.shape[1])]
+    adata.obs["type"] = [f"T{t}" for t in types]
+    return adata
+
+
+def test_with_many_types_a_wider_type_bottleneck_learns_the_start_sooner():
+    # 64 types in the paper's 10-d bottleneck: at the warm-up's first check each arm puts fewer cells of a
+    # start category in it than with the default width for 64 types (16), on every category on average
+    from cplmix_explorer.config import CplMixConfig, type_bottleneck_width
+
+    assert type_bottleneck_width(CplMixConfig(n_types=64)) == 16 and type_bottleneck_width(CplMixConfig(n_types=40)) == 10
+    assert type_bottleneck_width(CplMixConfig(n_types=64, type_bottleneck_dim=12)) == 12
+    adata = _marker_blocks(n_types=64, cells_per_type=40, genes_per_type=4)
+    fits = {}
+    for width in (10, None):
+        model = CplMixVAE(adata, n_types=64, seed=0, steps=301, type_bottleneck_dim=width, eval_every=10**9)
+        model.train(progress=False)
+        fits[width] = model.type_init["start_fit"]  # each arm's balanced fit at step 300
+    assert model.module.type_head.in_features == 16 and model.module.state_head.in_features == 10 + 64
+    assert min(fits[None]) > max(fits[10]), fits
+
+
 def test_the_warm_up_goes_on_until_the_type_heads_have_learnt_the_start():
     # 12 types: five warm-up steps teach the heads little, and without the start as a prior afterwards the
     # objective alone then loses the types; the warm-up instead lasts until the heads fit the partition

@@ -115,6 +115,7 @@ class CoupledMixtureVAE(nn.Module):
         hidden_dim: int = 100,
         n_hidden_layers: int = 4,
         bottleneck_dim: int = 10,
+        type_bottleneck_dim: int | None = None,
         input_dropout: float = 0.2,
         state_dropout: float = 0.0,
         likelihood: str = GAUSSIAN,
@@ -161,15 +162,17 @@ class CoupledMixtureVAE(nn.Module):
         widths = [n_genes] + [hidden_dim] * n_hidden_layers
         self.encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.encoder_norms = norms(hidden_dim, n_hidden_layers)
-        self.bottleneck = linear(hidden_dim, bottleneck_dim)
-        self.bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
-        self.type_head = linear(bottleneck_dim, n_types)
+        type_width = type_bottleneck_dim or bottleneck_dim
+        self.bottleneck = linear(hidden_dim, type_width)
+        self.bottleneck_norm = StackedBatchNorm(n_arms, type_width, shared=shared)
+        self.type_head = linear(type_width, n_types)
         if state_encoder == SEPARATE_STATE_ENCODER:  # same widths as the type encoder, its own weights
             self.state_encoder_layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
             self.state_encoder_norms = norms(hidden_dim, n_hidden_layers)
             self.state_bottleneck = linear(hidden_dim, bottleneck_dim)
             self.state_bottleneck_norm = StackedBatchNorm(n_arms, bottleneck_dim, shared=shared)
-        state_input = bottleneck_dim + (n_types if state_depends_on_type else 0)
+        latent_width = bottleneck_dim if state_encoder == SEPARATE_STATE_ENCODER else type_width  # h, as encode gives it
+        state_input = latent_width + (n_types if state_depends_on_type else 0)
         self.state_head = linear(state_input, 2 * state_dim)
         n_covariates = 1 if depth_covariate else 0
         decoder_widths = [n_types + state_dim + n_covariates, bottleneck_dim] + [hidden_dim] * n_hidden_layers

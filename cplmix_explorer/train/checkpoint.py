@@ -277,6 +277,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         step = _count_entry(metadata, "step")
         config = {**OPTIONS_OLDER_CHECKPOINTS_LACK, **_json_entry(metadata, "config", dict)}
+        if "type_bottleneck_dim" not in config:  # older runs' type encoder was as wide as the state encoder
+            config["type_bottleneck_dim"] = config.get("bottleneck_dim")
         preprocessing = _json_entry(metadata, "preprocessing", dict)
         extra = _json_entry(metadata, "extra", dict, "{}")
         optimizer_meta = _json_entry(metadata, "optimizer", (dict, type(None)), "null")

@@ -23,7 +23,7 @@ import torch
 
 from ..model.consensus import consensus
 from ..model.inference import infer
-from ..config import TYPE_INIT_CHECK_CELLS_PER_TYPE, TYPE_INIT_CHECK_STEPS, TYPE_INIT_WEIGHT, CplMixConfig, neighbor_components
+from ..config import TYPE_INIT_CHECK_CELLS_PER_TYPE, TYPE_INIT_CHECK_STEPS, TYPE_INIT_WEIGHT, CplMixConfig, neighbor_components, type_bottleneck_width
 from ..data.preprocess import PreparedData
 from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
@@ -71,6 +71,7 @@ def build_module(config: CplMixConfig, n_genes: int, library_size: np.ndarray | 
         hidden_dim=config.hidden_dim,
         n_hidden_layers=config.n_hidden_layers,
         bottleneck_dim=config.bottleneck_dim,
+        type_bottleneck_dim=type_bottleneck_width(config),
         input_dropout=config.input_dropout,
         state_dropout=config.state_dropout,
         likelihood=config.likelihood,
