@@ -91,7 +91,11 @@ class CplMixConfig(OptionSet):
     n_arms = param.Integer(2, bounds=(1, 10), doc="Number of coupled autoencoder arms A (1 = a single mixture VAE).")
     hidden_dim = param.Integer(100, bounds=(4, 8192), doc="Width of the hidden layers of encoder and decoder.")
     n_hidden_layers = param.Integer(4, bounds=(1, 16), doc="Hidden layers in the encoder (and decoder).")
-    bottleneck_dim = param.Integer(10, bounds=(2, 1024), doc="Width of the encoder bottleneck h (the latent).")
+    bottleneck_dim = param.Integer(
+        10, bounds=(2, 1024),
+        doc="Width of the state encoder's bottleneck h (the latent the state reads) and of the decoder's first layer; "
+        "the type encoder's too unless type_bottleneck_dim widens it.",
+    )
     type_bottleneck_dim = param.Integer(
         None, bounds=(2, 1024), allow_None=True,
         doc="Width of the type encoder's bottleneck, which the type head reads the K types from. Unset (None): "
