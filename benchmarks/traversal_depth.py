@@ -5,10 +5,12 @@ respond (the larger of its two dimensions), against the same figures computed fr
 (per IEG gene, the within-type slope of log-expression on the true state over the swept range, divided by the
 gene's sd across all cells).
 
-    python benchmarks/traversal_depth.py
+    python benchmarks/traversal_depth.py [--seeds 0 1 2 3 4] [--steps 1000 3000] [--out NAME]
 
-Trains the test's run twice (TRAINING of tests/test_traversal.py, depth_covariate on and off), one torch thread.
-Writes benchmarks/results/traversal_depth.{json,md}. Measures; asserts nothing.
+Trains the test's run (TRAINING of tests/test_traversal.py) with depth_covariate on and off, for every training
+seed and step count given (the test's own: seed 0, 1,000 steps), one torch thread; one run per seed cannot tell a
+difference from the draw. Writes benchmarks/results/NAME.{json,md} (default traversal_depth). Measures; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def data_amplitudes(adata) -> dict:
 
 
 def main() -> None:
+    import argparse
+
     import torch
     from scipy.optimize import linear_sum_assignment
     from test_traversal import SIMULATION, TRAINING, activity_dimension
@@ -52,40 +56,71 @@ def main() -> None:
     from cplmix_explorer.analysis.traversal import traverse
     from cplmix_explorer.workflows.run import load_run, train_run
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[TRAINING["seed"]])
+    parser.add_argument("--steps", type=int, nargs="+", default=[TRAINING["steps"]])
+    parser.add_argument("--out", default="traversal_depth")
+    args = parser.parse_args()
+
     adata = datasets.simulate(**SIMULATION)
     gains = adata.uns["simulation"]["gains"]
     truth = data_amplitudes(adata)
     responding = [name for name in truth if gains[name][0] != 0]
     silent = [name for name in truth if gains[name][0] == 0]
-    rows = [{"model": "data (true states)", "responding": float(np.median([truth[n][0] for n in responding])),
-             "not_responding": float(max(truth[silent[0]]))}]
+    data_row = {"model": "data (true states)", "responding": float(np.median([truth[n][0] for n in responding])),
+                "not_responding": float(max(truth[silent[0]]))}
+    runs = []
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "simulated.h5ad"
         adata.write_h5ad(data)
-        for covariate in (False, True):
-            torch.set_num_threads(1)
-            torch.manual_seed(TRAINING["seed"])
-            run = Path(folder) / f"run_{covariate}"
-            train_run(str(data), run, CplMixConfig().update(**TRAINING, depth_covariate=covariate), progress=False)
-            model = load_run(run)
-            table, levels, names = contingency_table(model.predict().consensus_type, adata.obs["true_type"].to_numpy())
-            matched_rows, matched_cols = linear_sum_assignment(-table)
-            mapping = {str(names[c]): int(levels[r]) for r, c in zip(matched_rows, matched_cols)}
-            amplitudes = [traverse(model, mapping[n], activity_dimension(model, adata, mapping[n])[0])
-                          .group_summary.loc["IEG", "median_amplitude"] for n in responding]
-            flat = [traverse(model, mapping[silent[0]], d).group_summary.loc["IEG", "median_amplitude"]
-                    for d in range(model.module.state_dim)]
-            rows.append({"model": f"depth covariate {'on' if covariate else 'off'}",
-                         "responding": float(np.median(amplitudes)), "not_responding": float(max(flat))})
-            print(rows[-1], flush=True)
+        for steps in args.steps:
+            for seed in args.seeds:
+                for covariate in (False, True):
+                    torch.set_num_threads(1)
+                    torch.manual_seed(seed)
+                    run = Path(folder) / f"run_{steps}_{seed}_{covariate}"
+                    options = {**TRAINING, "seed": seed, "steps": steps, "depth_covariate": covariate}
+                    train_run(str(data), run, CplMixConfig().update(**options), progress=False)
+                    model = load_run(run)
+                    table, levels, names = contingency_table(model.predict().consensus_type, adata.obs["true_type"].to_numpy())
+                    matched_rows, matched_cols = linear_sum_assignment(-table)
+                    mapping = {str(names[c]): int(levels[r]) for r, c in zip(matched_rows, matched_cols)}
+                    found = [activity_dimension(model, adata, mapping[n]) for n in responding]
+                    amplitudes = [traverse(model, mapping[n], dim).group_summary.loc["IEG", "median_amplitude"]
+                                  for n, (dim, _) in zip(responding, found)]
+                    flat = [traverse(model, mapping[silent[0]], d).group_summary.loc["IEG", "median_amplitude"]
+                            for d in range(model.module.state_dim)]
+                    runs.append({"steps": steps, "seed": seed, "depth_covariate": covariate,
+                                 "responding": float(np.median(amplitudes)), "not_responding": float(max(flat)),
+                                 "activity_abs_r": float(np.median([abs(rho) for _, rho in found]))})
+                    print(runs[-1], flush=True)
     lines = ["# Traversals with and without the depth covariate (the traversal test's simulation)", "",
              f"Command: `{machine()['command']}`  ", f"{machine()['date']}, {machine()['host_cpu']}, 1 torch thread.", "",
              "Median amplitude of the IEG group (range along the sweep / the gene's sd across all cells): median over "
              "the types that respond to the activity state, and the larger over the two dimensions of the type that "
-             "does not.", "", "| | responding types | type that does not respond | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['responding']:.2f} | {r['not_responding']:.2f} | "
-              f"{r['not_responding'] / r['responding']:.3f} |" for r in rows]
-    write_report(RESULTS / "traversal_depth", {"machine": machine(), "rows": rows}, lines)
+             "does not; activity |r|: median over the responding types of the |Pearson r| between the true "
+             "activity and the state dimension that tracks it best. Mean +- sd over the training seeds "
+             f"{', '.join(map(str, args.seeds))}.", "",
+             "| | steps | responding types | type that does not respond | ratio | activity abs r |", "|---|---|---|---|---|---|",
+             f"| {data_row['model']} | | {data_row['responding']:.2f} | {data_row['not_responding']:.2f} | "
+             f"{data_row['not_responding'] / data_row['responding']:.3f} | |"]
+
+    def mean_sd(values):
+        values = np.asarray(values, dtype=float)
+        return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+    for steps in args.steps:
+        for covariate in (False, True):
+            group = [r for r in runs if r["steps"] == steps and r["depth_covariate"] == covariate]
+            lines.append(f"| depth covariate {'on' if covariate else 'off'} | {steps} | "
+                         f"{mean_sd([r['responding'] for r in group])} | {mean_sd([r['not_responding'] for r in group])} | "
+                         f"{np.mean([r['not_responding'] / r['responding'] for r in group]):.3f} | "
+                         f"{mean_sd([r['activity_abs_r'] for r in group])} |")
+    lines += ["", "Per run:", "", "| steps | seed | depth covariate | responding | not responding | activity abs r |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['steps']} | {r['seed']} | {'on' if r['depth_covariate'] else 'off'} | {r['responding']:.2f} | "
+              f"{r['not_responding']:.2f} | {r['activity_abs_r']:.2f} |" for r in runs]
+    write_report(RESULTS / args.out, {"machine": machine(), "data": data_row, "runs": runs}, lines)
 
 
 if __name__ == "__main__":

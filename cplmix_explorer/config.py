@@ -244,6 +244,13 @@ class CplMixConfig(OptionSet):
         "the other first): at the one resolution that gives K, modularity cuts large types in pieces and lumps "
         "small ones together; 1 = Leiden at K itself.",
     )
+    start_candidates = param.Integer(
+        8, bounds=(1, 64),
+        doc="type_init='leiden': Leiden runs (each its own seed) the start is chosen among: the runs that the others "
+        "reproduce best (mean adjusted Rand index with them) become the arms' starts, the most reproduced the "
+        "first arm's. A cut that one run makes and the others do not is a draw of its seed. 1 (or at most the "
+        "runs start_per_arm needs): one run per arm, as drawn.",
+    )
     start_per_arm = param.Boolean(
         True,
         doc="type_init='leiden': a Leiden run for each arm (its own seed, aligned to the first arm's categories); "

@@ -17,6 +17,7 @@ from cplmix_explorer.model.type_init import (
     leiden_partition,
     merge_by_shared_edges,
     merge_smallest,
+    most_reproduced,
     neighbor_graph,
     next_resolution,
     relabel_by_size,
@@ -342,11 +343,13 @@ def test_with_agreed_starts_only_a_cell_the_arms_leiden_runs_place_differently_h
 def test_arms_held_only_where_their_leiden_runs_agree_end_up_agreeing():
     # 4 types cut into 6: held to their own runs' made-up cuts the arms keep disagreeing on those cells; left
     # to the objective and the coupling there, they settle on the same categories. The starts are Leiden at K
-    # (start_overcluster=1), whose made-up cuts are plain splits of a type, each run's elsewhere.
+    # (start_overcluster=1), whose made-up cuts are plain splits of a type, each run's elsewhere; the two runs as
+    # drawn (start_candidates=1: the most reproduced of several runs would share more of their cuts).
     adata = mixture_counts(n_cells=600, n_types=4)
 
     def trained(**options):
-        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, start_overcluster=1.0, **options)
+        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, start_overcluster=1.0, start_candidates=1,
+                          **options)
         model.train(steps=200, progress=False)
         return model.evaluate("type")
 
@@ -365,3 +368,37 @@ def test_a_start_category_the_other_run_does_not_reproduce_is_held_from_the_firs
     assert (targets[0] == targets[1]).all()  # every arm held to the same start
     assert targets[0].tolist() == [0, 0, 0, -1, 1, 1, 1, 1, 2, 2, 2, 2]  # the disputed cell has no start
     assert set(targets[0][targets[0] >= 0]) == {0, 1, 2}  # every category asked for has cells that hold it
+
+
+def test_the_runs_ordered_by_how_well_the_other_runs_reproduce_them():
+    # two runs make the same cut (labels swapped in one), a third cuts elsewhere: it is reproduced least
+    cut = np.repeat([0, 0, 1, 1, 2, 2], 10)
+    same_cut = np.repeat([1, 1, 0, 0, 2, 2], 10)
+    elsewhere = np.repeat([0, 1, 1, 2, 2, 2], 10)
+    order, reproduced = most_reproduced([elsewhere, cut, same_cut], 3)
+    assert order.tolist() == [1, 2, 0] and reproduced[1] == reproduced[2] > reproduced[0]
+    between = compare_to_labels(cut, elsewhere)["ari"]
+    np.testing.assert_allclose(reproduced, [between, (1 + between) / 2, (1 + between) / 2])
+    assert most_reproduced([elsewhere, cut], 3)[0].tolist() == [0, 1]  # two runs: as drawn
+
+
+def test_the_arms_start_from_the_leiden_runs_the_other_candidates_reproduce_best():
+    # 4 types cut into 6: each Leiden run makes up its two extra cuts elsewhere; of 8 candidate runs (seeds
+    # 0..7) the arms start from the two that the others reproduce best, not from the first two seeds
+    adata = mixture_counts(n_cells=600, n_types=4)
+    trainer = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0).make_trainer()  # 8 by default
+    trainer.prepare_type_init()
+    graph = trainer.start_graph()
+    candidates = [start_partition(graph, 6, seed=0)]
+    candidates += [start_partition(graph, 6, seed=run, first_resolution=candidates[0].resolution) for run in range(1, 8)]
+    order, reproduced = most_reproduced([c.labels for c in candidates], 6)
+    most = candidates[order[0]].labels
+    assert compare_to_labels(most, candidates[0].labels)["ari"] < 1.0, "seed 0's run must not be the best reproduced"
+    for arm, run in enumerate(order[:2]):
+        assert compare_to_labels(trainer.start_runs[arm], candidates[run].labels)["ari"] == 1.0
+    assert trainer.type_init_summary["candidates"] == 8
+    assert trainer.type_init_summary["reproduced"] == [round(float(reproduced[i]), 4) for i in order[:2]]
+    drawn = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0, start_candidates=1).make_trainer()
+    drawn.prepare_type_init()  # one run per arm, seeds 0 and 1, as before the option
+    assert compare_to_labels(drawn.start_runs[0], candidates[0].labels)["ari"] == 1.0
+    assert compare_to_labels(drawn.start_runs[1], candidates[1].labels)["ari"] == 1.0

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
-from scipy.special import comb
+
+from ..model.consensus import adjusted_rand_index
 
 
 def contingency_table(predicted, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,18 +36,6 @@ def hungarian_accuracy(table: np.ndarray) -> float:
     """Fraction of cells on the one-to-one matching of categories to labels (the paper's ACC)."""
     rows, cols = linear_sum_assignment(-table)
     return float(table[rows, cols].sum() / max(table.sum(), 1))
-
-
-def adjusted_rand_index(table: np.ndarray) -> float:
-    n = table.sum()
-    sum_cells = comb(table, 2).sum()
-    sum_rows = comb(table.sum(axis=1), 2).sum()
-    sum_cols = comb(table.sum(axis=0), 2).sum()
-    expected = sum_rows * sum_cols / comb(n, 2) if n > 1 else 0.0
-    maximum = 0.5 * (sum_rows + sum_cols)
-    if maximum == expected:  # both partitions trivial
-        return 1.0
-    return float((sum_cells - expected) / (maximum - expected))
 
 
 def _entropy(counts: np.ndarray) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import comb
 
 
 def pair_confusion(first: np.ndarray, second: np.ndarray, n_types: int) -> np.ndarray:
@@ -19,6 +20,20 @@ def category_agreement_of_pair(confusion: np.ndarray) -> np.ndarray:
     """(K,) M_kk / max(row_k, col_k); 0 for a category neither arm uses."""
     largest = np.maximum(confusion.sum(axis=1), confusion.sum(axis=0))
     return np.divide(np.diag(confusion), largest, out=np.zeros(len(largest)), where=largest > 0)
+
+
+def adjusted_rand_index(table: np.ndarray) -> float:
+    """Adjusted Rand index of two partitions from their contingency table (counts, one partition's levels by the
+    other's): 1 for the same partition, about 0 for unrelated ones."""
+    n = table.sum()
+    sum_cells = comb(table, 2).sum()
+    sum_rows = comb(table.sum(axis=1), 2).sum()
+    sum_cols = comb(table.sum(axis=0), 2).sum()
+    expected = sum_rows * sum_cols / comb(n, 2) if n > 1 else 0.0
+    maximum = 0.5 * (sum_rows + sum_cols)
+    if maximum == expected:  # both partitions trivial
+        return 1.0
+    return float((sum_cells - expected) / (maximum - expected))
 
 
 @dataclass

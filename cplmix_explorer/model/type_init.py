@@ -15,7 +15,8 @@ clustering tools of single-cell biology start (DESC from Louvain, scDeepCluster 
 then refines the partition together with the continuous state.
 
 Each arm gets its own Leiden run (its own random seed), aligned to the first arm's categories by maximum
-overlap (``start_per_arm``). Groups the graph really has come out the same in every run; a cut that only makes
+overlap (``start_per_arm``): of ``start_candidates`` runs, those that the other runs reproduce best
+(:func:`most_reproduced`). Groups the graph really has come out the same in every run; a cut that only makes
 up the number K (a type split in two because K is generous), or a boundary the graph does not settle, can fall
 elsewhere in another run. The warm-up and the prior hold only the cells on which the runs agree
 (``start_agreed_only``); the others are left to the objective and the arms' coupling, so the arms are not held
@@ -34,6 +35,8 @@ import igraph
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
+
+from .consensus import adjusted_rand_index, pair_confusion
 
 #: Resolution range searched for K communities, and the most Leiden runs the search makes (plenty for K <= 1000).
 RESOLUTION_RANGE = (1e-4, 1e3)
@@ -233,6 +236,23 @@ def leiden_partition(neighbors: np.ndarray | LeidenGraph, n_types: int, seed: in
     if found > n_types:
         membership = merge_smallest(membership, adjacency, n_types)
     return TypePartition(labels=relabel_by_size(membership), resolution=resolution, communities=found)
+
+
+def most_reproduced(partitions: list[np.ndarray], n_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order Leiden runs of the same graph (partitions (R,) each, categories 0..K-1) by how well the other runs
+    reproduce them: each run's mean adjusted Rand index with the others. Returns (order, most reproduced first;
+    each run's mean ARI). Ties keep the runs' order, so two runs stay as they were.
+
+    Why: a cut that only one run makes is a draw of its seed, and the runs that share most of their cuts with the
+    others hold the cuts the graph settles; on the development suite the most reproduced of 8 runs agreed better
+    with the published types than the run of a fixed seed (consensus clustering's medoid partition)."""
+    count = len(partitions)
+    agreement = np.eye(count)
+    for i in range(count):
+        for j in range(i + 1, count):
+            agreement[i, j] = agreement[j, i] = adjusted_rand_index(pair_confusion(partitions[i], partitions[j], n_types))
+    reproduced = (agreement.sum(axis=1) - 1.0) / max(count - 1, 1)
+    return np.argsort(-reproduced, kind="stable"), reproduced
 
 
 def align_to(reference: np.ndarray, labels: np.ndarray, n_types: int) -> np.ndarray:

@@ -52,6 +52,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "start_agreed_only": False,  # each arm was held to its own Leiden run on every cell
     "depth_covariate": False,  # the decoder read only the type and the state
     "start_overcluster": 1.0,  # the start was Leiden at K itself
+    "start_candidates": 1,  # one Leiden run per arm, as drawn
 }
 
 

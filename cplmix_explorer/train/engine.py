@@ -31,7 +31,7 @@ from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
 from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import LeidenGraph, align_to, start_partition, targets_where_runs_agree
+from ..model.type_init import LeidenGraph, align_to, most_reproduced, start_partition, targets_where_runs_agree
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -381,18 +381,21 @@ class Trainer:
         """Compute each arm's initial partition (:mod:`cplmix_explorer.model.type_init`) of the training cells:
         K groups of their 15-nearest-neighbor graph (Leiden at ``start_overcluster`` x K, joined down to K;
         the walks' graph when the run has walks, else
-        found here on every training cell), a Leiden run with its own seed per arm (one for all
-        when the arms share their weights), aligned to the first arm's categories. Deterministic for the
-        config's seed."""
+        found here on every training cell), one Leiden run per arm (one for all when the arms share their
+        weights): the ``start_candidates`` runs, each with its own seed, that the others reproduce best, aligned to
+        the first arm's categories. Deterministic for the config's seed."""
         graph = self.start_graph()  # built once for every arm's run
         n_types, n_arms = self.module.n_types, self.module.n_arms
         runs = n_arms if self.config.start_per_arm and not self.config.share_arm_parameters else 1
         overcluster = self.config.start_overcluster
+        candidates = max(runs, self.config.start_candidates)
         partitions = [start_partition(graph, n_types, seed=self.config.seed * 1000, overcluster=overcluster)]
-        for arm in range(1, runs):  # searched from the first arm's resolution: usually found at the first run
-            partitions.append(start_partition(graph, n_types, seed=self.config.seed * 1000 + arm,
+        for run in range(1, candidates):  # searched from the first run's resolution: usually found at the first try
+            partitions.append(start_partition(graph, n_types, seed=self.config.seed * 1000 + run,
                                               first_resolution=partitions[0].resolution, overcluster=overcluster))
         del graph
+        order, reproduced = most_reproduced([p.labels for p in partitions], n_types)
+        partitions = [partitions[i] for i in order[:runs]]  # the most reproduced runs, one per arm
         labels = [partitions[0].labels] + [align_to(partitions[0].labels, p.labels, n_types) for p in partitions[1:]]
         rows = self.train_rows
         self.start_runs = np.stack(labels)  # (runs, training rows): each Leiden run's categories, aligned
@@ -407,6 +410,8 @@ class Trainer:
         self.type_targets = targets
         self._type_init_check_rows = self._warm_up_check_rows(rows.cpu().numpy(), targets[0, rows].cpu().numpy())
         self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search,
+                                  **({"candidates": candidates, "reproduced": [round(float(reproduced[i]), 4) for i in order[:runs]]}
+                                     if candidates > runs else {}),
                                   **({"runs_agree": round(float(agreed.mean()), 4)} if agreed is not None else {}),
                                   **({"held_from_first_run": unreproduced} if unreproduced is not None else {})}
         self._record_warm_up()
