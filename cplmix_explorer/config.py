@@ -497,6 +497,12 @@ def type_bottleneck_width(config: CplMixConfig) -> int:
     return max(int(config.bottleneck_dim), -(-int(config.n_types) // TYPES_PER_TYPE_BOTTLENECK_UNIT))
 
 
+def latent_width(config: CplMixConfig) -> int:
+    """The width of the latent each arm keeps per cell (``obsm`` and the inference buffers): the state encoder's
+    bottleneck with a separate state encoder, the type encoder's (wider with many types) with a shared one."""
+    return int(config.bottleneck_dim) if config.state_encoder == "separate" else type_bottleneck_width(config)
+
+
 def neighbor_components(config: CplMixConfig) -> int:
     """The principal components a run's neighbor graph is found in (``config.neighbor_components`` or its
     default for the run's number of types)."""

@@ -163,3 +163,21 @@ def test_atlas_benchmark_quick_mode_writes_its_table_with_the_explorers_times(tm
     assert explorer["first_map_s"] > 0 and explorer["redraw_after_zoom_s"] > 0
     assert len(explorer["redraws_after_zoom_s"]) == 5 and min(explorer["redraws_after_zoom_s"]) > 0  # in and out
     assert "| 2,000 |" in out.with_suffix(".md").read_text()
+
+
+def test_the_estimate_counts_the_latent_each_arm_keeps_per_cell_at_its_width():
+    """The latent kept per cell is the state encoder's bottleneck, or with a shared state encoder the type
+    encoder's, which is wider with many types: the network's own encoder gives the width the estimate counts."""
+    from cplmix_explorer.config import latent_width
+    from cplmix_explorer.train.engine import build_module
+
+    shape = memory.H5adShape(100_000, 2000, 20_000_000, True, 4, 4)
+    estimates = {}
+    for encoder in ("separate", "shared"):
+        config = CplMixConfig().update(n_types=120, n_genes=50, state_encoder=encoder)
+        latent, _ = build_module(config, 50).eval().encode(torch.zeros(2, 3, 50))
+        assert latent.shape[-1] == latent_width(config)
+        estimates[encoder] = memory.estimate_training_memory(shape, 2000, backed=False, n_types=120,
+                                                             bottleneck_dim=latent_width(config)).stages["inference"]
+    assert latent_width(CplMixConfig().update(n_types=120, state_encoder="shared")) == 30
+    assert estimates["shared"] - estimates["separate"] == 100_000 * 2 * (30 - 10) * 4  # float32 per arm and cell

@@ -26,7 +26,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..api import CplMixVAE
-from ..config import CplMixConfig, PruningOptions, neighbor_components
+from ..config import CplMixConfig, PruningOptions, latent_width, neighbor_components
 from ..data.io import read_data, write_h5ad
 from ..data.memory import check_training_memory, estimate_training_memory, h5ad_shape, should_read_backed
 from ..errors import CplmixError
@@ -164,7 +164,7 @@ def open_training_data(source, config: CplMixConfig, check_memory: bool = True):
     if check_memory:
         on_gpu = resolve_device(config.device).type == "cuda"
         estimate = estimate_training_memory(shape, config.n_genes, backed=backed, on_gpu=on_gpu, n_arms=config.n_arms,
-                                            state_dim=config.state_dim, bottleneck_dim=config.bottleneck_dim,
+                                            state_dim=config.state_dim, bottleneck_dim=latent_width(config),
                                             components=neighbor_components(config), n_types=config.n_types)
         check_training_memory(estimate, config.n_genes, on_gpu)
     if backed:
