@@ -6,7 +6,7 @@ Scores the start alone (no training) against the labels on every development dat
 
 For each dataset and seed, makes 8 start partitions of the engine's own start graph (``Trainer.start_graph``, as
 ``benchmarks/start_overcluster.py`` makes it) with the engine's seeds (seed x 1000 + run) and over-clustering, and
-reports the ARI against the labels of: the first two runs (what the arms started from before ``start_candidates``),
+reports the ARI against the labels of: the first two runs (the default, ``start_candidates`` 1),
 and the two runs that the others reproduce best (:func:`most_reproduced`) among the first 3, 4, 6 and 8 runs (the
 arms' starts with ``start_candidates`` 3, 4, 6, 8); each the mean of the two arms' starts. Writes
 benchmarks/results/start_candidates.{json,md} (or --out). Measures; asserts nothing.

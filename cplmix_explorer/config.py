@@ -245,11 +245,11 @@ class CplMixConfig(OptionSet):
         "small ones together; 1 = Leiden at K itself.",
     )
     start_candidates = param.Integer(
-        8, bounds=(1, 64),
+        1, bounds=(1, 64),
         doc="type_init='leiden': Leiden runs (each its own seed) the start is chosen among: the runs that the others "
         "reproduce best (mean adjusted Rand index with them) become the arms' starts, the most reproduced the "
-        "first arm's. A cut that one run makes and the others do not is a draw of its seed. 1 (or at most the "
-        "runs start_per_arm needs): one run per arm, as drawn.",
+        "first arm's. 1 (or at most the runs start_per_arm needs): one run per arm, as drawn. More agree better "
+        "with the types but share their made-up cuts, so that the arms agree on them and pruning cannot find them.",
     )
     start_per_arm = param.Boolean(
         True,

@@ -343,13 +343,11 @@ def test_with_agreed_starts_only_a_cell_the_arms_leiden_runs_place_differently_h
 def test_arms_held_only_where_their_leiden_runs_agree_end_up_agreeing():
     # 4 types cut into 6: held to their own runs' made-up cuts the arms keep disagreeing on those cells; left
     # to the objective and the coupling there, they settle on the same categories. The starts are Leiden at K
-    # (start_overcluster=1), whose made-up cuts are plain splits of a type, each run's elsewhere; the two runs as
-    # drawn (start_candidates=1: the most reproduced of several runs would share more of their cuts).
+    # (start_overcluster=1), whose made-up cuts are plain splits of a type, each run's elsewhere.
     adata = mixture_counts(n_cells=600, n_types=4)
 
     def trained(**options):
-        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, start_overcluster=1.0, start_candidates=1,
-                          **options)
+        model = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, threads=1, start_overcluster=1.0, **options)
         model.train(steps=200, progress=False)
         return model.evaluate("type")
 
@@ -386,7 +384,7 @@ def test_the_arms_start_from_the_leiden_runs_the_other_candidates_reproduce_best
     # 4 types cut into 6: each Leiden run makes up its two extra cuts elsewhere; of 8 candidate runs (seeds
     # 0..7) the arms start from the two that the others reproduce best, not from the first two seeds
     adata = mixture_counts(n_cells=600, n_types=4)
-    trainer = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0).make_trainer()  # 8 by default
+    trainer = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0, start_candidates=8).make_trainer()
     trainer.prepare_type_init()
     graph = trainer.start_graph()
     candidates = [start_partition(graph, 6, seed=0)]
@@ -398,7 +396,7 @@ def test_the_arms_start_from_the_leiden_runs_the_other_candidates_reproduce_best
         assert compare_to_labels(trainer.start_runs[arm], candidates[run].labels)["ari"] == 1.0
     assert trainer.type_init_summary["candidates"] == 8
     assert trainer.type_init_summary["reproduced"] == [round(float(reproduced[i]), 4) for i in order[:2]]
-    drawn = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0, start_candidates=1).make_trainer()
-    drawn.prepare_type_init()  # one run per arm, seeds 0 and 1, as before the option
+    drawn = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_overcluster=1.0).make_trainer()
+    drawn.prepare_type_init()  # the default: one run per arm, seeds 0 and 1
     assert compare_to_labels(drawn.start_runs[0], candidates[0].labels)["ari"] == 1.0
     assert compare_to_labels(drawn.start_runs[1], candidates[1].labels)["ari"] == 1.0
