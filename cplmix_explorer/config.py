@@ -163,6 +163,13 @@ class CplMixConfig(OptionSet):
         "distance grows like K^2 and 0.1 or less keeps small types).",
     )
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
+    state_kl_warmup = param.Number(
+        0.0, bounds=(0.0, 1.0),
+        doc="Share of the planned run (steps, or epochs) over which the state KL weight rises linearly from 0 to "
+        "beta (scVI's KL warm-up): the state's dimensions are in use before the KL can switch them off for good "
+        "(a state dimension the decoder has learnt to ignore gets no gradient to come back); 0 = beta from the "
+        "first step, as the paper.",
+    )
     coupling_floor = param.Number(
         1e-2, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
         doc="Floor epsilon inside the log of the coupling distance, log(q + epsilon): probabilities below it count "

@@ -210,6 +210,17 @@ class CapacitySchedule:
         return min(float(step) / self.steps, 1.0)
 
 
+def warmed_up_weight(weight: float, step: torch.Tensor | int, warmup_steps: int) -> torch.Tensor | float:
+    """``weight`` x min(step / warmup_steps, 1): a KL weight that rises linearly from 0 over ``warmup_steps``
+    (``weight`` itself when there is no warm-up); ``step`` (the steps done) may be a device tensor (CUDA-graph
+    safe)."""
+    if warmup_steps <= 0:
+        return weight
+    if torch.is_tensor(step):
+        return weight * (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
+    return weight * min(float(step) / warmup_steps, 1.0)
+
+
 def type_kl_to_uniform(entropy: torch.Tensor, n_types: int) -> torch.Tensor:
     """KL(q(c|x) || Uniform(K)) = log K - H(c|x), per arm (A,) from the batch-mean entropy (A,)."""
     return math.log(n_types) - entropy

@@ -28,7 +28,7 @@ from ..data.preprocess import PreparedData
 from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augmenters import augmenter_for
-from ..model.losses import CapacitySchedule, cplmix_loss, metric_names
+from ..model.losses import CapacitySchedule, cplmix_loss, metric_names, warmed_up_weight
 from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from ..model.type_init import LeidenGraph, align_to, most_reproduced, start_partition, targets_where_runs_agree
@@ -205,6 +205,8 @@ class Trainer:
             self.fast_path = "eager"  # collectives inside the step: no CUDA-graph capture
         self.optimizer = self._make_optimizer()
         self._capacity = CapacitySchedule.from_config(config)  # JointVAE baseline only
+        #: steps over which the state KL weight rises from 0 to beta: a share of the run the options plan
+        self.state_kl_warmup_steps = round(config.state_kl_warmup * self.total_steps_for())
         self.metric_names = metric_names(module.n_arms)
         self.log_every = config.log_every
         n_metrics = len(self.metric_names)
@@ -484,7 +486,7 @@ class Trainer:
             target,
             likelihood=self.module.likelihood,
             lam=self.config.lam,
-            beta=self.config.beta,
+            beta=warmed_up_weight(self.config.beta, step, self.state_kl_warmup_steps),
             entropy_weight=self.config.entropy_weight,
             marginal_entropy_weight=self.config.marginal_entropy_weight,
             coupling_floor=self.config.coupling_floor,
