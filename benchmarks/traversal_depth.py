@@ -5,12 +5,12 @@ respond (the larger of its two dimensions), against the same figures computed fr
 (per IEG gene, the within-type slope of log-expression on the true state over the swept range, divided by the
 gene's sd across all cells).
 
-    python benchmarks/traversal_depth.py [--seeds 0 1 2 3 4] [--steps 1000 3000] [--out NAME]
+    python benchmarks/traversal_depth.py [--seeds 0 1 2 3 4] [--steps 1000 3000] [--set OPTION=VALUE ...] [--out NAME]
 
 Trains the test's run (TRAINING of tests/test_traversal.py) with depth_covariate on and off, for every training
-seed and step count given (the test's own: seed 0, 1,000 steps), one torch thread; one run per seed cannot tell a
-difference from the draw. Writes benchmarks/results/NAME.{json,md} (default traversal_depth). Measures; asserts
-nothing.
+seed and step count given (the test's own: seed 0, 1,000 steps), ``--set`` options on top in both, one torch
+thread; one run per seed cannot tell a difference from the draw. Writes benchmarks/results/NAME.{json,md} (default
+traversal_depth). Measures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import RESULTS, machine, write_report  # noqa: E402
+from _common import RESULTS, config_option, machine, write_report  # noqa: E402
 
 
 def data_amplitudes(adata) -> dict:
@@ -59,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[TRAINING["seed"]])
     parser.add_argument("--steps", type=int, nargs="+", default=[TRAINING["steps"]])
+    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
     parser.add_argument("--out", default="traversal_depth")
     args = parser.parse_args()
 
@@ -80,7 +81,7 @@ def main() -> None:
                     torch.set_num_threads(1)
                     torch.manual_seed(seed)
                     run = Path(folder) / f"run_{steps}_{seed}_{covariate}"
-                    options = {**TRAINING, "seed": seed, "steps": steps, "depth_covariate": covariate}
+                    options = {**TRAINING, **dict(args.set), "seed": seed, "steps": steps, "depth_covariate": covariate}
                     train_run(str(data), run, CplMixConfig().update(**options), progress=False)
                     model = load_run(run)
                     table, levels, names = contingency_table(model.predict().consensus_type, adata.obs["true_type"].to_numpy())
@@ -99,7 +100,8 @@ def main() -> None:
                                  "activity_abs_r": float(np.median([abs(rho) for _, rho in found]))})
                     print(runs[-1], flush=True)
     lines = ["# Traversals with and without the depth covariate (the traversal test's simulation)", "",
-             f"Command: `{machine()['command']}`  ", f"{machine()['date']}, {machine()['host_cpu']}, 1 torch thread.", "",
+             f"Command: `{machine()['command']}`  ", f"{machine()['date']}, {machine()['host_cpu']}, 1 torch thread"
+             + (f", the test's training with {dict(args.set)}" if args.set else "") + ".", "",
              "Median amplitude of the IEG group (range along the sweep / the gene's sd across all cells): median over "
              "the types that respond to the activity state, and the larger over the two dimensions of the type that "
              "does not; depth |r|: |Pearson r| between that type's dimension with the larger false response and its cells' log "

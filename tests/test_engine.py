@@ -356,6 +356,26 @@ def test_the_depth_covariate_keeps_sequencing_depth_out_of_the_state_and_finds_t
     assert results[True]["states"] > results[False]["states"] + 0.1, results
 
 
+def test_the_state_kl_weighs_nothing_at_the_first_step_and_beta_from_the_end_of_its_warm_up(mixture):
+    model = CplMixVAE(mixture, n_types=3, n_arms=2, steps=100, device="cpu", seed=0, beta=2.0, state_kl_warmup=0.4)
+    trainer = model.make_trainer()
+    assert trainer.state_kl_warmup_steps == 40  # a share of the run the options plan
+    x, target, nb_library, depth, _ = trainer._arm_inputs(trainer.train_rows[:32])
+    outputs = model.module(x, depth=depth)
+
+    def total(step):
+        return float(trainer._objective(outputs, target, nb_library, step=step).total)
+
+    kl = float(trainer._objective(outputs, target, nb_library, step=0).kl.sum())
+    assert kl > 0
+    # paper Eq. 7 with A = 2 arms: (A - 1) x beta(t) x the arms' KL on top of what does not change with the step
+    assert total(20) - total(0) == pytest.approx(0.5 * 2.0 * kl, rel=1e-4)
+    assert total(torch.tensor(40)) - total(0) == pytest.approx(2.0 * kl, rel=1e-4)  # the device step (CUDA graphs)
+    assert total(90) == pytest.approx(total(40), rel=1e-6)
+    without = CplMixVAE(mixture, n_types=3, n_arms=2, steps=100, device="cpu", seed=0).make_trainer()
+    assert without.state_kl_warmup_steps == 0  # the default: beta from the first step, as the paper
+
+
 def test_the_decoder_reads_depth_only_for_count_data(mixture):
     counts = CplMixVAE(mixture, n_types=3, n_arms=2, steps=2, device="cpu", seed=0, depth_covariate=True)
     trainer = counts.make_trainer()
