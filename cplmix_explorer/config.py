@@ -137,10 +137,10 @@ class CplMixConfig(OptionSet):
         True, doc="State posterior q(s|c,x) conditioned on the type; False is the s-independent-of-c ablation."
     )
     depth_covariate = param.Boolean(
-        False,
+        True,
         doc="Count data: the decoder also reads each cell's log library size (standardised), an observed covariate "
-        "as in scVI, so that sequencing depth (more zeros in shallow cells) is not taken up by a state dimension. "
-        "Ignored when X is not raw counts. An option until its effect on traversals is understood (docs/quality.md).",
+        "as in scVI, so that sequencing depth (more zeros in shallow cells) is not taken up by a state dimension; "
+        "off (--no-depth-covariate) is the paper's decoder. Ignored when X is not raw counts.",
     )
     state_encoder = param.Selector(
         default="separate", objects=["separate", "shared"],
@@ -164,7 +164,7 @@ class CplMixConfig(OptionSet):
     )
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
     state_kl_warmup = param.Number(
-        0.0, bounds=(0.0, 1.0),
+        0.5, bounds=(0.0, 1.0),
         doc="Share of the planned run (steps, or epochs) over which the state KL weight rises linearly from 0 to "
         "beta (scVI's KL warm-up): the state's dimensions are in use before the KL can switch them off for good "
         "(a state dimension the decoder has learnt to ignore gets no gradient to come back); 0 = beta from the "

@@ -342,9 +342,10 @@ def test_the_depth_covariate_keeps_sequencing_depth_out_of_the_state_and_finds_t
     results = {}
     for covariate in (True, False):
         # the start of the test's calibration, Leiden at K (both runs start alike whatever the start; the types of
-        # this weakly separated simulation, and so its states per type, depend on it)
+        # this weakly separated simulation, and so its states per type, depend on it); the covariate alone, without
+        # the state KL warm-up, which keeps the state's dimensions in use whether or not the decoder reads the depth
         model = CplMixVAE(adata, n_types=3, n_arms=2, seed=0, depth_covariate=covariate, steps=1500, hidden_dim=50,
-                          n_hidden_layers=2, device="cpu", start_overcluster=1.0)
+                          n_hidden_layers=2, device="cpu", start_overcluster=1.0, state_kl_warmup=0.0)
         model.train(progress=False)
         assert model.module.depth_covariate is covariate  # raw counts: the decoder reads the depth when asked
         state = model.predict().state_mean
@@ -372,8 +373,8 @@ def test_the_state_kl_weighs_nothing_at_the_first_step_and_beta_from_the_end_of_
     assert total(20) - total(0) == pytest.approx(0.5 * 2.0 * kl, rel=1e-4)
     assert total(torch.tensor(40)) - total(0) == pytest.approx(2.0 * kl, rel=1e-4)  # the device step (CUDA graphs)
     assert total(90) == pytest.approx(total(40), rel=1e-6)
-    without = CplMixVAE(mixture, n_types=3, n_arms=2, steps=100, device="cpu", seed=0).make_trainer()
-    assert without.state_kl_warmup_steps == 0  # the default: beta from the first step, as the paper
+    without = CplMixVAE(mixture, n_types=3, n_arms=2, steps=100, device="cpu", seed=0, state_kl_warmup=0.0)
+    assert without.make_trainer().state_kl_warmup_steps == 0  # beta from the first step, as the paper
 
 
 def test_the_decoder_reads_depth_only_for_count_data(mixture):
