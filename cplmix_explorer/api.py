@@ -95,6 +95,9 @@ class CplMixVAE:
         self.step = 0
         self.history: TrainingResult | None = None
         self.augment_used: str | None = None
+        #: steps over which the state KL weight rises to beta: the share ``state_kl_warmup`` of the first
+        #: training call's schedule, kept for the calls and resumes that continue it (None before training)
+        self.state_kl_warmup_steps: int | None = None
         #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
         self.type_init: dict | None = None
         #: how the training cells' neighbors were found (method, recall; Trainer.neighbor_search), None without
@@ -143,6 +146,8 @@ class CplMixVAE:
         )
         trainer.step = self.step
         trainer._step_counter.fill_(self.step)
+        if self.state_kl_warmup_steps is not None:
+            trainer.state_kl_warmup_steps = self.state_kl_warmup_steps
         trainer.adopt_type_init(self.type_init)
         if self._optimizer_state is not None:
             restore_optimizer(trainer.optimizer, self._optimizer_state)
@@ -170,6 +175,9 @@ class CplMixVAE:
         trainer = self.make_trainer(device=device, control=control, run_dir=run_dir, distributed=distributed)
         if until_step is None:
             until_step = self.step + planned_steps(self.config, self.prepared.n_cells, steps, epochs)
+        if self.state_kl_warmup_steps is None:  # the first training call's schedule sets the warm-up
+            self.state_kl_warmup_steps = trainer.state_kl_warmup_steps = round(
+                self.config.state_kl_warmup * max(until_step - self.step, 0))
         bar = ProgressBar(self.events) if progress and trainer.is_main else None
         try:
             result = trainer.fit(until_step)
@@ -386,7 +394,9 @@ class CplMixVAE:
             optimizer=optimizer,
             rng_state=self._rng_state or {"cpu": torch.get_rng_state()},
             extra={"augment": self.augment_used, **({"type_init": self.type_init} if self.type_init else {}),
-                   **({"neighbours": self.neighbors} if self.neighbors else {})},
+                   **({"neighbours": self.neighbors} if self.neighbors else {}),
+                   **({"state_kl_warmup_steps": self.state_kl_warmup_steps}
+                      if self.state_kl_warmup_steps is not None else {})},
         )
 
     @classmethod
@@ -414,6 +424,7 @@ class CplMixVAE:
         model.augment_used = checkpoint.extra.get("augment")
         model.type_init = checkpoint.extra.get("type_init")
         model.neighbors = checkpoint.extra.get("neighbours")
+        model.state_kl_warmup_steps = checkpoint.extra.get("state_kl_warmup_steps")
         model._optimizer_state = checkpoint.optimizer_state
         model._rng_state = checkpoint.rng_state or None
         return model

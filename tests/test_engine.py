@@ -377,6 +377,18 @@ def test_the_state_kl_weighs_nothing_at_the_first_step_and_beta_from_the_end_of_
     assert without.make_trainer().state_kl_warmup_steps == 0  # beta from the first step, as the paper
 
 
+def test_the_warm_up_is_a_share_of_the_first_training_call_and_what_continues_it_keeps_it(mixture, tmp_path):
+    # the options plan 5,000 steps; a run of 40 asked for in the call warms up over 20 of them, not 2,500
+    model = CplMixVAE(mixture, n_types=3, n_arms=2, batch_size=64, device="cpu", seed=0, state_kl_warmup=0.5)
+    model.train(steps=40, progress=False)
+    assert model.state_kl_warmup_steps == 20
+    model.train(steps=40, progress=False)  # a second call goes on at beta
+    assert model.state_kl_warmup_steps == 20 and model.make_trainer().state_kl_warmup_steps == 20
+    model.save(tmp_path / "run")
+    loaded = CplMixVAE.load(tmp_path / "run", mixture, device="cpu")
+    assert loaded.make_trainer().state_kl_warmup_steps == 20  # and so does a resume
+
+
 def test_the_decoder_reads_depth_only_for_count_data(mixture):
     counts = CplMixVAE(mixture, n_types=3, n_arms=2, steps=2, device="cpu", seed=0, depth_covariate=True)
     trainer = counts.make_trainer()

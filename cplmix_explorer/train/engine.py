@@ -206,6 +206,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self._capacity = CapacitySchedule.from_config(config)  # JointVAE baseline only
         #: steps over which the state KL weight rises from 0 to beta: a share of the run the options plan
+        #: (CplMixVAE sets it from its first training call's schedule)
         self.state_kl_warmup_steps = round(config.state_kl_warmup * self.total_steps_for())
         self.metric_names = metric_names(module.n_arms)
         self.log_every = config.log_every
@@ -673,7 +674,8 @@ class Trainer:
             rng_state=self.rng_state(),
             extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path,
                    **({"type_init": self.type_init_summary} if self.type_init_summary else {}),
-                   **({"neighbours": self.neighbor_search} if self.neighbor_search else {})},
+                   **({"neighbours": self.neighbor_search} if self.neighbor_search else {}),
+                   "state_kl_warmup_steps": self.state_kl_warmup_steps},
         )
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path
