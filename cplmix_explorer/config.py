@@ -165,7 +165,7 @@ class CplMixConfig(OptionSet):
     beta = param.Number(1.0, bounds=(0.0, None), doc="Weight beta of the state KL term.")
     state_kl_warmup = param.Number(
         0.5, bounds=(0.0, 1.0),
-        doc="Share of the run (the first training call's steps or epochs, the options' schedule by default) over "
+        doc="Share of the run (the first training call's steps or epochs; else the options' schedule) over "
         "which the state KL weight rises linearly from 0 to beta (scVI's KL warm-up): the state's dimensions are "
         "in use before the KL can switch them off for good (a state dimension the decoder has learnt to ignore "
         "gets no gradient to come back); 0 = beta from the first step, as the paper.",
