@@ -49,7 +49,7 @@ from .train.checkpoint import (
 )
 from .train.device_data import DeviceData
 from .device import resolve_device
-from .train.engine import Trainer, TrainingResult, build_module, planned_steps
+from .train.engine import Trainer, TrainingResult, build_module, planned_steps, state_kl_warmup_steps
 from .train.events import EventBus, TrainingControl
 from .train.progress import ProgressBar
 
@@ -176,8 +176,8 @@ class CplMixVAE:
         if until_step is None:
             until_step = self.step + planned_steps(self.config, self.prepared.n_cells, steps, epochs)
         if self.state_kl_warmup_steps is None:  # the first training call's schedule sets the warm-up
-            self.state_kl_warmup_steps = trainer.state_kl_warmup_steps = round(
-                self.config.state_kl_warmup * max(until_step - self.step, 0))
+            self.state_kl_warmup_steps = trainer.state_kl_warmup_steps = state_kl_warmup_steps(
+                self.config, until_step - self.step)
         bar = ProgressBar(self.events) if progress and trainer.is_main else None
         try:
             result = trainer.fit(until_step)

@@ -187,6 +187,15 @@ def metric_names(n_arms: int) -> list[str]:
     return ["loss", "coupling", *per_arm]
 
 
+def linear_ramp(step: torch.Tensor | int, steps: int) -> torch.Tensor | float:
+    """min(step / steps, 1): the share of a linear ramp over ``steps`` training steps done after ``step`` of them.
+    ``step`` may be a device tensor (the CUDA graph's step counter), so that a captured step reads the ramp anew
+    at every replay; a Python int gives a float."""
+    if torch.is_tensor(step):
+        return (step.to(torch.float32) / steps).clamp(max=1.0)
+    return min(float(step) / steps, 1.0)
+
+
 @dataclass(frozen=True)
 class CapacitySchedule:
     """JointVAE's capacities: each KL is pushed toward C(t) = C_max * min(t / steps, 1) with weight gamma."""
@@ -204,21 +213,16 @@ class CapacitySchedule:
         return cls(config.capacity_gamma, config.state_capacity, config.type_capacity, config.capacity_steps)
 
     def fraction(self, step: torch.Tensor | int) -> torch.Tensor | float:
-        """min(step / steps, 1); ``step`` (the number of steps done) may be a device tensor (CUDA-graph safe)."""
-        if torch.is_tensor(step):
-            return (step.to(torch.float32) / self.steps).clamp(max=1.0)
-        return min(float(step) / self.steps, 1.0)
+        """min(step / steps, 1): how far the capacities have grown (:func:`linear_ramp`)."""
+        return linear_ramp(step, self.steps)
 
 
 def warmed_up_weight(weight: float, step: torch.Tensor | int, warmup_steps: int) -> torch.Tensor | float:
     """``weight`` x min(step / warmup_steps, 1): a KL weight that rises linearly from 0 over ``warmup_steps``
-    (``weight`` itself when there is no warm-up); ``step`` (the steps done) may be a device tensor (CUDA-graph
-    safe)."""
+    (``weight`` itself when there is no warm-up)."""
     if warmup_steps <= 0:
         return weight
-    if torch.is_tensor(step):
-        return weight * (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
-    return weight * min(float(step) / warmup_steps, 1.0)
+    return weight * linear_ramp(step, warmup_steps)
 
 
 def type_kl_to_uniform(entropy: torch.Tensor, n_types: int) -> torch.Tensor:

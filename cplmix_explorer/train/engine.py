@@ -141,6 +141,12 @@ class TrainingResult:
     restarts: list[dict] = field(default_factory=list)  # automatic restarts after non-finite losses
 
 
+def state_kl_warmup_steps(config: CplMixConfig, planned: int) -> int:
+    """The steps over which the state KL weight rises from 0 to beta: the share ``state_kl_warmup`` of the
+    ``planned`` steps of a run (0: no warm-up)."""
+    return round(config.state_kl_warmup * max(planned, 0))
+
+
 class Trainer:
     """Trains a :class:`CoupledMixtureVAE` on a :class:`PreparedData` with the options of a config."""
 
@@ -207,7 +213,7 @@ class Trainer:
         self._capacity = CapacitySchedule.from_config(config)  # JointVAE baseline only
         #: steps over which the state KL weight rises from 0 to beta: a share of the run the options plan
         #: (CplMixVAE sets it from its first training call's schedule)
-        self.state_kl_warmup_steps = round(config.state_kl_warmup * self.total_steps_for())
+        self.state_kl_warmup_steps = state_kl_warmup_steps(config, self.total_steps_for())
         self.metric_names = metric_names(module.n_arms)
         self.log_every = config.log_every
         n_metrics = len(self.metric_names)
