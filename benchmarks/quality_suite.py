@@ -6,6 +6,7 @@ same K, in one table (issue 32). Defaults are decided on this table as a whole, 
     python benchmarks/quality_suite.py --set lam=1.0 --out benchmarks/results/quality_suite_lam1
     python benchmarks/quality_suite.py --trace --set eval_every=500     # per-evaluation trace in every row
     python benchmarks/quality_suite.py --resume                         # skip runs already in the JSONL
+    python benchmarks/quality_suite.py --report-only                    # a report from the JSONL's runs, none trained
     python benchmarks/quality_suite.py --quick                          # CI-sized smoke run (about a minute)
 
 Datasets (K = the number of labels; every run is ``CplMixVAE(adata, n_types=K, seed=seed, steps=steps)`` with
@@ -327,18 +328,18 @@ def markdown(report: dict) -> list[str]:
         "state (simulated sets: the better of the activity and metabolic states per type; in brackets the "
         "activity state's alone); s/run: training seconds per run, wall clock (CPU seconds of the run's process).",
         "",
-        "| dataset | K | cells | ARI | ACC | NMI | agreement | used | start (merged) | start ARI | confidence "
+        "| dataset | K | cells | seeds | ARI | ACC | NMI | agreement | used | start (merged) | start ARI | confidence "
         "| state abs rho (activity) | Leiden ARI | Leiden ACC | s/run (CPU) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in summary["datasets"].items():
         if not e["seeds"]:
-            lines.append(f"| {name} | | | (no runs) |" + " |" * 11)
+            lines.append(f"| {name} | | | | (no runs) |" + " |" * 11)
             continue
         merged = fmt(e["start_categories_merged"], 1)
         start = f"{fmt(e['start_categories'], 1)} ({merged})"
         lines.append(
-            f"| {name} | {e['k']} | {e['n_cells']:,} | {fmt(e['ari'])} | {fmt(e['acc'])} | {fmt(e['nmi'])} | "
+            f"| {name} | {e['k']} | {e['n_cells']:,} | {' '.join(map(str, e['seeds']))} | {fmt(e['ari'])} | {fmt(e['acc'])} | {fmt(e['nmi'])} | "
             f"{fmt(e['agreement'])} | {fmt(e['categories_used'], 1)} | {start} | {fmt(e['init_ari'])} | "
             f"{fmt(e['confidence_median'])} | {state_rho(e)} | {fmt(e['leiden_ari'])} | "
             f"{fmt(e['leiden_acc'])} | {fmt(e['train_seconds'], 0)} ({fmt(e['train_cpu_seconds'], 0)}) |"
@@ -357,6 +358,8 @@ def markdown(report: dict) -> list[str]:
     for row in report["runs"]:
         if "error" in row:
             lines.append(f"\n{row['dataset']}, seed {row['seed']} failed: {row['error']}")
+    if report.get("not_run"):
+        lines.append(f"\nNot run (--report-only: not in the JSONL with this configuration): {', '.join(report['not_run'])}.")
     for name, error in report.get("leiden_errors", {}).items():
         lines.append(f"\n{name}: the scanpy + Leiden baseline failed: {error}")
     rank = summary["mean_rank"]
@@ -411,6 +414,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="report path without suffix (default benchmarks/results/quality_suite, --quick: quality_suite_quick)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in <out>.jsonl with the same configuration (without it the JSONL starts empty)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the runs already in <out>.jsonl with the same configuration "
+                        "(and the cached baselines), listing the asked-for runs that are not there")
     parser.add_argument("--trace", action="store_true", help="record every evaluation against the labels (see the docstring)")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI-sized smoke run: {QUICK_STEPS} steps, small simulated sets, {QUICK_CELLS} cells of the others, the first seed")
@@ -445,8 +451,8 @@ def main(argv=None) -> None:
     jsonl = args.out.with_suffix(".jsonl")
     cache_path = args.out.parent / ("quality_suite_leiden_quick.json" if args.quick else "quality_suite_leiden.json")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = {row["key"]: row for row in read_jsonl(jsonl) if "error" not in row} if args.resume else {}
-    if not args.resume:
+    done = {row["key"]: row for row in read_jsonl(jsonl) if "error" not in row} if args.resume or args.report_only else {}
+    if not (args.resume or args.report_only):
         jsonl.write_text("")
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
@@ -461,6 +467,12 @@ def main(argv=None) -> None:
             (kept if key in done else todo).append((name, seed, key))
     leiden_todo = [name for name in names
                    if not all(str(seed) in cache.get(DATASETS[name].key(args.quick), {}).get("runs", {}) for seed in args.seeds)]
+    missing = []
+    if args.report_only:  # report what is there
+        missing = [f"{name} seed {seed}" for name, seed, _ in todo]
+        missing += [f"{name} (scanpy + Leiden) seed {seed}" for name in leiden_todo for seed in args.seeds
+                    if str(seed) not in cache.get(DATASETS[name].key(args.quick), {}).get("runs", {})]
+        todo, leiden_todo = [], []
 
     started = time.perf_counter()
     rows = [done[key] for _, _, key in kept]
@@ -501,11 +513,13 @@ def main(argv=None) -> None:
 
     order = {(name, seed): i for i, (name, seed) in enumerate((n, s) for n in names for s in args.seeds)}
     rows = sorted((row for row in rows if (row["dataset"], row["seed"]) in order), key=lambda r: order[(r["dataset"], r["seed"])])
-    leiden = {name: cache[DATASETS[name].key(args.quick)] for name in names if name not in leiden_errors}
-    leiden = {name: {**entry, "runs": {s: entry["runs"][s] for s in map(str, args.seeds)}} for name, entry in leiden.items()}
+    leiden = {name: cache[DATASETS[name].key(args.quick)] for name in names
+              if name not in leiden_errors and DATASETS[name].key(args.quick) in cache}
+    leiden = {name: {**entry, "runs": {s: entry["runs"][s] for s in map(str, args.seeds) if s in entry["runs"]}}
+              for name, entry in leiden.items()}
     report = {"machine": machine(), "steps": args.steps, "seeds": args.seeds, "options": args.set, "quick": args.quick,
               "threads": args.threads, "jobs": args.jobs, "trace": args.trace, "wall_seconds": time.perf_counter() - started,
-              "datasets": {name: {"key": DATASETS[name].key(args.quick)} for name in names},
+              "datasets": {name: {"key": DATASETS[name].key(args.quick)} for name in names}, "not_run": missing,
               "summary": summarize(rows, leiden, names), "leiden": leiden, "leiden_errors": leiden_errors, "runs": rows}
     write_report(args.out, report, markdown(report))
     failed = [row for row in rows if "error" in row] + [{"dataset": name, "seed": "(Leiden baseline)", "error": error}

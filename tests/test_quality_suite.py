@@ -14,7 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import quality_suite  # noqa: E402
 
-COLUMNS = ["dataset", "K", "cells", "ARI", "ACC", "NMI", "agreement", "used", "start (merged)", "start ARI",
+COLUMNS = ["dataset", "K", "cells", "seeds", "ARI", "ACC", "NMI", "agreement", "used", "start (merged)", "start ARI",
            "confidence", "state abs rho (activity)", "Leiden ARI", "Leiden ACC", "s/run (CPU)"]
 
 
@@ -81,6 +81,27 @@ def test_resume_keeps_finished_runs_and_the_cached_baseline(quick_suite):
     assert out.with_suffix(".jsonl").read_text() == before  # nothing trained again
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["runs"] == report_before["runs"] and report["leiden"] == report_before["leiden"]
+
+
+def test_report_only_tables_the_finished_runs_trains_nothing_and_lists_the_missing_ones(quick_suite):
+    out, argv = quick_suite
+    gathered = out.parent / "gathered"  # same folder: the cached Leiden baselines are reused
+    gathered.with_suffix(".jsonl").write_text(out.with_suffix(".jsonl").read_text())
+    before = gathered.with_suffix(".jsonl").read_text()
+    options = argv[:-2]  # without "--out OUT"
+    assert options[2:4] == ["sim10", "sim40"]
+    quality_suite.main([*options[:4], "sim120", *options[4:], "--out", str(gathered), "--report-only"])
+    assert gathered.with_suffix(".jsonl").read_text() == before  # nothing trained
+    report = json.loads(gathered.with_suffix(".json").read_text())
+    seeds = {name: entry["seeds"] for name, entry in report["summary"]["datasets"].items()}
+    assert seeds == {"sim10": [0], "sim40": [0], "sim120": []}
+    assert report["summary"]["datasets"]["sim10"]["ari"]["mean"] == pytest.approx(json.loads(before.splitlines()[0])["ari"])
+    lines = gathered.with_suffix(".md").read_text().splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("| dataset")) + 2:]
+    assert [line.split("|")[4].strip() for line in table[:2]] == ["0", "0"]  # the seeds column says what was there
+    assert "(no runs)" in table[2]
+    assert ("Not run (--report-only: not in the JSONL with this configuration): sim120 seed 0, "
+            "sim120 (scanpy + Leiden) seed 0.") in lines
 
 
 def test_a_failed_run_is_reported_and_the_suite_exits_non_zero(quick_suite, capsys):
