@@ -272,6 +272,12 @@ class CplMixConfig(OptionSet):
         "another does not) is left to the objective and the coupling. False: each arm is held to its own run on "
         "every cell, so the arms keep disagreeing where the runs do.",
     )
+    start_any_run = param.Boolean(
+        False,
+        doc="With start_agreed_only: a cell the arms' Leiden runs place differently is held to any of the runs' "
+        "categories (the prior's cross-entropy is minus the log of their summed probability) instead of left free, "
+        "so that the objective chooses among the runs' answers for it rather than beyond them.",
+    )
     type_prior_weight = param.Number(
         10.0, bounds=(0.0, None),
         doc="type_init='leiden': after the warm-up, weight (nats per cell and arm) of the cross-entropy that keeps "

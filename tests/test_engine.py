@@ -257,10 +257,12 @@ def test_more_types_than_cells_is_refused():
         CplMixVAE(mixture_counts(n_cells=20), n_types=30)
 
 
-def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture):
+@pytest.mark.parametrize("options", [{}, {"start_any_run": True}], ids=["default", "start_any_run"])
+def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture, options):
+    # with start_any_run too: the arms are held to either run's made-up cut, and still part on them
     from cplmix_explorer.workflows.pruning import prune
 
-    model = CplMixVAE(mixture, n_types=8, n_arms=2, labels="type", seed=0)
+    model = CplMixVAE(mixture, n_types=8, n_arms=2, labels="type", seed=0, **options)
     model.train(steps=300, progress=False)
     rounds = []
     result = prune(model, min_consensus=0.9, fine_tune_steps=100, on_round=rounds.append)

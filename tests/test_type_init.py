@@ -22,6 +22,7 @@ from cplmix_explorer.model.type_init import (
     next_resolution,
     relabel_by_size,
     start_partition,
+    targets_from_any_run,
     targets_where_runs_agree,
 )
 
@@ -366,6 +367,41 @@ def test_a_start_category_the_other_run_does_not_reproduce_is_held_from_the_firs
     assert (targets[0] == targets[1]).all()  # every arm held to the same start
     assert targets[0].tolist() == [0, 0, 0, -1, 1, 1, 1, 1, 2, 2, 2, 2]  # the disputed cell has no start
     assert set(targets[0][targets[0] >= 0]) == {0, 1, 2}  # every category asked for has cells that hold it
+
+
+def test_with_any_run_a_disputed_cell_is_held_to_each_runs_category_and_an_agreed_one_to_the_shared_one():
+    first = np.array([0, 0, 1, 1, 2, 2])
+    second = np.array([0, 1, 1, 1, 2, 0])
+    held, _ = targets_where_runs_agree(np.stack([first, second]), n_types=3)
+    targets, alternatives = targets_from_any_run(np.stack([first, second]), held)
+    assert held[0].tolist() == [0, -1, 1, 1, 2, -1]
+    assert targets.tolist() == [[0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]]  # each arm its own run where disputed
+    assert alternatives.shape == (2, 1, 6)
+    assert alternatives[0, 0].tolist() == [-1, 1, -1, -1, -1, 0]  # ... or the other run's category
+    assert alternatives[1, 0].tolist() == [-1, 0, -1, -1, -1, 2]
+
+
+def test_with_any_run_the_prior_is_minus_the_log_of_the_runs_categories_summed_probability():
+    adata = mixture_counts(n_cells=600, n_types=4)
+    trainer = CplMixVAE(adata, n_types=6, n_arms=2, seed=0, start_any_run=True).make_trainer()
+    trainer.prepare_type_init()
+    rows = trainer.train_rows
+    disputed = (trainer.type_alternatives[:, 0, rows] >= 0).cpu().numpy()
+    assert disputed[0].any() and (disputed[0] == disputed[1]).all()  # the made-up cuts fall differently
+    assert (trainer.type_targets[:, rows] >= 0).all()  # every cell has a start
+    index = rows[:64]
+    outputs, _, source = trainer._batch_objective(index)
+    own = trainer.type_targets.gather(1, source)
+    other = trainer.type_alternatives[:, 0].gather(1, source)
+    q = outputs.log_q.exp()
+    probability = q.gather(-1, own.unsqueeze(-1)).squeeze(-1)
+    probability = probability + torch.where(other >= 0, q.gather(-1, other.clamp_min(0).unsqueeze(-1)).squeeze(-1), 0.0)
+    expected = -probability.log().mean()
+    assert (other >= 0).any()  # the batch holds disputed cells
+    torch.testing.assert_close(trainer._start_cross_entropy(outputs, source), expected, rtol=1e-4, atol=1e-5)
+    plain = CplMixVAE(adata, n_types=6, n_arms=2, seed=0).make_trainer()  # the default: disputed cells are free
+    plain.prepare_type_init()
+    assert plain.type_alternatives is None and (plain.type_targets[:, rows] < 0).any()
 
 
 def test_the_runs_ordered_by_how_well_the_other_runs_reproduce_them():

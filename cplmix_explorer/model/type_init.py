@@ -288,6 +288,26 @@ def targets_where_runs_agree(runs: np.ndarray, n_types: int) -> tuple[np.ndarray
     return targets, unreproduced.tolist()
 
 
+def targets_from_any_run(runs: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where :func:`targets_where_runs_agree` leaves a cell without a start (``held`` (R, N) -1), hold each run's
+    arm to any of the runs' categories: returns the targets (R, N), each run's own category there, and the
+    alternatives (R, R-1, N), the other runs' categories where they differ from its own (-1 elsewhere).
+
+    Why: a cell left free is typed by the objective alone, which may put it where no run does (mouse bladder,
+    seed 0: 47 % of the cells the runs dispute); held to any run's category, the objective still chooses, but among
+    the runs' answers."""
+    runs, held = np.asarray(runs), np.asarray(held)
+    free = held < 0
+    targets = np.where(free, runs, held)
+    count = len(runs)
+    alternatives = np.full((count, max(count - 1, 0), runs.shape[1]), -1, dtype=np.int64)
+    for run in range(count):
+        others = [other for other in range(count) if other != run]
+        for slot, other in enumerate(others):
+            alternatives[run, slot] = np.where(free[run] & (runs[other] != runs[run]), runs[other], -1)
+    return targets, alternatives
+
+
 def group_edge_weights(labels: np.ndarray, adjacency: sp.csr_matrix, n_groups: int) -> np.ndarray:
     """(G, G) total edge weight between groups ``labels`` (R,) in 0..G-1 of a symmetric adjacency (R, R); the
     diagonal holds each group's internal weight, counted in both directions."""

@@ -54,6 +54,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "start_overcluster": 1.0,  # the start was Leiden at K itself
     "start_candidates": 1,  # one Leiden run per arm, as drawn
     "state_kl_warmup": 0.0,  # the state KL weighed beta from the first step
+    "start_any_run": False,  # a cell the runs placed differently was left free
 }
 
 

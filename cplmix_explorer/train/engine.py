@@ -31,7 +31,8 @@ from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names, warmed_up_weight
 from ..model.neighbors import find_neighbors, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
-from ..model.type_init import LeidenGraph, align_to, most_reproduced, start_partition, targets_where_runs_agree
+from ..model.type_init import (LeidenGraph, align_to, most_reproduced, start_partition, targets_from_any_run,
+                               targets_where_runs_agree)
 from .checkpoint import Checkpoint, restore_optimizer, save_checkpoint
 from .device_data import DeviceData
 from .distributed import DistributedContext
@@ -235,6 +236,9 @@ class Trainer:
         self.start_fit_measured: list[float] | None = None  # each arm's start_fit() at the last check
         self._type_init_check_rows: np.ndarray | None = None  # data rows the warm-up's fit is checked on
         self.type_targets: torch.Tensor | None = None  # (A, cells) each arm's initial category of each data row, -1 for none
+        #: (A, R-1, cells) with start_any_run: the other Leiden runs' categories of each data row that the runs
+        #: dispute, which the prior counts as that arm's start as well (-1 for none); None without
+        self.type_alternatives: torch.Tensor | None = None
         self.start_runs: np.ndarray | None = None  # (runs, training rows) the Leiden runs' categories, before any is left out
         #: weight of the cross-entropy toward the initial partition after the warm-up (0: the objective alone)
         self.type_prior_weight = config.type_prior_weight if self.type_init_end else 0.0
@@ -362,10 +366,16 @@ class Trainer:
 
     def _start_cross_entropy(self, outputs, rows: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of every arm's q(c|x) against the initial category of the cell it sees (rows
-        (A, B); cells without one, outside the partition, are left out)."""
+        (A, B); cells without one, outside the partition, are left out); with start_any_run, against the set of
+        the runs' categories of a disputed cell (minus the log of their summed probability)."""
         categories = self.type_targets.gather(1, rows)  # (A, B): each arm's category of the cell it sees
         known = categories >= 0
         log_q = outputs.log_q.gather(-1, categories.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        if self.type_alternatives is not None:
+            for slot in range(self.type_alternatives.shape[1]):
+                other = self.type_alternatives[:, slot].gather(1, rows)
+                other_log_q = outputs.log_q.gather(-1, other.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+                log_q = torch.where(other >= 0, torch.logaddexp(log_q, other_log_q), log_q)
         return -(log_q * known).sum() / known.sum().clamp_min(1)
 
     @torch.no_grad()
@@ -413,6 +423,13 @@ class Trainer:
         if self.config.start_agreed_only and agreed is not None:  # a cell the runs place differently has no start
             held, unreproduced = targets_where_runs_agree(self.start_runs, n_types)
             labels = list(held)
+            if self.config.start_any_run:  # a disputed cell is held to any run's category
+                own, others = targets_from_any_run(self.start_runs, held)
+                labels = list(own)
+                alternatives = torch.full((n_arms, runs - 1, self.data.n_cells), -1, dtype=torch.long, device=self.device)
+                for arm in range(n_arms):
+                    alternatives[arm][:, rows] = torch.as_tensor(others[arm % runs], device=self.device)
+                self.type_alternatives = alternatives
         targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
         for arm in range(n_arms):
             targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
