@@ -14,7 +14,6 @@ benchmarks/results/disputed_cells_<dataset>_seed<S>[_<tag>].{json,md}. Measures;
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,21 +21,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, config_option, machine, write_atomic  # noqa: E402
+from _common import RESULTS, machine, single_run_parser, write_atomic  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = single_run_parser(__doc__.splitlines()[0], steps=10000)
     parser.add_argument("--dataset", default="han2018_bladder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=10000)
-    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
     parser.add_argument("--model", type=Path, default=None, help="a saved model to read instead of training one")
     parser.add_argument("--tag", default=None, help="suffix of the results' name")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from quality_suite import DATASETS
 
     from cplmix_explorer import CplMixVAE
@@ -47,7 +43,7 @@ def main() -> None:
     if args.model is not None:
         model = CplMixVAE.load(args.model, adata)
     else:
-        model = CplMixVAE(adata, n_types=k, seed=args.seed, steps=args.steps, labels=dataset.labels, threads=1,
+        model = CplMixVAE(adata, n_types=k, seed=args.seed, steps=args.steps, labels=dataset.labels, threads=args.threads,
                           **dict(args.set))
         model.train(progress=False)
     trainer = model.make_trainer()

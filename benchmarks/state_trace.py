@@ -6,14 +6,13 @@ At every ``--every`` steps (an evaluation of the run) it infers the state of eve
 (activity: the IEG state; metabolic: the HKG state), the median over the responding types of the best single
 state dimension's within-type |Spearman rho| with the true state and of the best linear combination's r
 (``state_depth.state_scores``), the state's tie to sequencing depth, and each state dimension's spread over the
-cells (arm 0: a dimension whose spread falls near 0 is switched off, the decoder ignores it). One torch thread,
+cells (arm 0: a dimension whose spread falls near 0 is switched off, the decoder ignores it). One torch thread unless --threads,
 the defaults otherwise. It reads the network only, in eval mode, so the traced run trains as an untraced one.
 Writes benchmarks/results/state_trace_<dataset>.{json,md} (``--out`` for another name). Measures; asserts nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, config_option, machine, write_report  # noqa: E402
+from _common import RESULTS, machine, single_run_parser, write_report  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = single_run_parser(__doc__.splitlines()[0], steps=10000)
     parser.add_argument("--dataset", default="sim40")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--every", type=int, default=1000, help="steps between records (a multiple of eval_every)")
-    parser.add_argument("--set", type=config_option, action="append", default=[], metavar="OPTION=VALUE")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -42,7 +38,7 @@ def main() -> None:
     from quality_suite import DATASETS
     from state_depth import state_scores
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     dataset = DATASETS[args.dataset]
     adata = dataset.load(False)
     model = cx.CplMixVAE(adata, n_types=dataset.n_types(False), seed=args.seed, steps=args.steps, **dict(args.set))
@@ -69,7 +65,7 @@ def main() -> None:
         f"# The continuous state over training, {args.dataset}",
         "",
         f"Command: `{machine()['command']}`  ",
-        f"{machine()['date']}, {machine()['host_cpu']}, 1 torch thread, seed {args.seed}, 2 arms, the defaults"
+        f"{machine()['date']}, {machine()['host_cpu']}, {args.threads} torch thread(s), seed {args.seed}, 2 arms, the defaults"
         + (f" with {options}" if options else "") + f"; final ARI {ari:.3f}, {seconds:.0f} s.",
         "",
         "Per program, median over the types that respond to it: rho = best single state dimension's |Spearman rho| "
