@@ -19,7 +19,8 @@ the defaults otherwise, plus ``--set``):
   simulator's type-dependent two-dimensional state; ``--quick`` makes them 4 / 6 / 8 types of 90 to 30 cells
   and 400 genes, and keeps 600 random cells of each bundled dataset.
 
-Per run (one JSONL row, appended as the run finishes: ``<out>.jsonl``): ACC, ARI, NMI (mean over arms) and the
+Per run (one JSONL row, appended as the run finishes: ``<out>.jsonl``; its ``setup``: the data, every option,
+the trace flag, which ``--resume`` matches, :func:`trained_as_asked`): ACC, ARI, NMI (mean over arms) and the
 consensus type's ARI; the arms' mean agreement at the end; categories used at the end (consensus type, and per
 arm); categories of the start partition, and how many of them were merged (start categories whose cells'
 majority category at the end is shared with another start category); the start partition's ARI; the median of
@@ -132,6 +133,25 @@ def run_config(n_types: int, dataset: Dataset, seed: int, steps: int, overrides:
 def run_key(data_key: str, config: dict, trace: bool) -> str:
     text = json.dumps({"data": data_key, "config": config, "trace": trace}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def as_stored(config: dict) -> dict:
+    """A configuration as a JSONL row holds it (tuples as lists), so that a stored one compares equal."""
+    return json.loads(json.dumps(config, default=str))
+
+
+def trained_as_asked(row: dict, data_key: str, config: dict, trace: bool) -> bool:
+    """Whether a finished JSONL row is the run asked for. A row that records its set-up matches when
+    its data and trace do and its options equal the asked ones, an option newer than the row taking the value
+    that reproduces the behaviour before it existed (the rule checkpoints follow): adding an option does not
+    orphan the runs before it, while changing a default still makes a new run. Older rows match by key."""
+    setup = row.get("setup")
+    if setup is None:
+        return row.get("key") == run_key(data_key, config, trace)
+    from cplmix_explorer.train.checkpoint import OPTIONS_OLDER_CHECKPOINTS_LACK
+
+    recorded = {**as_stored(OPTIONS_OLDER_CHECKPOINTS_LACK), **setup["config"]}
+    return setup["data"] == data_key and setup["trace"] == trace and recorded == as_stored(config)
 
 
 def merged_start_categories(start: np.ndarray, end: np.ndarray) -> int:
@@ -451,20 +471,25 @@ def main(argv=None) -> None:
     jsonl = args.out.with_suffix(".jsonl")
     cache_path = args.out.parent / ("quality_suite_leiden_quick.json" if args.quick else "quality_suite_leiden.json")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = {row["key"]: row for row in read_jsonl(jsonl) if "error" not in row} if args.resume or args.report_only else {}
+    finished_rows = [row for row in read_jsonl(jsonl) if "error" not in row] if args.resume or args.report_only else []
     if not (args.resume or args.report_only):
         jsonl.write_text("")
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
     # the runs to do, keyed by their full configuration (a changed default makes a new key)
-    todo, kept = [], []
+    todo, rows, described = [], [], {}
     for name in names:
         dataset = DATASETS[name]
         data_key, n_types = dataset.key(args.quick), dataset.n_types(args.quick)
         for seed in args.seeds:
             config = run_config(n_types, dataset, seed, args.steps, args.set)
             key = run_key(data_key, config, args.trace)
-            (kept if key in done else todo).append((name, seed, key))
+            found = next((row for row in finished_rows if trained_as_asked(row, data_key, config, args.trace)), None)
+            if found is None:
+                todo.append((name, seed, key))
+                described[key] = {"data": data_key, "trace": args.trace, "config": as_stored(config)}
+            else:
+                rows.append(found)
     leiden_todo = [name for name in names
                    if not all(str(seed) in cache.get(DATASETS[name].key(args.quick), {}).get("runs", {}) for seed in args.seeds)]
     missing = []
@@ -475,7 +500,6 @@ def main(argv=None) -> None:
         todo, leiden_todo = [], []
 
     started = time.perf_counter()
-    rows = [done[key] for _, _, key in kept]
     leiden_errors: dict[str, str] = {}
     with tqdm(total=len(todo) + len(leiden_todo), desc="quality suite", unit="job") as bar:
         def finished(kind, name, key, result):
@@ -489,7 +513,7 @@ def main(argv=None) -> None:
                 stored = json.loads(cache_path.read_text()) if cache_path.exists() else {}
                 write_json(cache_path, {**stored, DATASETS[name].key(args.quick): entry})
             else:
-                result["key"] = key
+                result.update(key=key, setup=described[key])
                 rows.append(result)
                 with jsonl.open("a") as handle:
                     handle.write(json.dumps(result, default=str) + "\n")

@@ -104,6 +104,25 @@ def test_report_only_tables_the_finished_runs_trains_nothing_and_lists_the_missi
             "sim120 (scanpy + Leiden) seed 0.") in lines
 
 
+def test_a_run_from_before_an_option_existed_still_counts_but_not_one_with_another_value(quick_suite):
+    out, argv = quick_suite
+    from cplmix_explorer.train.checkpoint import OPTIONS_OLDER_CHECKPOINTS_LACK
+
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    config = rows[0]["setup"]["config"]  # every option is recorded, the defaults included
+    assert config["lam"] == quality_suite.run_config(4, quality_suite.DATASETS["sim10"], 0, 30, {})["lam"]
+    # an option whose default still behaves as the runs before it did
+    option = next(name for name, before in OPTIONS_OLDER_CHECKPOINTS_LACK.items() if config[name] == before)
+    del rows[0]["setup"]["config"][option]  # sim10: trained before the option existed
+    rows[1]["setup"]["config"]["lam"] *= 2  # sim40: trained with another coupling weight than the one asked
+    older = out.parent / "older"  # same folder: the cached Leiden baselines are reused
+    older.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    quality_suite.main([*argv[:-2], "--out", str(older), "--report-only"])
+    report = json.loads(older.with_suffix(".json").read_text())
+    assert {name: entry["seeds"] for name, entry in report["summary"]["datasets"].items()} == {"sim10": [0], "sim40": []}
+    assert report["not_run"] == ["sim40 seed 0"]
+
+
 def test_a_failed_run_is_reported_and_the_suite_exits_non_zero(quick_suite, capsys):
     out, _ = quick_suite
     failing = out.parent / "failing"  # same folder: the cached Leiden baseline is reused
