@@ -426,14 +426,8 @@ class Trainer:
             if self.config.start_any_run:  # a disputed cell is held to any run's category
                 own, others = targets_from_any_run(self.start_runs, held)
                 labels = list(own)
-                alternatives = torch.full((n_arms, runs - 1, self.data.n_cells), -1, dtype=torch.long, device=self.device)
-                for arm in range(n_arms):
-                    alternatives[arm][:, rows] = torch.as_tensor(others[arm % runs], device=self.device)
-                self.type_alternatives = alternatives
-        targets = torch.full((n_arms, self.data.n_cells), -1, dtype=torch.long, device=self.device)
-        for arm in range(n_arms):
-            targets[arm, rows] = torch.as_tensor(labels[arm % runs], device=self.device)
-        self.type_targets = targets
+                self.type_alternatives = self._per_arm_over_cells(others)
+        self.type_targets = targets = self._per_arm_over_cells(np.stack(labels))
         self._type_init_check_rows = self._warm_up_check_rows(rows.cpu().numpy(), targets[0, rows].cpu().numpy())
         self.type_init_summary = {**partitions[0].summary(), "runs": runs, "neighbours": self.neighbor_search,
                                   **({"candidates": candidates, "reproduced": [round(float(reproduced[i]), 4) for i in order[:runs]]}
@@ -441,6 +435,16 @@ class Trainer:
                                   **({"runs_agree": round(float(agreed.mean()), 4)} if agreed is not None else {}),
                                   **({"held_from_first_run": unreproduced} if unreproduced is not None else {})}
         self._record_warm_up()
+
+    def _per_arm_over_cells(self, per_run: np.ndarray) -> torch.Tensor:
+        """Each arm's values from its run (arm a takes run a mod R): ``per_run`` (R, ..., training rows) becomes
+        (A, ..., cells) on the device, the values at the training rows and -1 (no category) at every other cell."""
+        per_run = np.asarray(per_run)
+        arms = np.arange(self.module.n_arms) % len(per_run)
+        spread = torch.full((len(arms), *per_run.shape[1:-1], self.data.n_cells), -1, dtype=torch.long,
+                            device=self.device)
+        spread[..., self.train_rows] = torch.as_tensor(per_run[arms], dtype=torch.long, device=self.device)
+        return spread
 
     def _warm_up_check_rows(self, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
         """The training rows the warm-up's fit is checked on: up to TYPE_INIT_CHECK_CELLS_PER_TYPE of every start
