@@ -267,16 +267,17 @@ class CplMixConfig(OptionSet):
     )
     start_agreed_only = param.Boolean(
         True,
-        doc="type_init='leiden' with start_per_arm: the warm-up and the prior hold only the cells to which every "
-        "arm's Leiden run gives the same category; a cell the runs place differently (a cut that one run makes and "
-        "another does not) is left to the objective and the coupling. False: each arm is held to its own run on "
-        "every cell, so the arms keep disagreeing where the runs do.",
+        doc="type_init='leiden' with start_per_arm: the warm-up and the prior hold each arm to its run's category "
+        "only on the cells to which every arm's Leiden run gives the same one; a cell the runs place differently (a "
+        "cut that one run makes and another does not) is held to any of the runs' categories (start_any_run) or left "
+        "to the objective and the coupling. False: each arm is held to its own run on every cell, so the arms keep "
+        "disagreeing where the runs do.",
     )
     start_any_run = param.Boolean(
-        False,
+        True,
         doc="With start_agreed_only: a cell the arms' Leiden runs place differently is held to any of the runs' "
-        "categories (the prior's cross-entropy is minus the log of their summed probability) instead of left free, "
-        "so that the objective chooses among the runs' answers for it rather than beyond them.",
+        "categories (the prior's cross-entropy is minus the log of their summed probability), so that the objective "
+        "chooses among the runs' answers for it rather than beyond them. False: such a cell is left free.",
     )
     type_prior_weight = param.Number(
         10.0, bounds=(0.0, None),

@@ -257,9 +257,9 @@ def test_more_types_than_cells_is_refused():
         CplMixVAE(mixture_counts(n_cells=20), n_types=30)
 
 
-@pytest.mark.parametrize("options", [{}, {"start_any_run": True}], ids=["default", "start_any_run"])
+@pytest.mark.parametrize("options", [{}, {"start_any_run": False}], ids=["default", "disputed_cells_free"])
 def test_pruning_from_twice_the_types_lands_near_the_true_number(mixture, options):
-    # with start_any_run too: the arms are held to either run's made-up cut, and still part on them
+    # by default (start_any_run) the arms are held to either run's made-up cut, and still part on them
     from cplmix_explorer.workflows.pruning import prune
 
     model = CplMixVAE(mixture, n_types=8, n_arms=2, labels="type", seed=0, **options)

@@ -18,9 +18,10 @@ Each arm gets its own Leiden run (its own random seed), aligned to the first arm
 overlap (``start_per_arm``): of ``start_candidates`` runs, those that the other runs reproduce best
 (:func:`most_reproduced`). Groups the graph really has come out the same in every run; a cut that only makes
 up the number K (a type split in two because K is generous), or a boundary the graph does not settle, can fall
-elsewhere in another run. The warm-up and the prior hold only the cells on which the runs agree
-(``start_agreed_only``); the others are left to the objective and the arms' coupling, so the arms are not held
-apart where the runs disagree. A category of the first run that the other runs hardly reproduce would then hold
+elsewhere in another run. The warm-up and the prior hold each arm to its own run only on the cells on which the
+runs agree (``start_agreed_only``); a cell they dispute is held to any of the runs' categories
+(``start_any_run``, :func:`targets_from_any_run`) or left free, so the arms are not held apart where the runs
+disagree, and the objective and the coupling choose between them. A category of the first run that the other runs hardly reproduce would then hold
 no cell, and the arms would drop it (fewer types than asked); such a category is held from the first run, on all
 of its cells and for every arm (:func:`targets_where_runs_agree`).
 """
