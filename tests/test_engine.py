@@ -294,10 +294,13 @@ def test_a_type_prior_keeps_every_start_category_and_adds_its_cross_entropy_to_t
     from cplmix_explorer.model.inference import infer
 
     inference = infer(trainer.module, trainer.data)
+    alternatives = trainer.type_alternatives.cpu().numpy()  # a cell the runs dispute may take either's category
     for arm in range(2):
         covered = start[arm] >= 0
-        assert len(np.unique(inference.type_per_arm[arm])) == len(np.unique(start[arm][covered]))
-        assert (inference.type_per_arm[arm][covered] == start[arm][covered]).mean() > 0.9
+        typed = inference.type_per_arm[arm]
+        assert len(np.unique(typed)) == len(np.unique(start[arm][covered]))
+        as_started = (typed == start[arm]) | (alternatives[arm] == typed).any(axis=0)
+        assert as_started[covered].mean() > 0.9
 
 
 def test_the_defaults_keep_every_small_type_and_are_confident_about_it():

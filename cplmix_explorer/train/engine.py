@@ -371,9 +371,9 @@ class Trainer:
         categories = self.type_targets.gather(1, rows)  # (A, B): each arm's category of the cell it sees
         known = categories >= 0
         log_q = outputs.log_q.gather(-1, categories.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        if self.type_alternatives is not None:
-            for slot in range(self.type_alternatives.shape[1]):
-                other = self.type_alternatives[:, slot].gather(1, rows)
+        if self.type_alternatives is not None:  # (A, R-1, B): gathered at once, no per-slot view of every cell
+            slots = self.type_alternatives.shape[1]
+            for other in self.type_alternatives.gather(2, rows.unsqueeze(1).expand(-1, slots, -1)).unbind(1):
                 other_log_q = outputs.log_q.gather(-1, other.clamp_min(0).unsqueeze(-1)).squeeze(-1)
                 log_q = torch.where(other >= 0, torch.logaddexp(log_q, other_log_q), log_q)
         return -(log_q * known).sum() / known.sum().clamp_min(1)
