@@ -60,12 +60,15 @@ def main() -> None:
     scores = {name: {part: float(compare_to_labels(typing[mask], labels[mask])["ari"]) if mask.any() else None
                      for part, mask in (("all", np.ones_like(agreed)), ("agreed", agreed), ("disputed", ~agreed))}
               for name, typing in typings.items()}
-    disputed = {"first arm's start": float((consensus[~agreed] == starts[0][~agreed]).mean()) if (~agreed).any() else None}
-    if len(starts) > 1:
-        disputed["second arm's start"] = float((consensus[~agreed] == starts[1][~agreed]).mean()) if (~agreed).any() else None
-        disputed["neither"] = float(np.all(starts[:, ~agreed] != consensus[~agreed], axis=0).mean()) if (~agreed).any() else None
+    disputed = {}
+    if (~agreed).any():  # the trained consensus on the disputed cells, against each run's category
+        typed, runs = consensus[~agreed], starts[:, ~agreed]
+        disputed["first arm's start"] = float((typed == runs[0]).mean())
+        if len(starts) > 1:
+            disputed["second arm's start"] = float((typed == runs[1]).mean())
+            disputed["neither"] = float(np.all(runs != typed, axis=0).mean())
     kept_agreed = float((consensus[agreed] == starts[0][agreed]).mean()) if agreed.any() else None
-    options = {key: value for key, value in dict(args.set).items()}
+    options = dict(args.set)
     info = machine()
     name = f"disputed_cells_{args.dataset}_seed{model.config.seed}" + (f"_{args.tag}" if args.tag else "")
     report = {"machine": info, "dataset": args.dataset, "seed": model.config.seed, "steps": model.step,
@@ -83,7 +86,7 @@ def main() -> None:
         cells = " | ".join("-" if values[part] is None else f"{values[part]:.3f}" for part in ("all", "agreed", "disputed"))
         lines.append(f"| {typing} | {cells} |")
     lines += ["", "Disputed cells typed by the trained consensus as: "
-              + ", ".join(f"{key} {value:.1%}" for key, value in disputed.items() if value is not None) + "."]
+              + ", ".join(f"{key} {value:.1%}" for key, value in disputed.items()) + "."]
     write_atomic((RESULTS / name).with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

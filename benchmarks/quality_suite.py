@@ -476,7 +476,7 @@ def main(argv=None) -> None:
         jsonl.write_text("")
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
-    # the runs to do, keyed by their full configuration (a changed default makes a new key)
+    # the runs to do: those no finished row was trained as asked (a changed default makes a new run)
     todo, rows, described = [], [], {}
     for name in names:
         dataset = DATASETS[name]

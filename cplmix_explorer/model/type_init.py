@@ -21,9 +21,10 @@ up the number K (a type split in two because K is generous), or a boundary the g
 elsewhere in another run. The warm-up and the prior hold each arm to its own run only on the cells on which the
 runs agree (``start_agreed_only``); a cell they dispute is held to any of the runs' categories
 (``start_any_run``, :func:`targets_from_any_run`) or left free, so the arms are not held apart where the runs
-disagree, and the objective and the coupling choose between them. A category of the first run that the other runs hardly reproduce would then hold
-no cell, and the arms would drop it (fewer types than asked); such a category is held from the first run, on all
-of its cells and for every arm (:func:`targets_where_runs_agree`).
+disagree, and the objective and the coupling choose between them. A category of the first run that the other
+runs hardly reproduce would then hold no cell of its own, and the arms would drop it (fewer types than asked);
+such a category is held from the first run, on all of its cells and for every arm
+(:func:`targets_where_runs_agree`).
 """
 
 from __future__ import annotations
