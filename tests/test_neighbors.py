@@ -181,6 +181,31 @@ def test_approximate_neighbors_agree_with_exact_ones_on_simulated_cells():
     assert approximate.summary()["method"] == "pynndescent" and approximate.summary()["recall"] >= 0.9
 
 
+def test_the_approximate_graph_is_the_same_whatever_the_machines_threads():
+    """The same seed gives the same approximate neighbors, and so the same start, on a machine of one core or
+    many: pynndescent splits its work by numba's thread count, which would change the graph."""
+    import numba
+
+    from cplmix_explorer.model.neighbors import approximate_neighbors
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("numba has one thread here: no other thread count to compare with")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 20)).astype(np.float32) * 2
+    points = (centers[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 20))).astype(np.float32)
+    before = numba.get_num_threads()
+    tables = []
+    try:
+        for threads in (1, most):
+            numba.set_num_threads(threads)
+            tables.append(approximate_neighbors(points, 15, seed=0))
+            assert numba.get_num_threads() == threads  # the caller's setting is left as it was
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(tables[0], tables[1])
+
+
 def test_search_is_exact_on_small_data_and_on_cuda_and_approximate_above():
     from cplmix_explorer.model.neighbors import EXACT_MAX_CELLS
 

@@ -130,11 +130,14 @@ def exact_neighbors(scores: torch.Tensor, k: int, queries: torch.Tensor | None =
 
 def approximate_neighbors(scores: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Indices (N, k) of approximately the k nearest other rows of ``scores`` (N, q) float32: pynndescent's
-    nearest-neighbor descent (Euclidean), as scanpy finds its neighbors."""
+    nearest-neighbor descent (Euclidean), as scanpy finds its neighbors. One thread: pynndescent splits its work
+    by numba's thread count, so with more threads the graph, and the start partition found on it, would differ
+    from machine to machine for the same seed; one thread keeps it the same everywhere for a small cost (the
+    search is a small part of a run: benchmarks/neighbor_threads.py)."""
     from pynndescent import NNDescent  # lazy: loads numba (seconds); only searches above 50,000 cells use it
 
     index = NNDescent(scores, n_neighbors=k + 1, metric="euclidean", random_state=seed, low_memory=True,
-                      compressed=True, verbose=False)
+                      compressed=True, verbose=False, n_jobs=1)
     found, _ = index.neighbor_graph
     del index
     n = scores.shape[0]
