@@ -9,7 +9,9 @@ The graph is the engine's own (``Trainer.start_graph``: its training cells, the 
 graph, UMAP weights) for each dataset of ``benchmarks/quality_suite.py``, made as the suite makes it. Join rules:
 ``shared`` (the library's :func:`merge_by_shared_edges`: the pair where the smaller group sends the largest share
 of its edge weight to the other), ``geometric`` (between-weight over the geometric mean of the two volumes) and
-``modularity`` (the pair whose join gains the most modularity at resolution 1). Writes
+``modularity`` (the pair whose join gains the most modularity at resolution 1) and ``weight`` (the pair with the
+most edge weight between them, whatever their sizes: the pieces of a large type cut along a long border first,
+small groups last). Writes
 benchmarks/results/start_overcluster.{json,md} (or --out). Measures; asserts nothing.
 """
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 
 FACTORS = (1.5, 2.0, 3.0)
-RULES = ("shared", "geometric", "modularity")
+RULES = ("shared", "geometric", "modularity", "weight")
 
 
 def join_pairs(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int, rule: str) -> np.ndarray:
@@ -49,7 +51,12 @@ def join_pairs(membership: np.ndarray, adjacency: sp.csr_matrix, n_groups: int, 
         pair = between[np.ix_(index, index)].copy()
         np.fill_diagonal(pair, -np.inf)
         first, second = volume[index][:, None], volume[index][None, :]
-        score = pair / np.sqrt(first * second) if rule == "geometric" else 2 * pair / total - 2 * first * second / total**2
+        if rule == "geometric":
+            score = pair / np.sqrt(first * second)
+        elif rule == "weight":
+            score = pair
+        else:
+            score = 2 * pair / total - 2 * first * second / total**2
         i, j = np.unravel_index(int(np.argmax(score)), score.shape)
         keep, gone = index[i], index[j]
         between[keep] += between[gone]
@@ -80,6 +87,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["zeisel_classes", "zeisel_subclasses", "han2018_bladder",
                                                           "mnist5k", "sim10", "sim40", "sim120"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--factors", nargs="+", type=float, default=list(FACTORS))
+    parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
     parser.add_argument("--out", type=Path, default=RESULTS / "start_overcluster")
     args = parser.parse_args()
     import torch
@@ -88,7 +97,7 @@ def main() -> None:
     from cplmix_explorer.analysis.metrics import compare_to_labels
     from cplmix_explorer.model.type_init import leiden_partition
 
-    columns = ["at K"] + [f"x{f:g} {rule}" for f in FACTORS for rule in RULES]
+    columns = ["at K"] + [f"x{f:g} {rule}" for f in args.factors for rule in args.rules]
     table = {}
     for name in args.datasets:
         graph, labels, k = dataset_graph(name)
@@ -96,10 +105,10 @@ def main() -> None:
         for seed in args.seeds:  # the engine's first arm's seed for config seed s is 1000 s
             at_k = leiden_partition(graph, k, seed=seed * 1000)
             scores["at K"].append(compare_to_labels(at_k.labels, labels)["ari"])
-            for factor in FACTORS:
+            for factor in args.factors:
                 over = leiden_partition(graph, int(math.ceil(factor * k)), seed=seed * 1000,
                                         first_resolution=at_k.resolution)
-                for rule in RULES:
+                for rule in args.rules:
                     joined = join_pairs(over.labels, graph.adjacency, k, rule)
                     scores[f"x{factor:g} {rule}"].append(compare_to_labels(joined, labels)["ari"])
         table[name] = {column: [round(float(v), 4) for v in values] for column, values in scores.items()}
@@ -108,7 +117,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"machine": info, "seeds": args.seeds, "ari": table}, indent=1))
     lines = ["# The start partition alone: ARI against the labels, Leiden at K against Leiden at f x K joined to K", "",
              f"`{info['command']}`, {info['date']}, {info['host_cpu']}; seeds {' '.join(map(str, args.seeds))} "
-             "(mean; per seed in the JSON). Join rules: shared (the default's), geometric, modularity (see the script).", "",
+             "(mean; per seed in the JSON). Join rules: shared (the default's), geometric, modularity, weight (see the script).", "",
              "| dataset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, scores in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{np.mean(values):.3f}" for values in scores.values()) + " |")
