@@ -32,18 +32,36 @@ def machine() -> dict:
     return info
 
 
-def initial_partition(model):
-    """(cells,) the category of the partition the first arm's type head started from (the Leiden communities
-    of ``type_init``, recomputed as training computed them; every training cell, also those that
-    ``start_agreed_only`` leaves without a start), -1 for cells it does not cover (validation cells); None for a
-    random start."""
-    if model.type_init is None:
+def arm_starts(model):
+    """(arms, cells) each arm's start partition (the Leiden run its type head started from, recomputed as
+    training computed it; every training cell, also those that ``start_agreed_only`` leaves without a start),
+    -1 for cells it does not cover (validation cells); None for a random start. Before or after training."""
+    if model.config.type_init == "random":
         return None
     trainer = model.make_trainer()
     trainer.prepare_type_init()
-    start = np.full(trainer.data.n_cells, -1)
-    start[trainer.train_rows.cpu().numpy()] = trainer.start_runs[0]
-    return start
+    starts = np.full((len(trainer.start_runs), trainer.data.n_cells), -1)
+    starts[:, trainer.train_rows.cpu().numpy()] = trainer.start_runs
+    return starts
+
+
+def initial_partition(model):
+    """(cells,) the category of the partition the first arm's type head started from (:func:`arm_starts`'
+    first), -1 for cells it does not cover; None for a random start."""
+    starts = arm_starts(model)
+    return None if starts is None else starts[0]
+
+
+def arm_start_aris(starts, labels) -> list[float] | None:
+    """Each arm's start ARI against ``labels`` (cells,) on the cells the starts cover, from :func:`arm_starts`:
+    the counterpart of a final ARI averaged over the arms (the arms start from different Leiden runs)."""
+    from cplmix_explorer.analysis.metrics import compare_to_labels
+
+    if starts is None:
+        return None
+    covered = starts[0] >= 0
+    labels = np.asarray(labels)[covered]
+    return [float(compare_to_labels(start[covered], labels)["ari"]) for start in starts]
 
 
 def initial_partition_scores(model, labels: str, start=None) -> dict:

@@ -177,7 +177,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
     import torch
 
     torch.set_num_threads(threads)
-    from _common import initial_partition, initial_partition_scores
+    from _common import arm_start_aris, arm_starts, initial_partition_scores
     from cplmix_explorer import CplMixVAE
     from cplmix_explorer.train.events import TrainingFinished, TrainingStarted
 
@@ -200,7 +200,8 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
     steps_cpu = loop_cpu["TrainingFinished"] - loop_cpu["TrainingStarted"]
     metrics = model.evaluate()
     inference = model.predict()
-    start = initial_partition(model)
+    starts = arm_starts(model)
+    start = None if starts is None else starts[0]
     row = {
         "dataset": name, "seed": seed, "steps": int(model.step), "k": int(model.module.n_types),
         "n_cells": int(adata.n_obs), "genes_used": int(model.prepared.n_genes), "augment": model.augment_used,
@@ -214,6 +215,7 @@ def _run_one(name: str, seed: int, steps: int, overrides: dict, quick: bool, tra
         "start_categories_merged": None if start is None else merged_start_categories(start, inference.consensus_type),
         "start_categories_held_from_first_run": len((model.type_init or {}).get("held_from_first_run", [])),
         **initial_partition_scores(model, dataset.labels, start=start),
+        "init_ari_per_arm": arm_start_aris(starts, adata.obs[dataset.labels]),
         "confidence_median": float(np.median(inference.consensus_confidence)),  # obs['cplmix_confidence']
         "state_rho_median": None,
         "train_seconds": train_seconds,
@@ -285,8 +287,17 @@ def mean_sd(values) -> dict | None:
 
 
 SUMMARY_KEYS = ("ari", "acc", "nmi", "consensus_ari", "agreement", "categories_used", "start_categories",
-                "start_categories_merged", "init_ari", "confidence_median", "state_rho_median", "state_rho_activity_median", "train_seconds", "train_cpu_seconds",
+                "start_categories_merged", "init_ari", "init_ari_arms", "confidence_median", "state_rho_median", "state_rho_activity_median", "train_seconds", "train_cpu_seconds",
                 "setup_cpu_seconds", "step_cpu_ms")
+
+
+def summary_value(row: dict, key: str):
+    """A row's figure for the summary; ``init_ari_arms`` is the mean of the arms' start ARIs (rows from before
+    they were recorded have none)."""
+    if key == "init_ari_arms":
+        arms = row.get("init_ari_per_arm")
+        return float(np.mean(arms)) if arms else None
+    return row.get(key)
 
 
 def summarize(rows: list[dict], leiden: dict, names: list[str]) -> dict:
@@ -296,7 +307,7 @@ def summarize(rows: list[dict], leiden: dict, names: list[str]) -> dict:
         runs = [row for row in rows if row["dataset"] == name and "error" not in row]
         entry = {"failed_seeds": sorted(row["seed"] for row in failed),"k": runs[0]["k"] if runs else None, "n_cells": runs[0]["n_cells"] if runs else None,
                  "seeds": sorted(row["seed"] for row in runs),
-                 **{key: mean_sd([row.get(key) for row in runs]) for key in SUMMARY_KEYS}}
+                 **{key: mean_sd([summary_value(row, key) for row in runs]) for key in SUMMARY_KEYS}}
         entry["seeds_with_merged_start_categories"] = sum(1 for row in runs if (row.get("start_categories_merged") or 0) > 0)
         baseline = leiden.get(name)
         for key in ("ari", "acc", "nmi", "k"):
@@ -321,6 +332,12 @@ def fmt(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
+def start_ari(entry: dict) -> str:
+    """The start ARI column: the first arm's start, then the mean of the arms' starts."""
+    arms = entry.get("init_ari_arms")
+    return fmt(entry["init_ari"]) + (f" ({fmt(arms)})" if arms else "")
+
+
 def state_rho(entry: dict) -> str:
     """The state column: both states' best, then the activity state's alone."""
     if not entry.get("state_rho_median"):
@@ -343,7 +360,8 @@ def markdown(report: dict) -> list[str]:
         "",
         "Mean ± sd over seeds. ARI / ACC / NMI: mean over arms; agreement: the arms' mean agreement at the end; "
         "used: categories the consensus type uses at the end; start: categories of the start partition (merged: "
-        "how many training merged into another); start ARI: the start partition's; confidence: median of "
+        "how many training merged into another); start ARI: the first arm's start partition's (in brackets the "
+        "mean of the arms' starts, the counterpart of the ARI, a mean over arms); confidence: median of "
         "obs['cplmix_confidence']; state |rho|: median within-type |Spearman rho| of the inferred vs the true "
         "state (simulated sets: the better of the activity and metabolic states per type; in brackets the "
         "activity state's alone); s/run: training seconds per run, wall clock (CPU seconds of the run's process).",
@@ -360,7 +378,7 @@ def markdown(report: dict) -> list[str]:
         start = f"{fmt(e['start_categories'], 1)} ({merged})"
         lines.append(
             f"| {name} | {e['k']} | {e['n_cells']:,} | {' '.join(map(str, e['seeds']))} | {fmt(e['ari'])} | {fmt(e['acc'])} | {fmt(e['nmi'])} | "
-            f"{fmt(e['agreement'])} | {fmt(e['categories_used'], 1)} | {start} | {fmt(e['init_ari'])} | "
+            f"{fmt(e['agreement'])} | {fmt(e['categories_used'], 1)} | {start} | {start_ari(e)} | "
             f"{fmt(e['confidence_median'])} | {state_rho(e)} | {fmt(e['leiden_ari'])} | "
             f"{fmt(e['leiden_acc'])} | {fmt(e['train_seconds'], 0)} ({fmt(e['train_cpu_seconds'], 0)}) |"
         )

@@ -54,6 +54,7 @@ def test_quick_suite_writes_one_table_with_every_column_for_every_dataset(quick_
         assert 1.0 / k <= entry["confidence_median"]["mean"] <= 1.0  # a max probability over K categories
         assert entry["leiden_k"]["mean"] == k  # the resolution was bisected to K
         assert entry["init_ari"]["mean"] > 0.5  # separable simulated types: the Leiden start finds them
+        assert entry["init_ari_arms"]["mean"] > 0.5  # and each arm's start does
     ranks = report["summary"]["mean_rank"]
     assert 1.0 <= ranks["cpl-mixVAE"] <= 2.0 and ranks["cpl-mixVAE"] + ranks["Leiden"] == pytest.approx(3.0)
 
@@ -69,6 +70,8 @@ def test_each_run_is_a_jsonl_row_with_its_trace(quick_suite):
         assert len(last["arm_ari"]) == 2 and last["categories_used_per_arm"] == row["categories_used_per_arm"]
         assert last["consensus_ari"] == pytest.approx(row["consensus_ari"])  # every cell scored: the final typing
         assert last["validation_loss"] > 0
+        assert len(row["init_ari_per_arm"]) == 2  # each arm's start, the first the start ARI of the row
+        assert row["init_ari_per_arm"][0] == pytest.approx(row["init_ari"])
     cache = json.loads((out.parent / "quality_suite_leiden_quick.json").read_text())
     assert len(cache) == 2 and all(set(entry["runs"]) == {"0"} for entry in cache.values())
 
