@@ -1,4 +1,5 @@
-"""Where the start partition cuts a true type in pieces, and whether the cut follows the type's continuous state.
+"""Where the start partition cuts a true type in pieces, and whether the cut follows the type's continuous state;
+where it gathers cells of many types.
 
     python benchmarks/start_cuts.py --datasets sim40 sim120 --seeds 0
 
@@ -7,7 +8,10 @@ run, as training computes it, with the defaults) against the true types: its ARI
 that only lumps the types the start graph cannot see (true types of fewer than 100 training cells, each joined to
 the type most of its cells' graph neighbors belong to); the types it cuts (no category holds 90 % of them), and
 for each cut type how much of the variance of each true state within the type the pieces explain (eta^2, the
-between-piece share; a cut along the state explains much of it, a cut at random none). Writes
+between-piece share; a cut along the state explains much of it, a cut at random none); the categories that gather
+at least 100 cells of types other than their own (their majority type's), with those cells' median total counts
+against all cells'; and the ARI with those gathered cells given back to their types' categories, then also with
+every category joined to its majority type (the cuts undone). Writes
 benchmarks/results/start_cuts.{json,md} (or --out). Measures; asserts nothing.
 """
 
@@ -25,6 +29,7 @@ from _common import RESULTS, machine, write_atomic  # noqa: E402
 
 SMALL_TYPE = 100  # training cells: a type below this counts as one the start graph cannot see
 HELD = 0.9  # a type is cut when no category holds this share of its training cells
+GATHERED = 100  # a category gathers other types when it holds this many cells not of its majority type
 
 
 def explained_variance(values: np.ndarray, pieces: np.ndarray) -> float:
@@ -73,7 +78,20 @@ def study(name: str, seed: int) -> dict:
         cut.append({"type": str(names[t]), "cells": int(sizes[t]), "small": bool(sizes[t] < SMALL_TYPE),
                     "pieces": int((counts[t] >= 0.1 * sizes[t]).sum()), "largest_share": float(counts[t].max() / sizes[t]),
                     "state_eta2": [explained_variance(state_values[cells][big, j], pieces[big]) for j in range(len(states))]})
+    major = counts.argmax(axis=0)  # each category's majority type
+    foreign = codes != major[start]
+    totals = np.asarray(adata.X[rows].sum(axis=1)).ravel()
+    gathering = [int(c) for c in np.flatnonzero(np.bincount(start[foreign], minlength=len(major)) >= GATHERED)]
+    returned = start.copy()
+    back = foreign & np.isin(start, gathering)
+    returned[back] = counts[codes[back]].argmax(axis=1)  # the category holding most of the cell's type
     return {"dataset": name, "seed": seed, "k": k, "cells": int(len(rows)),
+            "gathering": [{"category": c, "cells": int((start == c).sum()), "foreign": int((foreign & (start == c)).sum()),
+                           "foreign_median_counts": float(np.median(totals[foreign & (start == c)])),
+                           "own_median_counts": float(np.median(totals[~foreign & (start == c)]))} for c in gathering],
+            "median_counts": float(np.median(totals)),
+            "returned_ari": float(compare_to_labels(returned, names[codes])["ari"]),
+            "returned_and_joined_ari": float(compare_to_labels(major[returned], names[codes])["ari"]),
             "start_ari": float(compare_to_labels(start, names[codes])["ari"]),
             "small_types": int(len(small)), "small_type_cells": int(sizes[small].sum()),
             "lumped_ari": float(compare_to_labels(lumped, names[codes])["ari"]),
@@ -95,12 +113,16 @@ def main() -> None:
     lines = ["# Where the start cuts a true type, and whether along its state", "",
              f"`{info['command']}`, {info['date']}, {info['host_cpu']}. eta^2: the share of a state's variance "
              "within the type that its pieces explain (per state; a random cut explains none).", "",
-             "| dataset | seed | start ARI | small types (cells) | ARI with only the small types lumped | cut types: small / larger |",
-             "|---|---|---|---|---|---|"]
+             "| dataset | seed | start ARI | small types (cells) | ARI with only the small types lumped | cut types: small / larger "
+             "| categories gathering other types: cells (others; their median counts / own / all) | ARI, gathered cells returned | ... and cuts joined |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         small = sum(c["small"] for c in r["cut"])
         lines.append(f"| {r['dataset']} | {r['seed']} | {r['start_ari']:.3f} | {r['small_types']} ({r['small_type_cells']}) | "
-                     f"{r['lumped_ari']:.3f} | {small} / {len(r['cut']) - small} |")
+                     f"{r['lumped_ari']:.3f} | {small} / {len(r['cut']) - small} | "
+                     + (", ".join(f"{g['cells']} ({g['foreign']}; {g['foreign_median_counts']:.0f} / {g['own_median_counts']:.0f} / "
+                                  f"{r['median_counts']:.0f})" for g in r["gathering"]) or "none")
+                     + f" | {r['returned_ari']:.3f} | {r['returned_and_joined_ari']:.3f} |")
     lines += ["", "The larger types no start category holds 90 % of (pieces: the categories holding at least 10 % of the type):", "",
               "| dataset | seed | type | cells | pieces | largest piece | state eta^2 |", "|---|---|---|---|---|---|---|"]
     for r in results:
