@@ -110,6 +110,14 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
+def write_results(out: Path, data: dict, lines: list[str]) -> None:
+    """A benchmark's results: ``out``.json (``data``, with the machine under "machine") and ``out``.md (``lines``,
+    printed too), each written atomically."""
+    write_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
+    write_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 

@@ -11,7 +11,6 @@ graphs are the same. Writes benchmarks/results/neighbor_threads.{json,md} (or --
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_atomic  # noqa: E402
+from _common import RESULTS, machine, write_results  # noqa: E402
 
 
 def search(points: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
@@ -52,14 +51,12 @@ def main() -> None:
                      "same_graph": bool(np.array_equal(one, every))})
         print(rows[-1], flush=True)
     info = machine()
-    write_atomic(args.out.with_suffix(".json"), json.dumps({"machine": info, "rows": rows}, indent=1))
     lines = ["# The approximate neighbor search: one thread against all", "",
              f"`{info['command']}`, {info['date']}, {info['host_cpu']}.", "",
              "| cells | one thread (s) | all threads (s) | threads | same graph |", "|---|---|---|---|---|"]
     lines += [f"| {r['cells']:,} | {r['one_thread_s']:.1f} | {r['all_threads_s']:.1f} | {r['all_threads']} | "
               f"{'yes' if r['same_graph'] else 'no'} |" for r in rows]
-    write_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, {"machine": info, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

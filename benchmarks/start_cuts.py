@@ -18,14 +18,13 @@ benchmarks/results/start_cuts.{json,md} (or --out). Measures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_atomic  # noqa: E402
+from _common import RESULTS, machine, write_results  # noqa: E402
 
 SMALL_TYPE = 100  # training cells: a type below this counts as one the start graph cannot see
 HELD = 0.9  # a type is cut when no category holds this share of its training cells
@@ -109,7 +108,6 @@ def main() -> None:
     torch.set_num_threads(1)
     results = [study(name, seed) for name in args.datasets for seed in args.seeds]
     info = machine()
-    write_atomic(args.out.with_suffix(".json"), json.dumps({"machine": info, "results": results}, indent=1))
     lines = ["# Where the start cuts a true type, and whether along its state", "",
              f"`{info['command']}`, {info['date']}, {info['host_cpu']}. eta^2: the share of a state's variance "
              "within the type that its pieces explain (per state; a random cut explains none).", "",
@@ -130,8 +128,7 @@ def main() -> None:
             if not c["small"]:
                 lines.append(f"| {r['dataset']} | {r['seed']} | {c['type']} | {c['cells']} | {c['pieces']} | "
                              f"{c['largest_share']:.2f} | {', '.join(f'{v:.2f}' for v in c['state_eta2'])} |")
-    write_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, {"machine": info, "results": results}, lines)
 
 
 if __name__ == "__main__":

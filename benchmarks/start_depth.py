@@ -12,14 +12,13 @@ fit took out. Writes benchmarks/results/start_depth.{json,md} (or --out). Measur
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_atomic  # noqa: E402
+from _common import RESULTS, machine, write_results  # noqa: E402
 
 SEEDS = (0, 1000, 2000)
 
@@ -77,15 +76,13 @@ def main() -> None:
                          "depth_out": start_aris(without, k, labels), "depth_share": share})
         print(rows_out[-1], flush=True)
     info = machine()
-    write_atomic(args.out.with_suffix(".json"), json.dumps({"machine": info, "rows": rows_out}, indent=1))
     lines = ["# The start with and without sequencing depth in its graph", "",
              f"`{info['command']}`, {info['date']}, {info['host_cpu']}. Start ARI, first-arm seeds 0 / 1000 / 2000.", "",
              "| dataset | as is | depth regressed out | share of the scores' variance on depth |", "|---|---|---|---|"]
     for r in rows_out:
         lines.append(f"| {r['dataset']} | {np.mean(r['as_is']):.3f} ({' / '.join(f'{v:.3f}' for v in r['as_is'])}) | "
                      f"{np.mean(r['depth_out']):.3f} ({' / '.join(f'{v:.3f}' for v in r['depth_out'])}) | {r['depth_share']:.3f} |")
-    write_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, {"machine": info, "rows": rows_out}, lines)
 
 
 if __name__ == "__main__":
