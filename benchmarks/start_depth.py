@@ -24,18 +24,14 @@ SEEDS = (0, 1000, 2000)
 
 
 def start_aris(scores, k: int, labels) -> list[float]:
-    import torch
-
     from cplmix_explorer.analysis.metrics import compare_to_labels
-    from cplmix_explorer.model.neighbors import (EXACT_MAX_CELLS, approximate_neighbors, exact_neighbors,
-                                                 neighbor_distances)
-    from cplmix_explorer.model.type_init import LeidenGraph, start_partition
+    from cplmix_explorer.model.neighbors import search_scores
+    from cplmix_explorer.model.type_init import LeidenGraph
 
-    if len(scores) <= EXACT_MAX_CELLS:
-        found = exact_neighbors(scores, 15)
-    else:
-        found = torch.as_tensor(approximate_neighbors(scores.numpy(), 15, 0))
-    graph = LeidenGraph.from_neighbors(found.numpy(), neighbor_distances(scores, found).numpy())
+    search = search_scores(scores, 15, seed=0)  # the engine's search, exact or pynndescent by size
+    graph = LeidenGraph.from_neighbors(search.indices.numpy(), search.distances.numpy())
+    from cplmix_explorer.model.type_init import start_partition
+
     return [float(compare_to_labels(start_partition(graph, k, seed=seed, overcluster=2.0).labels, labels)["ari"])
             for seed in SEEDS]
 

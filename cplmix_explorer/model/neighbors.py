@@ -163,9 +163,17 @@ def find_neighbors(rows_of: RowSource, n: int, k: int = NEIGHBORS, n_components:
     components; rows are read in chunks with ``rows_of(index (r,)) -> (r, G)``. The search is
     :func:`search_method`'s unless ``method`` ('exact' or 'pynndescent') is given; an approximate search is
     checked against the exact neighbors of RECALL_SAMPLE seeded random rows and the recall recorded."""
-    device = torch.device(device)
-    k = min(k, n - 1)
     scores = principal_scores(rows_of, n, n_components, device)
+    return search_scores(scores, k, seed, method)
+
+
+@torch.no_grad()
+def search_scores(scores: torch.Tensor, k: int = NEIGHBORS, seed: int = 0, method: str | None = None) -> NeighborSearch:
+    """Each row's k nearest other rows (Euclidean) among rows already in their principal components ``scores``
+    (N, q), on the scores' device: :func:`find_neighbors`' search after its PCA, for a caller that changes the
+    scores first."""
+    device, n = scores.device, scores.shape[0]
+    k = min(k, n - 1)
     method = method or search_method(n, device)
     if method == "exact":
         found = exact_neighbors(scores, k)
