@@ -319,14 +319,6 @@ class CplMixConfig(OptionSet):
         f"(None): {NEIGHBOR_COMPONENTS} (as scanpy), or n_types when more types are asked for: types with "
         "markers of their own need about one dimension each, and in fewer components the small ones merge.",
     )
-    neighbor_target_sum = param.Number(
-        None, bounds=(0.0, None), inclusive_bounds=(False, True), allow_None=True,
-        doc="Count data: the 15-nearest-neighbor graph (walks and the Leiden start) is found in log1p(counts / the "
-        "cell's total x this), whatever target_sum the model input uses. Unset (None): the training cells' median "
-        "total, as scanpy's sc.pp.normalize_total when given no target. Scaled to 10^4, a cell of a few hundred "
-        "counts has each detected gene far above the undetected ones, so cells of low depth share the pattern of "
-        "which genes were detected and find each other across types.",
-    )
     neighbor_scale_genes = param.Boolean(
         True,
         doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top principal "
@@ -367,6 +359,14 @@ class CplMixConfig(OptionSet):
     normalize = param.Selector(
         default="auto", objects=["auto", "none"],
         doc="auto: raw counts are library-size normalised and log1p'd; none: X is used as it is.",
+    )
+    target_sum = param.Number(
+        None, bounds=(0.0, None), inclusive_bounds=(False, True), allow_None=True,
+        doc="Raw counts: the total each cell's counts are scaled to before log1p, for the model input and the "
+        "neighbor graph. Unset (None): the median total of the data's cells, as scanpy's sc.pp.normalize_total when "
+        "given no target. Scaled to 10^4, a cell of a few hundred counts has each detected gene far above the "
+        "undetected ones, so that cells of low depth share the pattern of which genes were detected and look alike "
+        "across types.",
     )
     layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
     backed = param.Boolean(

@@ -626,7 +626,7 @@ def test_cells_view_colours_by_a_gene_from_the_gene_box(demo_state):
         table = view.cell_table()
         assert [c for c in table.columns if c.startswith("gene ")] == [f"gene {gene}"]
         counts = np.asarray(adata[:, gene].X.todense()).ravel()
-        np.testing.assert_allclose(table[f"gene {gene}"], np.log1p(counts * 1e4 / prepared.library_size), rtol=1e-5)
+        np.testing.assert_allclose(table[f"gene {gene}"], np.log1p(counts * prepared.preprocessing.target_sum / prepared.library_size), rtol=1e-5)
         assert table[f"gene {gene}"].max() > 0
         figure = hv.render(pane.object)
         assert any(getattr(r.glyph, "color_mapper", None) is not None for r in figure.renderers if hasattr(r, "glyph")), \
