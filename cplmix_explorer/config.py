@@ -319,6 +319,14 @@ class CplMixConfig(OptionSet):
         f"(None): {NEIGHBOR_COMPONENTS} (as scanpy), or n_types when more types are asked for: types with "
         "markers of their own need about one dimension each, and in fewer components the small ones merge.",
     )
+    neighbor_target_sum = param.Number(
+        None, bounds=(0.0, None), inclusive_bounds=(False, True), allow_None=True,
+        doc="Count data: the 15-nearest-neighbor graph (walks and the Leiden start) is found in log1p(counts / the "
+        "cell's total x this), whatever target_sum the model input uses. Unset (None): the training cells' median "
+        "total, as scanpy's sc.pp.normalize_total when given no target. Scaled to 10^4, a cell of a few hundred "
+        "counts has each detected gene far above the undetected ones, so cells of low depth share the pattern of "
+        "which genes were detected and find each other across types.",
+    )
     neighbor_scale_genes = param.Boolean(
         True,
         doc="Expression data: find the 15-nearest-neighbor graph (walks and the Leiden start) in the top principal "
@@ -361,12 +369,10 @@ class CplMixConfig(OptionSet):
         doc="auto: raw counts are library-size normalised and log1p'd; none: X is used as it is.",
     )
     target_sum = param.Number(
-        None, bounds=(0.0, None), inclusive_bounds=(False, True), allow_None=True,
-        doc="Raw counts: the total each cell's counts are scaled to before log1p, for the model input and the "
-        "neighbor graph. Unset (None): the median total of the data's cells, as scanpy's sc.pp.normalize_total when "
-        "given no target. Scaled to 10^4, a cell of a few hundred counts has each detected gene far above the "
-        "undetected ones, so that cells of low depth share the pattern of which genes were detected and look alike "
-        "across types.",
+        TARGET_SUM, bounds=(0.0, None), inclusive_bounds=(False, True),
+        doc="Raw counts: the total each cell's counts are scaled to before log1p for the model input (the neighbor "
+        "graph has its own, neighbor_target_sum). Near the cells' median total, low counts weigh less: on the "
+        "development suite that typed the mouse bladder better but lost most of the simulator's activity state.",
     )
     layer = param.String(None, allow_None=True, doc="AnnData layer to read instead of X.")
     backed = param.Boolean(

@@ -2,7 +2,6 @@
 their own cells as neighbors (what the walks and the Leiden start rely on)."""
 
 import numpy as np
-import pytest
 import torch
 
 from cplmix_explorer import CplMixVAE, datasets
@@ -76,21 +75,28 @@ def test_low_depth_cells_keep_their_own_type_as_neighbors_with_counts_scaled_to_
     for seed in (0, 1):
         adata, types = _counts_of_three_types(seed)
         at_median = _low_depth_neighbor_share(adata, types)
-        at_ten_thousand = _low_depth_neighbor_share(adata, types, target_sum=1e4)
+        at_ten_thousand = _low_depth_neighbor_share(adata, types, neighbor_target_sum=1e4)
         assert at_median > at_ten_thousand + 0.1  # measured 0.82 / 0.83 against 0.62 / 0.63 (low-depth quarter)
 
 
-def test_counts_are_scaled_to_the_median_cell_for_the_model_and_its_graph_unless_a_target_is_given():
+def test_the_graph_of_counts_is_their_log_at_the_median_total_and_the_model_input_keeps_its_own():
     import scipy.sparse as sp
 
     adata, _ = _counts_of_three_types(0)
-    counts = sp.csr_matrix(adata.X).toarray()
+    trainer = CplMixVAE(adata, n_types=3, seed=0, neighbor_scale_genes=False).make_trainer()
+    rows = trainer.train_rows
+    counts = sp.csr_matrix(adata.X)[rows.cpu().numpy()].toarray()
     totals = counts.sum(axis=1, keepdims=True)
+    median = float(np.median(totals))
     first = torch.arange(50)
-    for options, target in (({}, float(np.median(totals))), ({"target_sum": 1e4}, 1e4)):
-        trainer = CplMixVAE(adata, n_types=3, seed=0, neighbor_scale_genes=False, **options).make_trainer()
-        assert trainer.prepared.preprocessing.target_sum == pytest.approx(target)
-        rows = trainer.train_rows[first]
-        expected = np.log1p(counts[rows.cpu().numpy()] / totals[rows.cpu().numpy()] * target)
-        assert np.allclose(trainer.data.model_input(rows).cpu().numpy(), expected, atol=1e-4)
-        assert np.allclose(trainer._graph_input(trainer.train_rows)(first).numpy(), expected, atol=1e-4)
+    graph = trainer._graph_input(rows)(first).numpy()
+    assert np.allclose(graph, np.log1p(counts[:50] / totals[:50] * median), atol=1e-4)
+    model_input = trainer.data.model_input(rows[first]).cpu().numpy()
+    assert np.allclose(model_input, np.log1p(counts[:50] / totals[:50] * 1e4), atol=1e-4)
+    fixed = CplMixVAE(adata, n_types=3, seed=0, neighbor_scale_genes=False, neighbor_target_sum=1e4).make_trainer()
+    assert np.allclose(fixed._graph_input(rows)(first).numpy(), model_input, atol=1e-4)
+    # another total for the model input (--target-sum) leaves the graph at the median
+    other = CplMixVAE(adata, n_types=3, seed=0, neighbor_scale_genes=False, target_sum=2000.0).make_trainer()
+    assert np.allclose(other.data.model_input(rows[first]).cpu().numpy(),
+                       np.log1p(counts[:50] / totals[:50] * 2000.0), atol=1e-4)
+    assert np.allclose(other._graph_input(rows)(first).numpy(), graph, atol=1e-4)

@@ -2,7 +2,7 @@
 with ``method='wilcoxon'`` (its defaults: no tie correction, Benjamini-Hochberg over all genes of a type).
 
 The test runs on the prepared log-expression the encoder sees (``PreparedData.model_input``: for counts
-``log1p(counts / library x the model's target sum)``) over the model's genes, with each cell in its consensus type (the type
+``log1p(counts / library x 1e4)``) over the model's genes, with each cell in its consensus type (the type
 ``obs['cplmix_type']`` holds). Per type and gene:
 
     score          z of the rank sum of the type's cells among all cells (positive: higher in the type)

@@ -559,7 +559,7 @@ class Traversal:
     value per row, increasing; percentile: (steps,) where each row's value falls among the type's cells (0-100);
     state_per_arm: (len(arms), steps) each arm's value of its matched dimension; expression: DataFrame
     (steps, G), index = state, the arms' mean reconstruction on the log-normalised scale
-    (log1p(counts / library x the model's target sum) for count data; the model input's scale otherwise);
+    (log1p(counts / library x 1e4) for count data; the model input's scale otherwise);
     expression_per_arm: (len(arms), steps, G); normalized: DataFrame (steps, G), the display form named by
     ``normalization`` ("zscore" against all cells, or "minmax" across the sweep); groups: gene groups in
     display order; scores: DataFrame indexed by gene (all G genes): group ("" when in none), amplitude, rho,

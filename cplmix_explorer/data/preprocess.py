@@ -1,7 +1,7 @@
 """The one preprocessing path: AnnData in, a gene-selected matrix plus the recipe that produced it out.
 
-Raw counts (non-negative integers) are library-size normalised to the cells' median total (or the config's
-``target_sum``) and log1p-transformed, as scanpy's ``normalize_total`` + ``log1p``; the transform is applied per mini-batch on the device, so the
+Raw counts (non-negative integers) are library-size normalised to the config's ``target_sum`` (10^4) and
+log1p-transformed, as scanpy's ``normalize_total`` + ``log1p``; the transform is applied per mini-batch on the device, so the
 stored matrix keeps the raw counts (sparse stays sparse) and the negative-binomial likelihood can use them.
 At most ``n_genes`` highly variable genes are kept (Seurat-flavour normalised dispersion for counts, variance
 otherwise), in their original order. Images (``uns['image_shape']``) keep every pixel and are deskewed
@@ -113,16 +113,6 @@ class PreparedData:
         return block
 
 
-def counts_target_sum(library_size: np.ndarray | None, target_sum: float | None) -> float:
-    """The total every cell's counts are scaled to: ``target_sum``, or the median of ``library_size`` (the cells'
-    totals) over the cells with any count; TARGET_SUM when the data are not counts or every cell is empty."""
-    if target_sum is not None:
-        return float(target_sum)
-    if library_size is None or not np.any(library_size > 0):
-        return TARGET_SUM
-    return float(np.median(library_size[library_size > 0]))
-
-
 def _library_sizes(matrix) -> np.ndarray:
     totals = [np.asarray(block.sum(axis=1)).ravel() for block in _iter_row_chunks(matrix)]
     return np.concatenate(totals).astype(np.float64)
@@ -217,7 +207,7 @@ def prepare(
             layer=layer,
             image_shape=image_shape,
             deskew=image_shape is not None and config.deskew_images,
-            target_sum=counts_target_sum(library_size, config.target_sum),
+            target_sum=float(config.target_sum),
         )
     else:
         position = pd.Index(adata.var_names.astype(str)).get_indexer(preprocessing.genes)

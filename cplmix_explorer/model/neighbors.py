@@ -275,6 +275,15 @@ class NeighborAugmenter(Augmenter):
         raise RuntimeError("NeighborAugmenter chooses rows: the trainer calls source_rows")
 
 
+@torch.no_grad()
+def rescaled_log_counts(rows_of: RowSource, ratio: float) -> RowSource:
+    """Rows log1p(x * s) of ``rows_of`` (counts x scaled by s, then log1p) as log1p(x * s * ``ratio``): the same
+    counts scaled to another total per cell, without the raw counts."""
+    if ratio == 1.0:
+        return rows_of
+    return lambda index: torch.log1p(torch.expm1(rows_of(index).float()) * ratio)
+
+
 #: Largest |z| of a standardised gene, as scanpy's ``sc.pp.scale(max_value=10)``.
 STANDARDIZED_CLIP = 10.0
 

@@ -56,6 +56,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "state_kl_warmup": 0.0,  # the state KL weighed beta from the first step
     "start_any_run": False,  # a cell the runs placed differently was left free
     "target_sum": 1e4,  # counts were scaled to 10^4 per cell (the recipe stores the value used)
+    "neighbor_target_sum": 1e4,  # the graph was found in the model input, counts scaled to 10^4
 }
 
 

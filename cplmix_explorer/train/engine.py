@@ -29,7 +29,7 @@ from ..device import resolve_device
 from ..errors import CplmixError, NonFiniteLossError
 from ..model.augmenters import augmenter_for
 from ..model.losses import CapacitySchedule, cplmix_loss, metric_names, warmed_up_weight
-from ..model.neighbors import find_neighbors, standardized
+from ..model.neighbors import find_neighbors, rescaled_log_counts, standardized
 from ..model.network import FIXED_GENE_VARIANCE, GAUSSIAN, CoupledMixtureVAE
 from ..model.type_init import (LeidenGraph, align_to, most_reproduced, start_partition, targets_from_any_run,
                                targets_where_runs_agree)
@@ -304,12 +304,22 @@ class Trainer:
 
     def _graph_input(self, rows: torch.Tensor):
         """A function giving what the neighbor graph of data rows ``rows`` is found in, for positions
-        ``index`` into them: the model input, with each gene standardised for expression data when
-        ``neighbor_scale_genes`` is on (images keep their pixels)."""
+        ``index`` into them: the model input, for count data with the counts scaled to ``neighbor_target_sum``
+        per cell (:meth:`graph_target_sum`) before the log, and with each gene standardised for expression data
+        when ``neighbor_scale_genes`` is on (images keep their pixels)."""
         rows_of = self._rows_input(rows)
+        if self.data.is_counts_transform:
+            rows_of = rescaled_log_counts(rows_of, self.graph_target_sum(rows) / self.data.target_sum)
         if self.config.neighbor_scale_genes and self.prepared.preprocessing.image_shape is None:
             return standardized(rows_of, len(rows), device=self.device)
         return rows_of
+
+    def graph_target_sum(self, rows: torch.Tensor) -> float:
+        """Counts per cell the neighbor graph of count data scales every cell to: ``neighbor_target_sum``, or the
+        median total counts of the cells ``rows``."""
+        if self.config.neighbor_target_sum is not None:
+            return float(self.config.neighbor_target_sum)
+        return float(np.median(self.data.library_of(rows).cpu().numpy()))
 
     def _arm_inputs(
         self, index: torch.Tensor
