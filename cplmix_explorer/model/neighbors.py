@@ -275,7 +275,6 @@ class NeighborAugmenter(Augmenter):
         raise RuntimeError("NeighborAugmenter chooses rows: the trainer calls source_rows")
 
 
-@torch.no_grad()
 def rescaled_log_counts(rows_of: RowSource, ratio: float) -> RowSource:
     """Rows log1p(x * s) of ``rows_of`` (counts x scaled by s, then log1p) as log1p(x * s * ``ratio``): the same
     counts scaled to another total per cell, without the raw counts."""
