@@ -98,6 +98,8 @@ class CplMixVAE:
         #: steps over which the state KL weight rises to beta: the share ``state_kl_warmup`` of the first
         #: training call's schedule, kept for the calls and resumes that continue it (None before training)
         self.state_kl_warmup_steps: int | None = None
+        #: the last training call's learning-rate decay steps [start, end) (engine.lr_decay_window)
+        self.lr_decay_window: tuple[int, int] | None = None
         #: the initial partition the categories were fitted to (Trainer.type_init_summary), None without one
         self.type_init: dict | None = None
         #: how the training cells' neighbors were found (method, recall; Trainer.neighbor_search), None without
@@ -148,6 +150,7 @@ class CplMixVAE:
         trainer._step_counter.fill_(self.step)
         if self.state_kl_warmup_steps is not None:
             trainer.state_kl_warmup_steps = self.state_kl_warmup_steps
+        trainer.lr_decay_window = self.lr_decay_window  # a resumed call keeps its window (Trainer.fit)
         trainer.adopt_type_init(self.type_init)
         if self._optimizer_state is not None:
             restore_optimizer(trainer.optimizer, self._optimizer_state)
@@ -185,6 +188,7 @@ class CplMixVAE:
             if bar is not None:
                 bar.close()
             self.step = trainer.step
+            self.lr_decay_window = trainer.lr_decay_window
             self.augment_used = trainer.augment_name
             self.type_init = trainer.type_init_summary
             self.neighbors = trainer.neighbor_search or self.neighbors
@@ -396,7 +400,8 @@ class CplMixVAE:
             extra={"augment": self.augment_used, **({"type_init": self.type_init} if self.type_init else {}),
                    **({"neighbours": self.neighbors} if self.neighbors else {}),
                    **({"state_kl_warmup_steps": self.state_kl_warmup_steps}
-                      if self.state_kl_warmup_steps is not None else {})},
+                      if self.state_kl_warmup_steps is not None else {}),
+                   **({"lr_decay_window": list(self.lr_decay_window)} if self.lr_decay_window else {})},
         )
 
     @classmethod
@@ -425,6 +430,8 @@ class CplMixVAE:
         model.type_init = checkpoint.extra.get("type_init")
         model.neighbors = checkpoint.extra.get("neighbours")
         model.state_kl_warmup_steps = checkpoint.extra.get("state_kl_warmup_steps")
+        window = checkpoint.extra.get("lr_decay_window")
+        model.lr_decay_window = tuple(int(step) for step in window) if isinstance(window, list) and len(window) == 2 else None
         model._optimizer_state = checkpoint.optimizer_state
         model._rng_state = checkpoint.rng_state or None
         return model

@@ -289,6 +289,12 @@ class CplMixConfig(OptionSet):
     epochs = param.Number(None, bounds=(0.0, None), allow_None=True, doc="Training epochs over the training cells.")
     batch_size = param.Integer(256, bounds=(2, None), doc="Cells per mini-batch.")
     lr = param.Number(1e-3, bounds=(0.0, 1.0), inclusive_bounds=(False, True), doc="Adam learning rate.")
+    lr_decay = param.Number(
+        0.3, bounds=(0.0, 1.0),
+        doc="Share of each training call's steps, at its end, over which the learning rate falls linearly to 0: "
+        "the arms settle on one type per cell instead of stopping mid-step, where each would still move cells "
+        "the other has placed; 0 = a constant rate, as the paper.",
+    )
     seed = param.Integer(0, bounds=(0, 2**31 - 1), doc="Random seed: same seed, same result on the same device.")
     device = param.String("auto", doc="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     validation_fraction = param.Number(

@@ -33,7 +33,7 @@ FORMAT = "cplmix-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
 PREVIOUS_NAME = "checkpoint.prev.safetensors"
-_OPTIMIZER_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+_OPTIMIZER_HYPERPARAMETERS = ("lr", "initial_lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
 #: safetensors' own limit on the JSON header; a longer declared header is refused before it is parsed.
 MAX_HEADER_BYTES = 100_000_000
 _DIGEST_KEYS = ("sha256", "metadata_sha256")
@@ -57,6 +57,7 @@ OPTIONS_OLDER_CHECKPOINTS_LACK = {
     "start_any_run": False,  # a cell the runs placed differently was left free
     "target_sum": 1e4,  # counts were scaled to 10^4 per cell (the recipe stores the value used)
     "neighbor_target_sum": 1e4,  # the graph was found in the model input, counts scaled to 10^4
+    "lr_decay": 0.0,  # the learning rate stayed constant
 }
 
 
@@ -99,7 +100,8 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optimizer.{index}.{key}"] = tensor.detach().cpu().contiguous()
     groups = [
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items() if k in (*_OPTIMIZER_HYPERPARAMETERS, "params")}
+        {k: (list(v) if isinstance(v, tuple) else float(v) if torch.is_tensor(v) else v)  # a CUDA graph's lr tensor
+         for k, v in group.items() if k in (*_OPTIMIZER_HYPERPARAMETERS, "params")}
         for group in state["param_groups"]
     ]
     return tensors, {"param_groups": groups}
@@ -123,6 +125,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     }
     for group, saved_group in zip(current["param_groups"], saved["param_groups"]):
         group.update({k: saved_group[k] for k in _OPTIMIZER_HYPERPARAMETERS if k in saved_group})
+        if "initial_lr" not in saved_group and "lr" in saved_group:  # older checkpoints: their rate was constant
+            group["initial_lr"] = saved_group["lr"]
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict(current)

@@ -142,6 +142,23 @@ class TrainingResult:
     restarts: list[dict] = field(default_factory=list)  # automatic restarts after non-finite losses
 
 
+def lr_decay_window(config: CplMixConfig, first_step: int, last_step: int) -> tuple[int, int] | None:
+    """The steps [start, end) over which the learning rate falls linearly to 0 in a training call from
+    ``first_step`` to ``last_step``: its final share ``lr_decay`` (None: a constant rate)."""
+    if config.lr_decay <= 0 or last_step <= first_step:
+        return None
+    return last_step - round(config.lr_decay * (last_step - first_step)), last_step
+
+
+def lr_factor(step: int, window: tuple[int, int] | None) -> float:
+    """The learning rate of ``step`` as a share of the full rate: 1 before the window, then falling linearly
+    to 0 at its end."""
+    if window is None or step < window[0]:
+        return 1.0
+    start, end = window
+    return max(end - step, 0) / (end - start)
+
+
 def state_kl_warmup_steps(config: CplMixConfig, planned: int) -> int:
     """The steps over which the state KL weight rises from 0 to beta: the share ``state_kl_warmup`` of the
     ``planned`` steps of a run (0: no warm-up)."""
@@ -215,6 +232,9 @@ class Trainer:
         #: steps over which the state KL weight rises from 0 to beta: a share of the run the options plan
         #: (CplMixVAE sets it from its first training call's schedule)
         self.state_kl_warmup_steps = state_kl_warmup_steps(config, self.total_steps_for())
+        #: steps [start, end) over which the learning rate falls to 0 (:func:`lr_decay_window`); set by each
+        #: training call (CplMixVAE keeps a resumed run's), None: a constant rate
+        self.lr_decay_window: tuple[int, int] | None = None
         self.metric_names = metric_names(module.n_arms)
         self.log_every = config.log_every
         n_metrics = len(self.metric_names)
@@ -256,8 +276,12 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         if self.device.type == "cuda":
-            return torch.optim.Adam(params, lr=self.config.lr, fused=True, capturable=self.fast_path == "graph")
-        return torch.optim.Adam(params, lr=self.config.lr, fused=True)  # fused is ~10x faster on CPU too
+            optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=True, capturable=self.fast_path == "graph")
+        else:
+            optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=True)  # fused is ~10x faster on CPU too
+        for group in optimizer.param_groups:  # the full rate the decay starts from (as torch's LR schedulers)
+            group["initial_lr"] = self.config.lr
+        return optimizer
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: weights, Adam state, step count and random streams."""
@@ -555,7 +579,20 @@ class Trainer:
         self._first_bad_step.copy_(torch.where(newly_bad, self._step_counter, self._first_bad_step))
         self._bad_terms.copy_(torch.where(newly_bad, bad, self._bad_terms))
 
+    def _set_learning_rate(self) -> None:
+        """The learning rate of this step: each group's full rate (``initial_lr``, lowered by restarts after
+        non-finite losses) times :func:`lr_factor`. A captured CUDA graph reads it from a tensor."""
+        factor = lr_factor(self.step, self.lr_decay_window)
+        for group in self.optimizer.param_groups:
+            rate = group["initial_lr"] * factor
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+
     def _run_step(self) -> None:
+        if self.lr_decay_window is not None:
+            self._set_learning_rate()
         self._batch_index.copy_(self._batch_for_step(self.step))
         if self._graph is not None:
             self._graph.replay()
@@ -566,6 +603,9 @@ class Trainer:
 
     def _capture_graph(self, warmup_steps: int, last_step: int) -> None:
         """Capture the step in a CUDA graph after a few eager warm-up steps (which are real steps)."""
+        if self.lr_decay_window is not None:  # the graph reads the rate from a tensor the schedule fills in
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -712,17 +752,19 @@ class Trainer:
             extra={**self.checkpoint_extra, "augment": self.augment_name, "fast_path": self.fast_path,
                    **({"type_init": self.type_init_summary} if self.type_init_summary else {}),
                    **({"neighbours": self.neighbor_search} if self.neighbor_search else {}),
-                   "state_kl_warmup_steps": self.state_kl_warmup_steps},
+                   "state_kl_warmup_steps": self.state_kl_warmup_steps,
+                   **({"lr_decay_window": list(self.lr_decay_window)} if self.lr_decay_window else {})},
         )
         self.events.publish(CheckpointSaved(step=self.step, path=str(path)))
         return path
 
     def _restart_from(self, good: Checkpoint, error: NonFiniteLossError, restarts_left: int) -> TrainingRestarted:
         """Return to the state ``good`` with the learning rate times ``nan_restart_lr_factor``."""
-        rates = [group["lr"] for group in self.optimizer.param_groups]  # already lowered by earlier restarts
+        rates = [group["initial_lr"] for group in self.optimizer.param_groups]  # already lowered by earlier restarts
         self.restore(good)
         for group, rate in zip(self.optimizer.param_groups, rates):
-            group["lr"] = rate * self.config.nan_restart_lr_factor
+            group["initial_lr"] = rate * self.config.nan_restart_lr_factor
+            group["lr"] = group["initial_lr"] * lr_factor(self.step, self.lr_decay_window)
         self._first_bad_step.fill_(-1)
         self._bad_terms.zero_()
         self._graph = None  # the optimizer's state tensors were replaced: capture again
@@ -760,6 +802,8 @@ class Trainer:
         allows going back to the last good state with the learning rate times ``nan_restart_lr_factor``.
         """
         self._total_steps = total_steps = self.total_steps_for(total_steps) if total_steps is not None else self.total_steps_for()
+        if self.lr_decay_window is None or self.lr_decay_window[1] != total_steps:
+            self.lr_decay_window = lr_decay_window(self.config, self.step, total_steps)
         needs_partition = self.step < min(self.type_init_end, total_steps) or self.type_prior_weight > 0
         if needs_partition and self.type_init_end and self.type_targets is None:
             self.prepare_type_init()
