@@ -182,6 +182,28 @@ def _metrics(first: int, n: int, names: list[str], total: int) -> StepMetrics:
                        cells_per_second=640.0, elapsed_seconds=first / 10.0)
 
 
+def test_a_session_can_mark_the_server_busy_while_another_sessions_thread_leaves_its_own_update():
+    """Two sessions' callbacks in the app's thread pool each update ``pn.state.busy`` inside Panel's
+    ``edit_readonly``: the first to leave it puts the read-only flag back while the second is still writing.
+    The same interleaving in one thread: the second write must not fail ("Read-only parameter 'busy'
+    cannot be modified" in the server log, seen on a loaded machine)."""
+    from panel.util import edit_readonly
+
+    from cplmix_explorer.views.server import let_threads_mark_the_server_busy
+
+    let_threads_mark_the_server_busy()
+    first_thread, second_thread = edit_readonly(pn.state), edit_readonly(pn.state)
+    first_thread.__enter__()
+    second_thread.__enter__()
+    first_thread.__exit__(None, None, None)
+    try:
+        pn.state.busy = True  # the second thread's write
+        assert pn.state.busy is True
+    finally:
+        pn.state.busy = False
+        second_thread.__exit__(None, None, None)
+
+
 def test_live_training_rows_progress_and_thinning():
     names = ["loss", "coupling", "reconstruction_arm0", "reconstruction_arm1"]
     live = LiveTraining(max_points=8)

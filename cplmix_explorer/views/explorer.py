@@ -21,7 +21,14 @@ from .data import DataView
 from .markers import MarkersView
 from .runs import RunsView
 from .safety import DEFAULT_MAX_UPLOAD_MB
-from .server import freeze_startup_objects, limit_malloc_arenas, live_counts, return_free_memory, shared_demo
+from .server import (
+    freeze_startup_objects,
+    let_threads_mark_the_server_busy,
+    limit_malloc_arenas,
+    live_counts,
+    return_free_memory,
+    shared_demo,
+)
 from .state import ExplorerState
 from .training import TrainingMonitor
 from .traversal import TraversalView
@@ -161,6 +168,7 @@ def app_page(settings: AppSettings) -> pn.viewable.Viewable:
     state (its training stops, its memory is freed); both events are logged with the live session count."""
     started = time.perf_counter()
     limit_malloc_arenas()  # before the session and training threads allocate (once per process)
+    let_threads_mark_the_server_busy()
     _log_to_server_console()
     warm_up_in_background()
     remote_ip = session_remote_ip()

@@ -105,6 +105,20 @@ def limit_malloc_arenas(arenas: int = SERVER_MALLOC_ARENAS) -> bool:
         return False
 
 
+def let_threads_mark_the_server_busy() -> None:
+    """Leave Panel's ``state.busy`` writable for good, so that sessions' callbacks in a thread pool
+    (``pn.config.nthreads``, which the app sets) can all mark the server busy and idle.
+
+    Panel writes the flag inside ``edit_readonly``, which lifts every read-only flag of ``pn.state`` and puts
+    the saved ones back on leaving. When two sessions' callbacks do that in two threads, the first to leave
+    puts the flag back while the second is still writing, whose callback then fails with "Read-only parameter
+    'busy' cannot be modified" in the server log. With the flag off there is nothing to put back."""
+    import panel as pn
+
+    busy = pn.state.param["busy"]
+    busy.readonly = busy.constant = False
+
+
 _startup_frozen = False
 
 
