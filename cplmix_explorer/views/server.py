@@ -12,6 +12,7 @@ import threading
 import weakref
 from pathlib import Path
 
+import panel as pn
 from anndata import AnnData
 
 from ..analysis import traversal
@@ -113,8 +114,6 @@ def let_threads_mark_the_server_busy() -> None:
     the saved ones back on leaving. When two sessions' callbacks do that in two threads, the first to leave
     puts the flag back while the second is still writing, whose callback then fails with "Read-only parameter
     'busy' cannot be modified" in the server log. With the flag off there is nothing to put back."""
-    import panel as pn
-
     busy = pn.state.param["busy"]
     busy.readonly = busy.constant = False
 
